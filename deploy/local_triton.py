@@ -1,0 +1,277 @@
+"""Stage 4 on one machine: the real tritonserver from the nvidia-pytriton wheel.
+
+The server runs as a detached background process bound to 127.0.0.1 with
+explicit model control, so it outlives the Airflow task that started it and a
+new model version is loaded through the API while the old one keeps serving.
+Its pid, ports and log path live in a state file that `python -m deploy`
+(and `make stop`) read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model_repository.repository import RepositoryVersion
+from pipeline import storage
+from pipeline.settings import Environment
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "triton.json"
+PYTHON_STUB_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class TritonError(RuntimeError):
+    """The local server could not start, or a model could not be loaded."""
+
+
+@dataclass(frozen=True)
+class ServerState:
+    pid: int
+    repository: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_file: str
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    model_name: str
+    version: int
+    grpc_url: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonError("nvidia-pytriton is not installed: install the 'serving' extra")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def prepare_backends(target: Path) -> Path:
+    """A backend folder whose python backend uses this interpreter's stub version.
+
+    Triton does not choose a stub by itself; links keep the stub's RPATH working.
+    """
+    root = pytriton_root()
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    links = {
+        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": root / "python_backend_stubs" / PYTHON_STUB_VERSION / "triton_python_backend_stub",
+    }
+    for name, source in links.items():
+        link = python_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return target
+
+
+class LocalTriton:
+    """Start, inspect, load models into and stop one local tritonserver."""
+
+    def __init__(self, state_dir: Path, *, http_port: int, grpc_port: int, metrics_port: int) -> None:
+        self.state_dir = state_dir
+        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def state(self) -> ServerState | None:
+        """The running server's state, or None (a stale file is removed)."""
+        if not self.state_file.exists():
+            return None
+        state = ServerState(**json.loads(self.state_file.read_text()))
+        if _alive(state.pid):
+            return state
+        self.state_file.unlink()
+        return None
+
+    def ensure_running(self, repository: Path, timeout_s: float) -> ServerState:
+        """Reuse the server already serving `repository`, else (re)start one."""
+        state = self.state()
+        if state and Path(state.repository) == repository.resolve() and _ready(state.http_url):
+            return state
+        if state:
+            log.info("restarting tritonserver (pid %d) on %s", state.pid, repository)
+            self.stop()
+        return self._start(repository.resolve(), timeout_s)
+
+    def _start(self, repository: Path, timeout_s: float) -> ServerState:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        backends = prepare_backends(self.state_dir / "backends")
+        log_file = self.state_dir / "tritonserver.log"
+        command = [
+            str(pytriton_root() / "bin" / "tritonserver"),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=explicit",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-port={self.ports['grpc']}",
+            f"--metrics-port={self.ports['metrics']}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            # CPU-only machine: no pinned memory pool, no GPU metrics.
+            "--pinned-memory-pool-byte-size=0",
+            "--allow-gpu-metrics=false",
+            "--exit-on-error=false",
+        ]
+        env = dict(os.environ)
+        # The python backend stub takes its packages from the first python3 on PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        with log_file.open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # outlive the task process that started it
+            )
+        state = ServerState(
+            pid=process.pid,
+            repository=str(repository),
+            http_port=self.ports["http"],
+            grpc_port=self.ports["grpc"],
+            metrics_port=self.ports["metrics"],
+            log_file=str(log_file),
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _ready(state.http_url):
+            if process.poll() is not None:
+                raise TritonError(
+                    f"tritonserver exited with code {process.returncode}; last log lines:\n"
+                    + _tail(log_file)
+                )
+            if time.monotonic() > deadline:
+                process.terminate()
+                raise TritonError(f"tritonserver not ready after {timeout_s:.0f} s:\n" + _tail(log_file))
+            time.sleep(0.2)
+        self.state_file.write_text(json.dumps(asdict(state), indent=2))
+        log.info("tritonserver pid %d ready on http://%s", process.pid, state.http_url)
+        return state
+
+    def load(self, state: ServerState, model_name: str, timeout_s: float) -> int:
+        """(Re)load `model_name` from the repository; returns the version now ready.
+
+        Triton keeps the old version serving until the new one has loaded.
+        """
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        client = httpclient.InferenceServerClient(state.http_url, network_timeout=timeout_s)
+        try:
+            client.load_model(model_name)
+            versions = [
+                int(entry["version"])
+                for entry in client.get_model_repository_index()
+                if entry.get("name") == model_name and entry.get("state") == "READY" and entry.get("version")
+            ]
+        except InferenceServerException as exc:
+            raise TritonError(f"loading {model_name} failed: {exc.message()}") from exc
+        finally:
+            client.close()
+        if not versions:
+            raise TritonError(f"{model_name} has no READY version after loading:\n" + _tail(Path(state.log_file)))
+        return max(versions)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM (Triton cleans its shared memory), SIGKILL as a last resort."""
+        state = self.state()
+        if state is None:
+            return False
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(state.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(state.pid):
+            os.kill(state.pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+        log.info("stopped tritonserver pid %d", state.pid)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers signal 0; reap it if it is ours.
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return finished == 0
+
+
+def _ready(http_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _tail(log_file: Path, lines: int = 30) -> str:
+    if not log_file.exists():
+        return "(no log)"
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def server_from_environment(environment: Environment) -> LocalTriton:
+    return LocalTriton(
+        environment.state_dir,
+        http_port=environment.triton_http_port,
+        grpc_port=environment.triton_grpc_port,
+        metrics_port=environment.triton_metrics_port,
+    )
+
+
+def deploy_version(version: RepositoryVersion, environment: Environment) -> Endpoint:
+    """Serve `version` from the local tritonserver, starting it when needed."""
+    server = server_from_environment(environment)
+    repository = _local_repository(version.repository_uri, environment.state_dir)
+    state = server.ensure_running(repository, environment.triton_ready_timeout_s)
+    loaded = server.load(state, version.model_name, environment.triton_ready_timeout_s)
+    if loaded != version.version:
+        raise TritonError(f"Triton serves version {loaded} of {version.model_name}, expected {version.version}")
+    return Endpoint(
+        url=state.http_url,
+        model_name=version.model_name,
+        version=loaded,
+        grpc_url=f"127.0.0.1:{state.grpc_port}",
+    )
+
+
+def _local_repository(repository_uri: str, state_dir: Path) -> Path:
+    """Triton reads a local folder: a gs:// repository is mirrored into the state folder."""
+    if not storage.is_remote(repository_uri):
+        return Path(repository_uri)
+    return storage.download_tree(repository_uri, state_dir / "model_repository")

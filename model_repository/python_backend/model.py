@@ -1,0 +1,45 @@
+"""Triton python-backend model: runs the version's model.onnx with ONNX Runtime.
+
+Used only by the local tritonserver (nvidia-pytriton ships no ONNX Runtime
+backend). Requests gathered by the dynamic batcher run as one ONNX call.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        model_file = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        options = ort.SessionOptions()
+        self.session = ort.InferenceSession(
+            str(model_file), options, providers=["CPUExecutionProvider"]
+        )
+
+    def execute(self, requests):
+        images = [
+            pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            for request in requests
+        ]
+        try:
+            (probabilities,) = self.session.run(
+                [self.output_name], {self.input_name: np.concatenate(images)}
+            )
+        except Exception as exc:  # report to every caller rather than crash the model
+            error = pb_utils.TritonError(f"inference failed: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses = []
+        start = 0
+        for image in images:
+            end = start + len(image)
+            output = pb_utils.Tensor(self.output_name, probabilities[start:end].astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
+            start = end
+        return responses

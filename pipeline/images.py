@@ -1,0 +1,35 @@
+"""Image decoding shared by staging (validation) and the client (preprocessing)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image Pillow can fully decode; the message says why."""
+
+
+def decode_rgb(data: bytes, image_size: int | None = None) -> np.ndarray:
+    """Encoded bytes -> uint8 RGB array, resized to image_size x image_size if given.
+
+    Decodes every pixel, so truncated files fail here rather than later.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image_size:
+                image.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale
+            rgb = image.convert("RGB")
+            if image_size:
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image Pillow can read") from exc
+    except Exception as exc:  # Pillow raises many types for bad input
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,154 @@
+"""The one typed place for configuration.
+
+Two kinds of settings, kept apart on purpose:
+
+* `RunConfig`: what a user chooses per DAG run (the trigger conf). The DAG's
+  Params are generated from this model, so the trigger form, the REST/CLI
+  validation and the code all agree on names, types, defaults and bounds.
+* `Environment`: what an operator sets once per deployment (ports, state
+  folder, namespace, images) through `DOGS_CATS_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MODEL_NAME = "dogs_cats"
+KAGGLE_CATS_AND_DOGS_URL = (
+    "https://download.microsoft.com/download/3/E/1/"
+    "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"
+)
+
+PlatformName = Literal["local", "kubernetes"]
+ModelArchitecture = Literal["small", "xception"]
+
+
+class RunConfig(BaseModel):
+    """Per-run parameters; every field becomes a DAG Param of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_bucket: str = Field(
+        min_length=1,
+        description="Where everything is written: a local folder or gs://bucket[/prefix].",
+    )
+    source: str = Field(
+        default=KAGGLE_CATS_AND_DOGS_URL,
+        min_length=1,
+        description="Images laid out class/*.jpg: an http(s) zip, a local folder or a gs:// prefix.",
+    )
+    dataset_name: str = Field(
+        default="cats_vs_dogs",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Name of the staged dataset under {data_bucket}/datasets/.",
+    )
+    max_images_per_class: int = Field(
+        default=0, ge=0, description="Cap per class for quick runs; 0 keeps every image."
+    )
+    val_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of images held out for validation."
+    )
+    image_size: int = Field(
+        default=180, ge=16, le=512, description="Images are resized to image_size x image_size."
+    )
+    model: ModelArchitecture = Field(
+        default="small",
+        description="small: a narrow CNN that trains in minutes on a CPU; xception: the Keras tutorial model.",
+    )
+    epochs: int = Field(default=5, ge=1, le=500, description="Training epochs.")
+    batch_size: int = Field(default=32, ge=1, le=1024, description="Training batch size.")
+    max_batch_size: int = Field(
+        default=32, ge=1, le=256, description="Largest batch Triton accepts for one request."
+    )
+    platform: PlatformName = Field(
+        default="local",
+        description="local: subprocess + local tritonserver; kubernetes: GPU pod + Deployment.",
+    )
+    inference_input: str = Field(
+        default="",
+        description="Images to classify after deployment; empty uses the staged validation split.",
+    )
+
+    def dataset_uri(self) -> str:
+        return join_uri(self.data_bucket, "datasets", self.dataset_name)
+
+    def run_uri(self, area: str, run_id: str) -> str:
+        """A per-run folder, e.g. {bucket}/models/<run>; run ids become safe names."""
+        return join_uri(self.data_bucket, area, safe_name(run_id))
+
+
+class Environment(BaseSettings):
+    """Deployment-level settings, read from DOGS_CATS_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DOGS_CATS_", frozen=True)
+
+    platform: PlatformName = Field(
+        default="local", description="Default for the per-run `platform` Param."
+    )
+    state_dir: Path = Field(
+        default=Path.home() / ".local" / "state" / "dogs-cats-triton",
+        description="Local platform: the Triton state file, logs and model repository copy.",
+    )
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    triton_ready_timeout_s: float = 120.0
+    training_python: str = Field(
+        default="", description="Interpreter for local training; empty uses the current one."
+    )
+    # Kubernetes platform.
+    namespace: str = "dogs-cats"
+    kubernetes_conn_id: str = "kubernetes_default"
+    training_image: str = "ghcr.io/dogs-cats-triton/training:latest"
+    service_account: str = "dogs-cats-training"
+    gpu_node_selector: str = "cloud.google.com/gke-accelerator=nvidia-l4"
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path segments onto a local path or gs:// URI with single slashes."""
+    cleaned = [base.rstrip("/")] + [p.strip("/") for p in parts if p.strip("/")]
+    return "/".join(cleaned)
+
+
+def safe_name(text: str) -> str:
+    """Airflow run ids hold ':' and '+'; keep object names portable."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def param_specs(environment: Environment | None = None) -> dict[str, dict[str, Any]]:
+    """JSON-schema keyword arguments for one Airflow Param per RunConfig field.
+
+    Returned as plain dicts so this module stays free of Airflow; the DAG wraps
+    each in `airflow.sdk.Param`. Required fields get no default, so a trigger
+    without them is refused with the schema's message.
+    """
+    env = environment or Environment()
+    schema = RunConfig.model_json_schema()
+    specs: dict[str, dict[str, Any]] = {}
+    for name, prop in schema["properties"].items():
+        spec = {k: v for k, v in prop.items() if k != "title"}
+        spec["title"] = name.replace("_", " ")
+        if name == "platform":
+            # A deployment either has a cluster or not: the platform is set once by
+            # DOGS_CATS_PLATFORM, and recorded in every run's conf for the UI.
+            spec["default"] = env.platform
+            spec["enum"] = [env.platform]
+            spec["description"] = f"{spec['description']} Set for this deployment by DOGS_CATS_PLATFORM."
+        specs[name] = spec
+    return specs
+
+
+def run_config_from_params(params: dict[str, Any]) -> RunConfig:
+    """Validate the run's params (which Airflow fills with defaults) into a RunConfig."""
+    known = set(RunConfig.model_fields)
+    return RunConfig.model_validate({k: v for k, v in params.items() if k in known})
+
+
+def training_python(environment: Environment) -> str:
+    return environment.training_python or sys.executable

@@ -1,0 +1,209 @@
+"""The storage seam: one small interface over local folders and gs:// URIs.
+
+Nothing else in the project touches google-cloud-storage. Every write is
+atomic (a local temp file renamed into place; a GCS object appears whole), so
+a reader never sees half an object and a crashed step leaves nothing partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from google.cloud import storage as gcs
+
+GCS_SCHEME = "gs://"
+
+
+class Storage(Protocol):
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    def write_bytes(self, uri: str, data: bytes) -> None: ...
+
+    def exists(self, uri: str) -> bool: ...
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Every object (file) below `prefix`, recursively, as full URIs, sorted."""
+        ...
+
+    def download_file(self, uri: str, path: Path) -> None: ...
+
+    def upload_file(self, path: Path, uri: str) -> None: ...
+
+
+class LocalStorage:
+    """Plain paths (or file:// URIs) on this machine."""
+
+    @staticmethod
+    def _path(uri: str) -> Path:
+        return Path(uri.removeprefix("file://"))
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self._path(uri).read_bytes()
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        path = self._path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).is_file()
+
+    def list_files(self, prefix: str) -> list[str]:
+        root = self._path(prefix)
+        if not root.is_dir():
+            return []
+        base = prefix.rstrip("/")
+        return sorted(
+            f"{base}/{p.relative_to(root).as_posix()}"
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def download_file(self, uri: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(uri), path)
+
+    def upload_file(self, path: Path, uri: str) -> None:
+        self.write_bytes(uri, path.read_bytes())
+
+
+class GCSStorage:
+    """gs://bucket/key through the official client (honours STORAGE_EMULATOR_HOST)."""
+
+    def __init__(self, client: gcs.Client | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> gcs.Client:
+        if self._client is None:
+            self._client = _default_gcs_client()
+        return self._client
+
+    @staticmethod
+    def split(uri: str) -> tuple[str, str]:
+        bucket, _, key = uri.removeprefix(GCS_SCHEME).partition("/")
+        if not bucket:
+            raise ValueError(f"not a gs:// URI with a bucket: {uri!r}")
+        return bucket, key
+
+    def _blob(self, uri: str) -> gcs.Blob:
+        bucket, key = self.split(uri)
+        return self.client.bucket(bucket).blob(key)
+
+    def read_bytes(self, uri: str) -> bytes:
+        data: bytes = self._blob(uri).download_as_bytes()
+        return data
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        self._blob(uri).upload_from_string(data)
+
+    def exists(self, uri: str) -> bool:
+        return bool(self._blob(uri).exists())
+
+    def list_files(self, prefix: str) -> list[str]:
+        bucket, key = self.split(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        return sorted(
+            f"{GCS_SCHEME}{bucket}/{blob.name}"
+            for blob in self.client.list_blobs(bucket, prefix=key)
+            if not blob.name.endswith("/")
+        )
+
+    def download_file(self, uri: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._blob(uri).download_to_filename(str(path))
+
+    def upload_file(self, path: Path, uri: str) -> None:
+        self._blob(uri).upload_from_filename(str(path))
+
+
+@functools.cache
+def _default_gcs_client() -> gcs.Client:
+    from google.cloud import storage as gcs
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # The emulator takes anonymous requests; a project id avoids a metadata lookup.
+        from google.auth.credentials import AnonymousCredentials
+
+        return gcs.Client(project="emulator", credentials=AnonymousCredentials())
+    return gcs.Client()
+
+
+_LOCAL = LocalStorage()
+_GCS = GCSStorage()
+
+
+def storage_for(uri: str) -> Storage:
+    return _GCS if uri.startswith(GCS_SCHEME) else _LOCAL
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(GCS_SCHEME)
+
+
+def read_bytes(uri: str) -> bytes:
+    return storage_for(uri).read_bytes(uri)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    storage_for(uri).write_bytes(uri, data)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def exists(uri: str) -> bool:
+    return storage_for(uri).exists(uri)
+
+
+def list_files(prefix: str) -> list[str]:
+    return storage_for(prefix).list_files(prefix)
+
+
+def relative_key(uri: str, prefix: str) -> str:
+    return uri[len(prefix.rstrip("/")) + 1 :]
+
+
+def download_tree(prefix: str, local_dir: Path) -> Path:
+    """Copy every object below `prefix` into `local_dir`, keeping relative paths."""
+    store = storage_for(prefix)
+    for uri in store.list_files(prefix):
+        store.download_file(uri, local_dir / relative_key(uri, prefix))
+    return local_dir
+
+
+def upload_tree(local_dir: Path, prefix: str) -> list[str]:
+    """Copy a local folder below `prefix`; returns the written URIs."""
+    store = storage_for(prefix)
+    written = []
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        uri = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
+        store.upload_file(path, uri)
+        written.append(uri)
+    return written
+
+
+@contextlib.contextmanager
+def local_tree(prefix: str) -> Iterator[Path]:
+    """A local folder holding the tree at `prefix`: the folder itself when it is
+    already local, else a temporary download removed afterwards."""
+    if not is_remote(prefix):
+        yield LocalStorage._path(prefix)
+        return
+    with tempfile.TemporaryDirectory(prefix="dogs-cats-") as tmp:
+        yield download_tree(prefix, Path(tmp))

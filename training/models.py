@@ -1,0 +1,59 @@
+"""The Keras CNNs: the tutorial's small Xception and a narrow variant of it.
+
+Both follow "Image classification from scratch" (keras.io): rescaling inside
+the model, an entry convolution, residual SeparableConv blocks, global pooling,
+dropout and a logit layer. They take uint8 images, so a client sends 1 byte per
+channel (a 180x180 RGB image is 97 KB) and no preprocessing lives outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class Widths:
+    entry: int
+    blocks: tuple[int, ...]
+    exit: int
+
+
+ARCHITECTURES = {
+    # The tutorial's model: 2.7 M parameters, ~47 img/s inference on 2 CPU cores.
+    "xception": Widths(entry=128, blocks=(256, 512, 728), exit=1024),
+    # Same shape, narrow: ~86 k parameters, trains ~10x faster on a CPU.
+    "small": Widths(entry=32, blocks=(64, 128), exit=256),
+}
+
+
+def build_model(architecture: str, image_size: int, num_classes: int) -> keras.Model:
+    """Logits out: one for two classes, else one per class."""
+    if num_classes < 2:
+        raise ValueError(f"need at least two classes, got {num_classes}")
+    widths = ARCHITECTURES[architecture]
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    previous = x
+    for size in widths.blocks:
+        for _ in range(2):
+            x = layers.Activation("relu")(x)
+            x = layers.SeparableConv2D(size, 3, padding="same")(x)
+            x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(size, 1, strides=2, padding="same")(previous)
+        x = layers.add([x, residual])
+        previous = x
+    x = layers.SeparableConv2D(widths.exit, 3, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.25)(x)
+    units = 1 if num_classes == 2 else num_classes
+    outputs = layers.Dense(units, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"dogs_cats_{architecture}")
