@@ -138,7 +138,6 @@ class LocalTriton:
             # CPU-only machine: no pinned memory pool, no GPU metrics.
             "--pinned-memory-pool-byte-size=0",
             "--allow-gpu-metrics=false",
-            "--exit-on-error=false",
         ]
         env = dict(os.environ)
         # The python backend stub takes its packages from the first python3 on PATH.
@@ -170,6 +169,7 @@ class LocalTriton:
                 )
             if time.monotonic() > deadline:
                 process.terminate()
+                process.wait(timeout=30)
                 raise TritonError(f"tritonserver not ready after {timeout_s:.0f} s:\n" + _tail(log_file))
             time.sleep(0.2)
         self.state_file.write_text(json.dumps(asdict(state), indent=2))

@@ -99,8 +99,12 @@ def stage_dataset(
 
 
 def split_of(sha256: str, val_fraction: float) -> str:
-    """Deterministic split from the content hash: stable across runs and machines."""
-    return "val" if int(sha256[:8], 16) / 0x100000000 < val_fraction else "train"
+    """Deterministic split from the content hash: stable across runs and machines.
+
+    Reads the hash's last digits: the cap samples in hash order (leading
+    digits), and the two must not correlate or a capped sample lands in one split.
+    """
+    return "val" if int(sha256[-8:], 16) / 0x100000000 < val_fraction else "train"
 
 
 def decode_error(data: bytes) -> str | None:

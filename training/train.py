@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline import storage
@@ -36,8 +37,9 @@ def train(job: TrainingJob) -> dict:
     labels: list[str] = manifest["classes"]
     started = time.monotonic()
     with storage.local_tree(job.dataset_uri) as data_dir:
-        train_ds = _dataset(data_dir / "train", labels, job, shuffle=True)
-        val_ds = _dataset(data_dir / "val", labels, job, shuffle=False)
+        by_split = {split: [f for f in manifest["files"] if f["split"] == split] for split in ("train", "val")}
+        train_ds = _dataset(data_dir, by_split["train"], labels, job, shuffle=True)
+        val_ds = _dataset(data_dir, by_split["val"], labels, job, shuffle=False)
         model = build_model(job.architecture, job.image_size, len(labels))
         binary = len(labels) == 2
         model.compile(
@@ -87,22 +89,29 @@ def train(job: TrainingJob) -> dict:
     return metrics
 
 
-def _dataset(folder: Path, labels: list[str], job: TrainingJob, *, shuffle: bool) -> tf.data.Dataset:
-    if not folder.is_dir():
-        raise ValueError(f"the staged split {folder} is missing")
-    dataset = keras.utils.image_dataset_from_directory(
-        folder,
-        labels="inferred",
-        label_mode="int" if len(labels) > 2 else "binary",
-        class_names=labels,
-        image_size=(job.image_size, job.image_size),
-        batch_size=job.batch_size,
-        shuffle=shuffle,
-        seed=job.seed,
-        verbose=False,
+def _dataset(
+    data_dir: Path, files: list[dict], labels: list[str], job: TrainingJob, *, shuffle: bool
+) -> tf.data.Dataset:
+    """uint8 image batches (what clients send) from the manifest's file list.
+
+    Reading the manifest rather than scanning folders means stray files left by
+    an interrupted staging run never leak into training.
+    """
+    if not files:
+        raise ValueError(f"the staged split under {data_dir} is empty")
+    paths = [str(data_dir / f["path"]) for f in files]
+    indices = [labels.index(f["label"]) for f in files]
+    targets = (
+        np.asarray(indices, np.float32)[:, None] if len(labels) == 2 else np.asarray(indices, np.int32)
     )
-    # The model takes uint8 (what clients send); the loader yields float32 0..255.
-    return dataset.map(
-        lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).prefetch(tf.data.AUTOTUNE)
+    size = (job.image_size, job.image_size)
+
+    def load(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.resize(image, size)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), target
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=job.seed, reshuffle_each_iteration=True)
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(job.batch_size).prefetch(tf.data.AUTOTUNE)

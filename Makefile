@@ -1,0 +1,49 @@
+# Two commands for a fresh machine: `make demo` (the whole DAG, locally) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+KAGGLE_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip
+DATA_SOURCE ?= $(KAGGLE_URL)
+CONF ?= {}
+DEMO_DIR ?= $(CURDIR)/.demo
+PYTEST_ARGS ?=
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
+
+.PHONY: install demo test lint unit integration stop
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[all]'
+	$(BIN)/pip check
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the dogs_cats DAG end to end on this machine; Triton keeps serving afterwards.
+demo: install
+	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
+
+## Lint, type-check, then every test (unit and integration).
+test: install lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+## Stop the tritonserver that `make demo` left running.
+stop: install
+	$(BIN)/python -m deploy stop

@@ -1,0 +1,98 @@
+"""Shared fixtures: generated images, free ports, an isolated Airflow home.
+
+Airflow reads its configuration when first imported, so the environment it
+needs is set here, before any test module imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="dogs-cats-airflow-"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+)
+
+CLASS_CHANNELS = {"cat": 0, "dog": 2}  # cats are red, dogs are blue: learnable in seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_images(root: Path, per_class: int, size: int = 48, seed: int = 0) -> Path:
+    """`root/<class>/<class><i>.jpg`: noisy images tinted by class."""
+    rng = np.random.default_rng(seed)
+    for label, channel in CLASS_CHANNELS.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            pixels[..., channel] += 150
+            Image.fromarray(pixels).save(folder / f"{label}{index}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_images(tmp_path / "source", per_class=12)
+
+
+@pytest.fixture(scope="session")
+def session_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_images(tmp_path_factory.mktemp("images"), per_class=20)
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, session_images: Path) -> str:
+    """A small model trained once per session on generated images (model folder URI)."""
+    from training.job import TrainingJob
+    from training.staging import stage_dataset
+    from training.train import train
+
+    bucket = tmp_path_factory.mktemp("bucket")
+    dataset_uri = str(bucket / "datasets" / "generated")
+    stage_dataset(str(session_images), dataset_uri, val_fraction=0.25)
+    model_uri = str(bucket / "models" / "session")
+    train(TrainingJob(dataset_uri, model_uri, image_size=32, epochs=2, batch_size=8))
+    return model_uri
+
+
+@pytest.fixture
+def server_ports() -> Iterator[dict[str, int]]:
+    yield {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -> Iterator[dict]:
+    """The session's model served by a real local tritonserver (stopped afterwards)."""
+    from deploy.local_triton import LocalTriton
+    from model_repository.repository import package_model
+
+    repository = tmp_path_factory.mktemp("repository")
+    version = package_model(trained_model, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=8)
+    server = LocalTriton(
+        tmp_path_factory.mktemp("state"), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    state = server.ensure_running(repository, timeout_s=60)
+    try:
+        server.load(state, "dogs_cats", timeout_s=120)
+        yield {"url": state.http_url, "model_uri": trained_model, "version": version, "server": server}
+    finally:
+        server.stop()

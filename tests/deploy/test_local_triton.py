@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.local_triton import LocalTriton, TritonError, deploy_version, prepare_backends
+from model_repository.repository import package_model
+from pipeline.settings import Environment
+from tests.conftest import REPO_ROOT
+
+
+def test_backend_folder_links_this_pythons_stub(tmp_path: Path) -> None:
+    backends = prepare_backends(tmp_path / "backends")
+    stub = backends / "python" / "triton_python_backend_stub"
+    assert stub.is_symlink()
+    assert stub.resolve().parent.name == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert (backends / "python" / "libtriton_python.so").resolve().is_file()
+    prepare_backends(tmp_path / "backends")  # idempotent: relinks in place
+
+
+def test_state_of_a_dead_server_is_cleared(tmp_path: Path) -> None:
+    server = LocalTriton(tmp_path, http_port=1, grpc_port=2, metrics_port=3)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    server.state_file.write_text(
+        json.dumps(
+            {"pid": dead.pid, "repository": "/r", "http_port": 1, "grpc_port": 2, "metrics_port": 3, "log_file": "/l"}
+        )
+    )
+    assert server.state() is None
+    assert not server.state_file.exists()
+    assert server.stop() is False
+
+
+@pytest.mark.integration
+def test_deploy_serves_new_versions_and_outlives_its_caller(
+    tmp_path: Path, trained_model: str, server_ports: dict[str, int]
+) -> None:
+    environment = Environment(
+        state_dir=tmp_path / "state",
+        triton_http_port=server_ports["http_port"],
+        triton_grpc_port=server_ports["grpc_port"],
+        triton_metrics_port=server_ports["metrics_port"],
+    )
+    repository = str(tmp_path / "repo")
+    server = LocalTriton(environment.state_dir, **server_ports)
+    try:
+        first = package_model(trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4)
+        endpoint = deploy_version(first, environment)
+        assert endpoint.version == 1
+        assert endpoint.url == f"127.0.0.1:{server_ports['http_port']}"
+        pid = server.state().pid  # type: ignore[union-attr]
+
+        second = package_model(trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4)
+        assert deploy_version(second, environment).version == 2
+        assert server.state().pid == pid, "a new version loads into the running server"  # type: ignore[union-attr]
+
+        # `python -m deploy status` (what `make stop` uses) finds the server by its state file.
+        env = {**os.environ, "DOGS_CATS_STATE_DIR": str(environment.state_dir)}
+        status = subprocess.run(
+            [sys.executable, "-m", "deploy", "status"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+        )
+        assert status.returncode == 0
+        assert json.loads(status.stdout)["pid"] == pid
+        stop = subprocess.run([sys.executable, "-m", "deploy", "stop"], cwd=REPO_ROOT, env=env, capture_output=True)
+        assert stop.returncode == 0
+        assert server.state() is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_a_model_that_fails_to_load_names_triton_s_error(
+    tmp_path: Path, trained_model: str, server_ports: dict[str, int]
+) -> None:
+    repository = tmp_path / "repo"
+    package_model(trained_model, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=4)
+    (repository / "dogs_cats" / "1" / "model.onnx").write_bytes(b"this is not onnx")
+    server = LocalTriton(tmp_path / "state", **server_ports)
+    try:
+        state = server.ensure_running(repository, timeout_s=60)
+        with pytest.raises(TritonError, match="loading dogs_cats failed"):
+            server.load(state, "dogs_cats", timeout_s=120)
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path, server_ports: dict[str, int]) -> None:
+    server = LocalTriton(tmp_path / "state", **server_ports)
+    with pytest.raises(TritonError, match="tritonserver exited"):
+        server.ensure_running(tmp_path / "no-such-repository", timeout_s=30)
+    assert server.state() is None
+
+
+@pytest.mark.integration
+def test_a_repository_on_gcs_is_mirrored_and_served(
+    tmp_path: Path, trained_model: str, server_ports: dict[str, int]
+) -> None:
+    from tests.conftest import free_port
+    from tests.gcs_emulator import emulated_gcs
+
+    environment = Environment(
+        state_dir=tmp_path / "state",
+        triton_http_port=server_ports["http_port"],
+        triton_grpc_port=server_ports["grpc_port"],
+        triton_metrics_port=server_ports["metrics_port"],
+    )
+    with emulated_gcs("repo-test", free_port()) as bucket:
+        version = package_model(
+            trained_model, f"{bucket}/model_repository/local", flavour="python", model_name="dogs_cats", max_batch_size=4
+        )
+        try:
+            assert deploy_version(version, environment).version == 1
+            mirrored = environment.state_dir / "model_repository" / "dogs_cats"
+            assert (mirrored / "1" / "model.onnx").is_file()
+            assert (mirrored / "config.pbtxt").is_file()
+        finally:
+            LocalTriton(environment.state_dir, **server_ports).stop()

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_repository import config_pbtxt, python_backend_model
+from model_repository.repository import existing_versions, package_model
+
+
+def _fake_model(folder: Path, image_size: int = 32) -> str:
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"onnx-bytes")
+    (folder / "labels.txt").write_text("cat\ndog\n")
+    (folder / "metrics.json").write_text(json.dumps({"image_size": image_size, "labels": ["cat", "dog"]}))
+    return str(folder)
+
+
+def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path) -> None:
+    model_uri = _fake_model(tmp_path / "model")
+    repository = tmp_path / "repo"
+    version = package_model(model_uri, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=16)
+    assert version.version == 1
+    model_dir = repository / "dogs_cats"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
+    assert (model_dir / "1" / "model.py").read_bytes() == python_backend_model()
+    assert (model_dir / "labels.txt").read_text() == "cat\ndog\n"
+    config = (model_dir / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config
+    assert "max_batch_size: 16" in config
+    assert "dims: [ 32, 32, 3 ]" in config
+    assert "dims: [ 2 ]" in config
+
+
+def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
+    model_uri = _fake_model(tmp_path / "model")
+    repository = str(tmp_path / "repo")
+    for expected in (1, 2, 3):
+        version = package_model(model_uri, repository, flavour="onnxruntime", model_name="m", max_batch_size=8)
+        assert version.version == expected
+    assert existing_versions(repository, "m") == [1, 2, 3]
+    assert not (tmp_path / "repo" / "m" / "3" / "model.py").exists()
+
+
+def test_cluster_flavour_uses_the_onnxruntime_platform() -> None:
+    config = config_pbtxt("onnxruntime", model_name="dogs_cats", image_size=180, num_classes=2, max_batch_size=32)
+    assert 'platform: "onnxruntime_onnx"' in config
+    assert "kind: KIND_GPU" in config
+    assert 'label_filename: "labels.txt"' in config
+
+
+def test_missing_model_files_fail_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        package_model(str(tmp_path / "nothing"), str(tmp_path / "repo"), flavour="python", model_name="m", max_batch_size=8)
+    assert not (tmp_path / "repo").exists()

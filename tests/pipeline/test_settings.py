@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.settings import (
+    Environment,
+    RunConfig,
+    join_uri,
+    param_specs,
+    run_config_from_params,
+    safe_name,
+)
+
+
+def test_run_config_needs_a_bucket() -> None:
+    with pytest.raises(ValidationError, match="data_bucket"):
+        RunConfig.model_validate({})
+
+
+def test_run_config_rejects_out_of_range_values() -> None:
+    with pytest.raises(ValidationError, match="val_fraction"):
+        RunConfig(data_bucket="/b", val_fraction=1.5)
+    with pytest.raises(ValidationError, match="model"):
+        RunConfig.model_validate({"data_bucket": "/b", "model": "resnet"})
+
+
+def test_run_config_from_params_ignores_unknown_keys() -> None:
+    config = run_config_from_params({"data_bucket": "gs://b", "epochs": 3, "unrelated": 1})
+    assert config.epochs == 3
+    assert config.dataset_uri() == "gs://b/datasets/cats_vs_dogs"
+
+
+def test_param_specs_mirror_the_model() -> None:
+    specs = param_specs(Environment(platform="local"))
+    assert set(specs) == set(RunConfig.model_fields)
+    assert "default" not in specs["data_bucket"]  # required: a trigger without it is refused
+    assert specs["data_bucket"]["type"] == "string"
+    assert specs["epochs"] == {
+        "default": 5,
+        "description": "Training epochs.",
+        "maximum": 500,
+        "minimum": 1,
+        "title": "epochs",
+        "type": "integer",
+    }
+    assert specs["model"]["enum"] == ["small", "xception"]
+
+
+def test_platform_param_offers_only_the_deployed_platform() -> None:
+    specs = param_specs(Environment(platform="kubernetes"))
+    assert specs["platform"]["default"] == "kubernetes"
+    assert specs["platform"]["enum"] == ["kubernetes"]
+
+
+def test_environment_reads_prefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOGS_CATS_TRITON_HTTP_PORT", "9100")
+    monkeypatch.setenv("DOGS_CATS_PLATFORM", "kubernetes")
+    environment = Environment()
+    assert environment.triton_http_port == 9100
+    assert environment.platform == "kubernetes"
+    monkeypatch.setenv("DOGS_CATS_PLATFORM", "mainframe")
+    with pytest.raises(ValidationError, match="platform"):
+        Environment()
+
+
+@pytest.mark.parametrize(
+    ("base", "parts", "expected"),
+    [
+        ("gs://bucket/", ("a/", "/b"), "gs://bucket/a/b"),
+        ("/tmp/x", ("", "y"), "/tmp/x/y"),
+    ],
+)
+def test_join_uri(base: str, parts: tuple[str, ...], expected: str) -> None:
+    assert join_uri(base, *parts) == expected
+
+
+def test_safe_name_turns_run_ids_into_object_names() -> None:
+    assert safe_name("manual__2026-11-22T02:45:01.955+00:00") == "manual__2026-11-22T02_45_01.955_00_00"

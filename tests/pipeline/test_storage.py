@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import storage
+from pipeline.storage import GCSStorage
+from tests.conftest import free_port
+from tests.gcs_emulator import emulated_gcs
+
+
+def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = str(tmp_path / "a" / "b.txt")
+    storage.write_text(target, "one")
+    storage.write_text(target, "two")
+    assert storage.read_text(target) == "two"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]
+
+
+def test_local_list_is_recursive_sorted_and_skips_hidden(tmp_path: Path) -> None:
+    for name in ("z.txt", "d/y.txt", "d/.partial"):
+        storage.write_text(str(tmp_path / name), name)
+    assert storage.list_files(str(tmp_path)) == [f"{tmp_path}/d/y.txt", f"{tmp_path}/z.txt"]
+    assert storage.list_files(str(tmp_path / "missing")) == []
+
+
+def test_trees_round_trip_locally(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "x").mkdir(parents=True)
+    (source / "x" / "1.bin").write_bytes(b"\x00\x01")
+    (source / "2.txt").write_text("two")
+    written = storage.upload_tree(source, str(tmp_path / "dst"))
+    assert written == [f"{tmp_path}/dst/2.txt", f"{tmp_path}/dst/x/1.bin"]
+    with storage.local_tree(str(tmp_path / "dst")) as local:
+        assert local == tmp_path / "dst"  # a local tree is used in place, not copied
+        assert (local / "x" / "1.bin").read_bytes() == b"\x00\x01"
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket() -> Iterator[str]:
+    with emulated_gcs("dogs-cats-test", free_port()) as bucket:
+        yield bucket
+
+
+@pytest.mark.integration
+def test_gcs_round_trip_on_the_emulator(gcs_bucket: str, tmp_path: Path) -> None:
+    uri = f"{gcs_bucket}/run/report.json"
+    assert not storage.exists(uri)
+    storage.write_text(uri, '{"ok": true}')
+    assert storage.exists(uri)
+    assert storage.read_text(uri) == '{"ok": true}'
+
+    source = tmp_path / "tree"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "a.jpg").write_bytes(b"jpeg")
+    (source / "b.txt").write_text("b")
+    storage.upload_tree(source, f"{gcs_bucket}/tree")
+    assert storage.list_files(f"{gcs_bucket}/tree") == [f"{gcs_bucket}/tree/b.txt", f"{gcs_bucket}/tree/sub/a.jpg"]
+    # A prefix is a folder: "tre" must not match "tree/".
+    assert storage.list_files(f"{gcs_bucket}/tre") == []
+    with storage.local_tree(f"{gcs_bucket}/tree") as local:
+        assert (local / "sub" / "a.jpg").read_bytes() == b"jpeg"
+    assert not local.exists(), "the temporary download is removed afterwards"
+
+
+@pytest.mark.integration
+def test_gcs_missing_object_raises_not_found(gcs_bucket: str) -> None:
+    from google.api_core.exceptions import NotFound
+
+    with pytest.raises(NotFound):
+        storage.read_bytes(f"{gcs_bucket}/nothing/here")
+
+
+def test_gcs_uri_without_bucket_is_refused() -> None:
+    with pytest.raises(ValueError, match="bucket"):
+        GCSStorage.split("gs://")

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.models import build_model
+
+
+@pytest.mark.parametrize(("classes", "units"), [(2, 1), (5, 5)])
+def test_small_model_takes_uint8_and_returns_logits(classes: int, units: int) -> None:
+    model = build_model("small", image_size=32, num_classes=classes)
+    assert model.input.dtype == "uint8"
+    assert model.input.name == "image"
+    out = model(np.zeros((3, 32, 32, 3), np.uint8), training=False)
+    assert tuple(out.shape) == (3, units)
+
+
+def test_tutorial_model_has_the_tutorial_shape() -> None:
+    model = build_model("xception", image_size=180, num_classes=2)
+    # The current keras.io tutorial model: 2.73 M parameters, BN statistics included.
+    assert model.count_params() == 2_731_065
+    widths = [layer.filters for layer in model.layers if type(layer).__name__ == "SeparableConv2D"]
+    assert widths == [256, 256, 512, 512, 728, 728, 1024]
+
+
+def test_one_class_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least two classes"):
+        build_model("small", 32, 1)
