@@ -55,7 +55,8 @@ def train(job: TrainingJob) -> dict:
                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
             ],
         )
-        history = model.fit(train_ds, validation_data=val_ds, epochs=job.epochs, verbose=2)
+        # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+        history = model.fit(train_ds, validation_data=val_ds, epochs=job.epochs, shuffle=False, verbose=2)
         parity_batch = next(iter(val_ds))[0].numpy()
 
     metrics = {

@@ -1,0 +1,79 @@
+"""One whole dogs_cats run with `dag.test()`: generated images, real training, real Triton."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from deploy.local_triton import LocalTriton
+from pipeline.images import decode_rgb
+from tests.conftest import REPO_ROOT, free_port, write_images
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalTriton]:
+    """Deployment settings for the DAG, and the server it starts stopped afterwards."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    monkeypatch.setenv("DOGS_CATS_STATE_DIR", str(tmp_path / "state"))
+    for name, port in ports.items():
+        monkeypatch.setenv(f"DOGS_CATS_TRITON_{name.upper()}", str(port))
+    subprocess.run(
+        [Path(sys.executable).with_name("airflow"), "db", "migrate"], check=True, capture_output=True, cwd=REPO_ROOT
+    )
+    server = LocalTriton(tmp_path / "state", **ports)
+    yield server
+    server.stop()
+
+
+def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    source = write_images(tmp_path / "source", per_class=20, size=40, seed=3)
+    bucket = tmp_path / "bucket"
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["dogs_cats"]
+    run = dag.test(
+        run_conf={
+            "data_bucket": str(bucket),
+            "source": str(source),
+            "image_size": 32,
+            "epochs": 2,
+            "batch_size": 8,
+            "max_batch_size": 8,
+        }
+    )
+    assert run.state == "success"
+
+    manifest = json.loads((bucket / "datasets" / "cats_vs_dogs" / "manifest.json").read_text())
+    val = [f for f in manifest["files"] if f["split"] == "val"]
+    (predictions_dir,) = (bucket / "predictions").iterdir()
+    report = json.loads((predictions_dir / "report.json").read_text())
+    assert report["images"] == report["succeeded"] == len(val)
+    assert report["failed"] == 0
+    assert set(report["label_distribution"]) <= {"cat", "dog"}
+    assert "accuracy_by_folder" in report
+
+    # The server answers with the model this run trained: compare with ONNX Runtime in-process.
+    (model_dir,) = (bucket / "models").iterdir()
+    assert model_dir.name == predictions_dir.name, "one run, one folder name"
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    lines = [json.loads(line) for line in (predictions_dir / "predictions.jsonl").read_text().splitlines()]
+    images = np.stack([decode_rgb(Path(line["image"]).read_bytes(), 32) for line in lines])
+    (probabilities,) = session.run(["probabilities"], {"image": images})
+    for line, row in zip(lines, probabilities, strict=True):
+        assert line["label"] == manifest["classes"][int(np.argmax(row))]
+        assert line["confidence"] == pytest.approx(float(np.max(row)), abs=1e-5)
+
+    # Triton keeps serving after the run, on the ports and state file the deployment set.
+    state = local_deployment.state()
+    assert state is not None
+    assert Path(state.repository) == bucket / "model_repository" / "local"
+    assert (bucket / "model_repository" / "local" / "dogs_cats" / "1" / "model.onnx").is_file()

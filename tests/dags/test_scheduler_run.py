@@ -1,0 +1,149 @@
+"""One run under the real scheduler (`airflow standalone`), triggered from the CLI.
+
+`dag.test()` runs tasks in the test process with a logical date; the
+scheduler gives manual runs `logical_date=None` and lets tasks reach the
+metadata only through the execution API. This test catches what the first hides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.local_triton import LocalTriton
+from tests.conftest import REPO_ROOT, free_port, write_images
+
+pytestmark = pytest.mark.integration
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+class Standalone:
+    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
+        self.home, self.env, self.base = home, env, f"http://127.0.0.1:{port}"
+        self._token = ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=120)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        if not self._token and path != "/auth/token":
+            passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
+            _, token = self.request("POST", "/auth/token", {"username": "admin", "password": passwords["admin"]})
+            self._token = token["access_token"]
+        request = urllib.request.Request(
+            self.base + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+
+def _wait(what: str, check: Any, timeout_s: float, interval_s: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, urllib.error.URLError, FileNotFoundError):
+            result = None
+        if result:
+            return result
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def standalone(tmp_path: Path) -> Iterator[Standalone]:
+    home = tmp_path / "airflow"
+    port = free_port()
+    triton = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    env = {
+        **os.environ,
+        # standalone starts its components as `airflow ...` subprocesses found on PATH.
+        "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",  # 2 cores: fewer worker processes, less memory
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "DOGS_CATS_STATE_DIR": str(tmp_path / "state"),
+        **{f"DOGS_CATS_TRITON_{name.upper()}": str(value) for name, value in triton.items()},
+    }
+    log = (tmp_path / "standalone.log").open("wb")
+    process = subprocess.Popen(
+        [AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    server = Standalone(home, env, port)
+    try:
+        _wait("the API server", lambda: server.request("GET", "/api/v2/monitor/health")[0] == 200, 180)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # SIGTERM would orphan the LocalExecutor workers
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        LocalTriton(tmp_path / "state", **triton).stop()
+
+
+def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalone, tmp_path: Path) -> None:
+    _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
+
+    refused = standalone.cli("dags", "trigger", "dogs_cats", "--conf", json.dumps({"data_bucket": 5}))
+    assert refused.returncode != 0
+    assert "5 is not of type 'string'" in refused.stdout + refused.stderr
+
+    status, body = standalone.request(
+        "POST", "/api/v2/dags/dogs_cats/dagRuns", {"logical_date": None, "conf": {"data_bucket": 5}}
+    )
+    assert status == 400
+    assert "5 is not of type 'string'" in json.dumps(body)
+
+    bucket = tmp_path / "bucket"
+    conf = {
+        "data_bucket": str(bucket),
+        "source": str(write_images(tmp_path / "source", per_class=16, size=40)),
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 8,
+        "max_batch_size": 8,
+    }
+    triggered = standalone.cli("dags", "trigger", "dogs_cats", "--conf", json.dumps(conf))
+    assert triggered.returncode == 0, triggered.stderr
+
+    def finished() -> dict | None:
+        _, runs = standalone.request("GET", "/api/v2/dags/dogs_cats/dagRuns")
+        done = [r for r in runs["dag_runs"] if r["state"] in ("success", "failed")]
+        return done[0] if done else None
+
+    run = _wait("the run to finish", finished, 600, interval_s=5)
+    _, instances = standalone.request("GET", f"/api/v2/dags/dogs_cats/dagRuns/{run['dag_run_id']}/taskInstances")
+    states = {ti["task_id"]: ti["state"] for ti in instances["task_instances"]}
+    assert run["state"] == "success", states
+    assert run["logical_date"] is None
+    # The run records its platform where the UI shows it: the plan task's XCom.
+    status, xcom = standalone.request(
+        "GET", f"/api/v2/dags/dogs_cats/dagRuns/{run['dag_run_id']}/taskInstances/plan/xcomEntries/platform"
+    )
+    assert (status, xcom["value"]) == (200, "local")
+    (report,) = (bucket / "predictions").glob("*/report.json")
+    assert json.loads(report.read_text())["failed"] == 0
