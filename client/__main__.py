@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
-        report = run_batch(args.url, args.input, args.output, model_name=args.model, concurrency=args.concurrency)
+        report = run_batch(
+            args.url, args.input, args.output, model_name=args.model, concurrency=args.concurrency
+        )
         print(json.dumps({k: report[k] for k in ("images", "succeeded", "failed", "label_distribution")}))
         return 1 if report["failed"] else 0
     except (InferenceServerException, ConnectionError, OSError) as exc:
@@ -56,7 +58,9 @@ def _predict(args: argparse.Namespace) -> int:
             image = decode_rgb(path.read_bytes(), info.image_size)
         except (ValueError, OSError) as exc:
             failed += 1
-            print(json.dumps({"image": str(path), "error": str(exc)}) if args.json else f"{path}: error: {exc}")
+            print(
+                json.dumps({"image": str(path), "error": str(exc)}) if args.json else f"{path}: error: {exc}"
+            )
             continue
         (top,) = classify(client, info, image[None], top_k=min(args.top_k, info.num_classes))
         if args.json:

@@ -72,7 +72,9 @@ def run_batch(
     started = time.monotonic()
     outcome = BatchOutcome()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for part in pool.map(lambda chunk: _classify_chunk(client(), info, chunk), _chunks(images, batch_size)):
+        for part in pool.map(
+            lambda chunk: _classify_chunk(client(), info, chunk), _chunks(images, batch_size)
+        ):
             outcome.predictions += part.predictions
             outcome.failures += part.failures
     elapsed = time.monotonic() - started
@@ -87,7 +89,11 @@ def run_batch(
     storage.write_text(join_uri(output_uri, "report.json"), json.dumps(report, indent=2))
     log.info(
         "%d predicted, %d failed in %.1f s (%.0f img/s); report at %s",
-        report["succeeded"], report["failed"], elapsed, report["images_per_second"], output_uri,
+        report["succeeded"],
+        report["failed"],
+        elapsed,
+        report["images_per_second"],
+        output_uri,
     )
     return report
 
@@ -97,7 +103,9 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _classify_chunk(client: httpclient.InferenceServerClient, info: ModelInfo, uris: list[str]) -> BatchOutcome:
+def _classify_chunk(
+    client: httpclient.InferenceServerClient, info: ModelInfo, uris: list[str]
+) -> BatchOutcome:
     outcome = BatchOutcome()
     decoded: list[tuple[str, np.ndarray]] = []
     for uri in uris:
@@ -108,12 +116,19 @@ def _classify_chunk(client: httpclient.InferenceServerClient, info: ModelInfo, u
     if decoded:
         batch = np.stack([array for _, array in decoded])
         for (uri, _), (top,) in zip(decoded, classify(client, info, batch), strict=True):
-            outcome.predictions.append({"image": uri, "label": top.label, "confidence": round(top.confidence, 6)})
+            outcome.predictions.append(
+                {"image": uri, "label": top.label, "confidence": round(top.confidence, 6)}
+            )
     return outcome
 
 
 def build_report(
-    outcome: BatchOutcome, *, input_uri: str, model_name: str, seconds: float, class_names: Collection[str] = ()
+    outcome: BatchOutcome,
+    *,
+    input_uri: str,
+    model_name: str,
+    seconds: float,
+    class_names: Collection[str] = (),
 ) -> dict:
     confidences = [p["confidence"] for p in outcome.predictions]
     labels = Counter(p["label"] for p in outcome.predictions)

@@ -93,11 +93,13 @@ def batch_inference(
     default_args={"owner": "dogs-cats-triton", "retries": 0},
 )
 def dogs_cats() -> None:
-    run = plan()
-    staged = stage_data(run["config"], run["dataset_uri"])
+    # Outputs of TaskFlow calls are XComArgs: indexable and passable at parse time,
+    # which the decorators' type hints do not express.
+    run: Any = plan()
+    staged: Any = stage_data(run["config"], run["dataset_uri"])
     trained = PLATFORM.train_task(run["training_args"])
     staged >> trained
-    version = package(run["config"], run["model_uri"], run["repository_uri"])
+    version: Any = package(run["config"], run["model_uri"], run["repository_uri"])
     trained >> version
     endpoint = PLATFORM.deploy_task(version)
     batch_inference(endpoint, staged, run["inference_input"], run["predictions_uri"])

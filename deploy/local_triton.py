@@ -79,7 +79,10 @@ def prepare_backends(target: Path) -> Path:
     links = {
         "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
         "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
-        "triton_python_backend_stub": root / "python_backend_stubs" / PYTHON_STUB_VERSION / "triton_python_backend_stub",
+        "triton_python_backend_stub": root
+        / "python_backend_stubs"
+        / PYTHON_STUB_VERSION
+        / "triton_python_backend_stub",
     }
     for name, source in links.items():
         link = python_dir / name
@@ -164,8 +167,7 @@ class LocalTriton:
         while not _ready(state.http_url):
             if process.poll() is not None:
                 raise TritonError(
-                    f"tritonserver exited with code {process.returncode}; last log lines:\n"
-                    + _tail(log_file)
+                    f"tritonserver exited with code {process.returncode}; last log lines:\n" + _tail(log_file)
                 )
             if time.monotonic() > deadline:
                 process.terminate()
@@ -197,7 +199,9 @@ class LocalTriton:
         finally:
             client.close()
         if not versions:
-            raise TritonError(f"{model_name} has no READY version after loading:\n" + _tail(Path(state.log_file)))
+            raise TritonError(
+                f"{model_name} has no READY version after loading:\n" + _tail(Path(state.log_file))
+            )
         return max(versions)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -261,7 +265,9 @@ def deploy_version(version: RepositoryVersion, environment: Environment) -> Endp
     state = server.ensure_running(repository, environment.triton_ready_timeout_s)
     loaded = server.load(state, version.model_name, environment.triton_ready_timeout_s)
     if loaded != version.version:
-        raise TritonError(f"Triton serves version {loaded} of {version.model_name}, expected {version.version}")
+        raise TritonError(
+            f"Triton serves version {loaded} of {version.model_name}, expected {version.version}"
+        )
     return Endpoint(
         url=state.http_url,
         model_name=version.model_name,

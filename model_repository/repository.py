@@ -57,7 +57,9 @@ def package_model(
     model_dir = join_uri(repository_uri, model_name)
     version_dir = join_uri(model_dir, str(version))
 
-    storage.write_bytes(join_uri(version_dir, "model.onnx"), storage.read_bytes(join_uri(model_uri, "model.onnx")))
+    storage.write_bytes(
+        join_uri(version_dir, "model.onnx"), storage.read_bytes(join_uri(model_uri, "model.onnx"))
+    )
     if flavour == "python":
         storage.write_bytes(join_uri(version_dir, "model.py"), python_backend_model())
     storage.write_text(join_uri(model_dir, LABELS_FILE), labels)

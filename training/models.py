@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-
 # Keras' default 0.99 needs hundreds of steps before the moving statistics used
 # at inference match the data: short runs on small datasets then evaluate as
 # chance (constant logits). 0.9 settles within a few dozen steps.

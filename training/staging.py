@@ -74,9 +74,7 @@ def stage_dataset(
     counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for f in files:
         counts[f.split][f.label] = counts[f.split].get(f.label, 0) + 1
-    digest = hashlib.sha256(
-        "\n".join(f"{f.sha256} {f.split} {f.label}" for f in files).encode()
-    ).hexdigest()
+    digest = hashlib.sha256("\n".join(f"{f.sha256} {f.split} {f.label}" for f in files).encode()).hexdigest()
     manifest = {
         "source": source,
         "params": params,
@@ -133,8 +131,7 @@ def _select(
         labels = {label for label, _ in places}
         if len(labels) > 1:
             dropped += [
-                {"file": str(p), "reason": f"same content in classes {sorted(labels)}"}
-                for _, p in places
+                {"file": str(p), "reason": f"same content in classes {sorted(labels)}"} for _, p in places
             ]
             continue
         keep, *copies = places

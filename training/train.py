@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from pipeline import storage
 from pipeline.settings import join_uri
-from training.job import TrainingJob
 from training.export import PARITY_TOLERANCE, export_onnx, export_saved_model, parity
+from training.job import TrainingJob
 from training.models import build_model
 from training.staging import MANIFEST
 
@@ -37,7 +37,9 @@ def train(job: TrainingJob) -> dict:
     labels: list[str] = manifest["classes"]
     started = time.monotonic()
     with storage.local_tree(job.dataset_uri) as data_dir:
-        by_split = {split: [f for f in manifest["files"] if f["split"] == split] for split in ("train", "val")}
+        by_split = {
+            split: [f for f in manifest["files"] if f["split"] == split] for split in ("train", "val")
+        }
         train_ds = _dataset(data_dir, by_split["train"], labels, job, shuffle=True)
         val_ds = _dataset(data_dir, by_split["val"], labels, job, shuffle=False)
         model = build_model(job.architecture, job.image_size, len(labels))
@@ -85,7 +87,10 @@ def train(job: TrainingJob) -> dict:
         storage.upload_tree(out, job.output_uri)
     log.info(
         "val_accuracy %.3f after %d epochs in %.0f s; model at %s",
-        metrics["val_accuracy"], job.epochs, metrics["train_seconds"], job.output_uri,
+        metrics["val_accuracy"],
+        job.epochs,
+        metrics["train_seconds"],
+        job.output_uri,
     )
     return metrics
 
@@ -102,9 +107,7 @@ def _dataset(
         raise ValueError(f"the staged split under {data_dir} is empty")
     paths = [str(data_dir / f["path"]) for f in files]
     indices = [labels.index(f["label"]) for f in files]
-    targets = (
-        np.asarray(indices, np.float32)[:, None] if len(labels) == 2 else np.asarray(indices, np.int32)
-    )
+    targets = np.asarray(indices, np.float32)[:, None] if len(labels) == 2 else np.asarray(indices, np.int32)
     size = (job.image_size, job.image_size)
 
     def load(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -115,4 +118,8 @@ def _dataset(
     dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=job.seed, reshuffle_each_iteration=True)
-    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(job.batch_size).prefetch(tf.data.AUTOTUNE)
+    return (
+        dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(job.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -19,19 +19,14 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         model_file = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         options = ort.SessionOptions()
-        self.session = ort.InferenceSession(
-            str(model_file), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
         images = [
-            pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            for request in requests
+            pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests
         ]
         try:
-            (probabilities,) = self.session.run(
-                [self.output_name], {self.input_name: np.concatenate(images)}
-            )
+            (probabilities,) = self.session.run([self.output_name], {self.input_name: np.concatenate(images)})
         except Exception as exc:  # report to every caller rather than crash the model
             error = pb_utils.TritonError(f"inference failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]

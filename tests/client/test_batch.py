@@ -49,7 +49,9 @@ def test_batch_matches_in_process_onnx_and_records_bad_files(served_model: dict,
     (images / "dog" / "empty.png").write_bytes(b"")
     (images / "dog" / "notes.txt").write_text("ignored: not an image suffix")
 
-    report = run_batch(served_model["url"], str(images), str(tmp_path / "out"), concurrency=3, class_names=["cat", "dog"])
+    report = run_batch(
+        served_model["url"], str(images), str(tmp_path / "out"), concurrency=3, class_names=["cat", "dog"]
+    )
 
     assert report["images"] == 24
     assert report["succeeded"] == 22

@@ -28,9 +28,9 @@ def test_dags_import_without_errors(dagbag: DagBag) -> None:
 
 def test_dag_is_manual_with_owner_and_docs(dagbag: DagBag) -> None:
     dag = dagbag.dags["dogs_cats"]
-    assert dag.schedule is None or str(dag.timetable.summary) == "None"
+    assert dag.schedule is None
     assert dag.catchup is False
-    assert dag.doc_md and "data_bucket" in dag.doc_md
+    assert "data_bucket" in str(dag.doc_md)
     assert "platform:local" in dag.tags
     assert all(task.owner == "dogs-cats-triton" for task in dag.tasks)
 
@@ -69,9 +69,13 @@ def test_params_are_the_run_config(dagbag: DagBag) -> None:
 )
 def test_bad_conf_is_refused_with_the_params_message(dagbag: DagBag, conf: dict, message: str) -> None:
     params = copy.deepcopy(dagbag.dags["dogs_cats"].params)
-    with pytest.raises(ParamValidationError, match="Invalid input for param") as raised:
+
+    def trigger_with(conf: dict) -> None:  # what the API does with a trigger's conf
         params.update(conf)
         params.validate()
+
+    with pytest.raises(ParamValidationError, match="Invalid input for param") as raised:
+        trigger_with(conf)
     assert message in str(raised.value)
 
 

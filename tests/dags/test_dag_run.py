@@ -27,7 +27,10 @@ def local_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     for name, port in ports.items():
         monkeypatch.setenv(f"DOGS_CATS_TRITON_{name.upper()}", str(port))
     subprocess.run(
-        [Path(sys.executable).with_name("airflow"), "db", "migrate"], check=True, capture_output=True, cwd=REPO_ROOT
+        [Path(sys.executable).with_name("airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        cwd=REPO_ROOT,
     )
     server = LocalTriton(tmp_path / "state", **ports)
     yield server

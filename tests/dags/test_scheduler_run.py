@@ -39,7 +39,9 @@ class Standalone:
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
         if not self._token and path != "/auth/token":
             passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
-            _, token = self.request("POST", "/auth/token", {"username": "admin", "password": passwords["admin"]})
+            _, token = self.request(
+                "POST", "/auth/token", {"username": "admin", "password": passwords["admin"]}
+            )
             self._token = token["access_token"]
         request = urllib.request.Request(
             self.base + path,
@@ -136,7 +138,9 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
         return done[0] if done else None
 
     run = _wait("the run to finish", finished, 600, interval_s=5)
-    _, instances = standalone.request("GET", f"/api/v2/dags/dogs_cats/dagRuns/{run['dag_run_id']}/taskInstances")
+    _, instances = standalone.request(
+        "GET", f"/api/v2/dags/dogs_cats/dagRuns/{run['dag_run_id']}/taskInstances"
+    )
     states = {ti["task_id"]: ti["state"] for ti in instances["task_instances"]}
     assert run["state"] == "success", states
     assert run["logical_date"] is None

@@ -29,7 +29,14 @@ def test_state_of_a_dead_server_is_cleared(tmp_path: Path) -> None:
     dead.wait()
     server.state_file.write_text(
         json.dumps(
-            {"pid": dead.pid, "repository": "/r", "http_port": 1, "grpc_port": 2, "metrics_port": 3, "log_file": "/l"}
+            {
+                "pid": dead.pid,
+                "repository": "/r",
+                "http_port": 1,
+                "grpc_port": 2,
+                "metrics_port": 3,
+                "log_file": "/l",
+            }
         )
     )
     assert server.state() is None
@@ -50,13 +57,17 @@ def test_deploy_serves_new_versions_and_outlives_its_caller(
     repository = str(tmp_path / "repo")
     server = LocalTriton(environment.state_dir, **server_ports)
     try:
-        first = package_model(trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4)
+        first = package_model(
+            trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4
+        )
         endpoint = deploy_version(first, environment)
         assert endpoint.version == 1
         assert endpoint.url == f"127.0.0.1:{server_ports['http_port']}"
         pid = server.state().pid  # type: ignore[union-attr]
 
-        second = package_model(trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4)
+        second = package_model(
+            trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4
+        )
         assert deploy_version(second, environment).version == 2
         assert server.state().pid == pid, "a new version loads into the running server"  # type: ignore[union-attr]
 
@@ -67,7 +78,9 @@ def test_deploy_serves_new_versions_and_outlives_its_caller(
         )
         assert status.returncode == 0
         assert json.loads(status.stdout)["pid"] == pid
-        stop = subprocess.run([sys.executable, "-m", "deploy", "stop"], cwd=REPO_ROOT, env=env, capture_output=True)
+        stop = subprocess.run(
+            [sys.executable, "-m", "deploy", "stop"], cwd=REPO_ROOT, env=env, capture_output=True
+        )
         assert stop.returncode == 0
         assert server.state() is None
     finally:
@@ -113,7 +126,11 @@ def test_a_repository_on_gcs_is_mirrored_and_served(
     )
     with emulated_gcs("repo-test", free_port()) as bucket:
         version = package_model(
-            trained_model, f"{bucket}/model_repository/local", flavour="python", model_name="dogs_cats", max_batch_size=4
+            trained_model,
+            f"{bucket}/model_repository/local",
+            flavour="python",
+            model_name="dogs_cats",
+            max_batch_size=4,
         )
         try:
             assert deploy_version(version, environment).version == 1

@@ -20,7 +20,9 @@ def _fake_model(folder: Path, image_size: int = 32) -> str:
 def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path) -> None:
     model_uri = _fake_model(tmp_path / "model")
     repository = tmp_path / "repo"
-    version = package_model(model_uri, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=16)
+    version = package_model(
+        model_uri, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=16
+    )
     assert version.version == 1
     model_dir = repository / "dogs_cats"
     assert (model_dir / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
@@ -37,14 +39,18 @@ def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
     model_uri = _fake_model(tmp_path / "model")
     repository = str(tmp_path / "repo")
     for expected in (1, 2, 3):
-        version = package_model(model_uri, repository, flavour="onnxruntime", model_name="m", max_batch_size=8)
+        version = package_model(
+            model_uri, repository, flavour="onnxruntime", model_name="m", max_batch_size=8
+        )
         assert version.version == expected
     assert existing_versions(repository, "m") == [1, 2, 3]
     assert not (tmp_path / "repo" / "m" / "3" / "model.py").exists()
 
 
 def test_cluster_flavour_uses_the_onnxruntime_platform() -> None:
-    config = config_pbtxt("onnxruntime", model_name="dogs_cats", image_size=180, num_classes=2, max_batch_size=32)
+    config = config_pbtxt(
+        "onnxruntime", model_name="dogs_cats", image_size=180, num_classes=2, max_batch_size=32
+    )
     assert 'platform: "onnxruntime_onnx"' in config
     assert "kind: KIND_GPU" in config
     assert 'label_filename: "labels.txt"' in config
@@ -52,5 +58,11 @@ def test_cluster_flavour_uses_the_onnxruntime_platform() -> None:
 
 def test_missing_model_files_fail_before_writing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        package_model(str(tmp_path / "nothing"), str(tmp_path / "repo"), flavour="python", model_name="m", max_batch_size=8)
+        package_model(
+            str(tmp_path / "nothing"),
+            str(tmp_path / "repo"),
+            flavour="python",
+            model_name="m",
+            max_batch_size=8,
+        )
     assert not (tmp_path / "repo").exists()

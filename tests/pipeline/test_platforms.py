@@ -26,8 +26,13 @@ from pipeline.settings import Environment
 ARGS = ["--dataset-uri", "gs://b/datasets/d", "--output-uri", "gs://b/models/r", "--epochs", "3"]
 
 
-def _pod(**overrides: object) -> dict:
-    environment = Environment(platform="kubernetes", namespace="ml", training_image="registry/train:1", **overrides)  # type: ignore[arg-type]
+def _pod(gpu_node_selector: str = Environment().gpu_node_selector) -> dict:
+    environment = Environment(
+        platform="kubernetes",
+        namespace="ml",
+        training_image="registry/train:1",
+        gpu_node_selector=gpu_node_selector,
+    )
     operator = TrainingPodOperator(task_id="train", environment=environment, arguments=ARGS)
     pod = operator.build_pod_request_obj(dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
@@ -41,7 +46,9 @@ def test_training_pod_runs_the_training_entrypoint_on_a_gpu() -> None:
     assert container["args"] == ARGS
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
+        "tolerations"
+    ]
     assert pod["spec"]["serviceAccountName"] == "dogs-cats-training"
     assert pod["metadata"]["namespace"] == "ml"
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "training"

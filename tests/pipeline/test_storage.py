@@ -57,7 +57,10 @@ def test_gcs_round_trip_on_the_emulator(gcs_bucket: str, tmp_path: Path) -> None
     (source / "sub" / "a.jpg").write_bytes(b"jpeg")
     (source / "b.txt").write_text("b")
     storage.upload_tree(source, f"{gcs_bucket}/tree")
-    assert storage.list_files(f"{gcs_bucket}/tree") == [f"{gcs_bucket}/tree/b.txt", f"{gcs_bucket}/tree/sub/a.jpg"]
+    assert storage.list_files(f"{gcs_bucket}/tree") == [
+        f"{gcs_bucket}/tree/b.txt",
+        f"{gcs_bucket}/tree/sub/a.jpg",
+    ]
     # A prefix is a folder: "tre" must not match "tree/".
     assert storage.list_files(f"{gcs_bucket}/tre") == []
     with storage.local_tree(f"{gcs_bucket}/tree") as local:

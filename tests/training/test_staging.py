@@ -20,7 +20,8 @@ def test_stages_a_split_with_a_manifest(image_folder: Path, tmp_path: Path) -> N
     assert manifest["classes"] == ["cat", "dog"]
     counts = manifest["counts"]
     assert sum(sum(c.values()) for c in counts.values()) == 24
-    assert counts["val"] and counts["train"]
+    assert counts["val"]
+    assert counts["train"]
     for entry in manifest["files"]:
         staged = dataset / entry["path"]
         assert staged.is_file()

@@ -16,7 +16,12 @@ def test_training_writes_a_servable_model_folder(trained_model: str) -> None:
     import tensorflow as tf
 
     folder = Path(trained_model)
-    assert sorted(p.name for p in folder.iterdir()) == ["labels.txt", "metrics.json", "model.onnx", "saved_model"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "labels.txt",
+        "metrics.json",
+        "model.onnx",
+        "saved_model",
+    ]
     assert (folder / "labels.txt").read_text() == "cat\ndog\n"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["labels"] == ["cat", "dog"]
