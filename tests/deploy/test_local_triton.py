@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_triton import LocalTriton, TritonError, deploy_version, prepare_backends
+from deploy.local_triton import (
+    LocalTriton,
+    TritonError,
+    deploy_version,
+    prepare_backends,
+    server_from_environment,
+)
 from model_repository.repository import package_model
 from pipeline.settings import Environment
 from tests.conftest import REPO_ROOT
@@ -44,18 +50,23 @@ def test_state_of_a_dead_server_is_cleared(tmp_path: Path) -> None:
     assert server.stop() is False
 
 
-@pytest.mark.integration
-def test_deploy_serves_new_versions_and_outlives_its_caller(
-    tmp_path: Path, trained_model: str, server_ports: dict[str, int]
-) -> None:
-    environment = Environment(
+@pytest.fixture
+def environment(tmp_path: Path, server_ports: dict[str, int]) -> Environment:
+    """Deployment settings with a private state folder and free ports."""
+    return Environment(
         state_dir=tmp_path / "state",
         triton_http_port=server_ports["http_port"],
         triton_grpc_port=server_ports["grpc_port"],
         triton_metrics_port=server_ports["metrics_port"],
     )
+
+
+@pytest.mark.integration
+def test_deploy_serves_new_versions_and_outlives_its_caller(
+    tmp_path: Path, trained_model: str, environment: Environment, server_ports: dict[str, int]
+) -> None:
     repository = str(tmp_path / "repo")
-    server = LocalTriton(environment.state_dir, **server_ports)
+    server = server_from_environment(environment)
     try:
         first = package_model(
             trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4
@@ -112,18 +123,10 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path, server_ports
 
 
 @pytest.mark.integration
-def test_a_repository_on_gcs_is_mirrored_and_served(
-    tmp_path: Path, trained_model: str, server_ports: dict[str, int]
-) -> None:
+def test_a_repository_on_gcs_is_mirrored_and_served(trained_model: str, environment: Environment) -> None:
     from tests.conftest import free_port
     from tests.gcs_emulator import emulated_gcs
 
-    environment = Environment(
-        state_dir=tmp_path / "state",
-        triton_http_port=server_ports["http_port"],
-        triton_grpc_port=server_ports["grpc_port"],
-        triton_metrics_port=server_ports["metrics_port"],
-    )
     with emulated_gcs("repo-test", free_port()) as bucket:
         version = package_model(
             trained_model,
@@ -138,4 +141,4 @@ def test_a_repository_on_gcs_is_mirrored_and_served(
             assert (mirrored / "1" / "model.onnx").is_file()
             assert (mirrored / "config.pbtxt").is_file()
         finally:
-            LocalTriton(environment.state_dir, **server_ports).stop()
+            server_from_environment(environment).stop()
