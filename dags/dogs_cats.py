@@ -38,13 +38,13 @@ def plan() -> dict[str, Any]:
 
 @task
 def stage_data(config: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
-    from training.staging import stage_dataset
+    from training.staging import StagingOptions, stage_dataset
 
     manifest = stage_dataset(
         config["source"],
         dataset_uri,
-        max_images_per_class=config["max_images_per_class"],
-        val_fraction=config["val_fraction"],
+        StagingOptions.from_mapping(config),
+        cache_dir=ENVIRONMENT.cache_dir,
     )
     return {"dataset_uri": dataset_uri, "classes": manifest["classes"], "counts": manifest["counts"]}
 

@@ -8,27 +8,37 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+# Far above any photo worth classifying, far below what exhausts memory when decoded.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image Pillow can fully decode; the message says why."""
 
 
-def decode_rgb(data: bytes, image_size: int | None = None) -> np.ndarray:
+def decode_rgb(data: bytes, image_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Encoded bytes -> uint8 RGB array, resized to image_size x image_size if given.
 
-    Decodes every pixel, so truncated files fail here rather than later.
+    Decodes every pixel, so truncated files fail here rather than later, and
+    refuses images over `max_pixels` before decoding them (decompression bombs).
     """
     if not data:
         raise ImageDecodeError("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"decompression bomb: {width} x {height} pixels is over the limit of {max_pixels}"
+                )
             if image_size:
                 image.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale
             rgb = image.convert("RGB")
             if image_size:
                 rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image Pillow can read") from exc
     except Exception as exc:  # Pillow raises many types for bad input

@@ -54,6 +54,16 @@ class RunConfig(BaseModel):
     val_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of images held out for validation."
     )
+    test_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of images held out as a test split (never trained on)."
+    )
+    require_jfif: bool = Field(
+        default=False,
+        description="Drop files without a JFIF header, as the Keras tutorial does for the Kaggle archive.",
+    )
+    source_sha256: str = Field(
+        default="", pattern=r"^([0-9a-fA-F]{64})?$", description="Expected sha256 of an archive source."
+    )
     image_size: int = Field(
         default=180, ge=16, le=512, description="Images are resized to image_size x image_size."
     )
@@ -94,6 +104,10 @@ class Environment(BaseSettings):
     state_dir: Path = Field(
         default=Path.home() / ".local" / "state" / "dogs-cats-triton",
         description="Local platform: the Triton state file, logs and model repository copy.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "dogs-cats-triton",
+        description="Downloaded source archives, kept so an interrupted download resumes.",
     )
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001

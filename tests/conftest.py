@@ -63,12 +63,17 @@ def session_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_model(tmp_path_factory: pytest.TempPathFactory, session_images: Path) -> str:
     """A small model trained once per session on generated images (model folder URI)."""
     from training.job import TrainingJob
-    from training.staging import stage_dataset
+    from training.staging import StagingOptions, stage_dataset
     from training.train import train
 
     bucket = tmp_path_factory.mktemp("bucket")
     dataset_uri = str(bucket / "datasets" / "generated")
-    stage_dataset(str(session_images), dataset_uri, val_fraction=0.25)
+    stage_dataset(
+        str(session_images),
+        dataset_uri,
+        StagingOptions(val_fraction=0.25),
+        cache_dir=tmp_path_factory.mktemp("cache"),
+    )
     model_uri = str(bucket / "models" / "session")
     train(TrainingJob(dataset_uri, model_uri, image_size=32, epochs=2, batch_size=8))
     return model_uri

@@ -19,19 +19,23 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("--dataset-uri", required=True)
     stage.add_argument("--max-images-per-class", type=int, default=0)
     stage.add_argument("--val-fraction", type=float, default=0.2)
+    stage.add_argument("--test-fraction", type=float, default=0.0)
+    stage.add_argument("--require-jfif", action="store_true")
+    stage.add_argument("--source-sha256", default="")
 
     TrainingJob.add_arguments(commands.add_parser("train", help="train and export a model"))
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "stage":
-        from training.staging import stage_dataset
+        from pipeline.settings import Environment
+        from training.staging import StagingOptions, stage_dataset
 
         manifest = stage_dataset(
             args.source,
             args.dataset_uri,
-            max_images_per_class=args.max_images_per_class,
-            val_fraction=args.val_fraction,
+            StagingOptions.from_mapping(vars(args)),
+            cache_dir=Environment().cache_dir,
         )
         print(json.dumps(manifest["counts"]))
     else:

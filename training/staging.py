@@ -1,40 +1,59 @@
 """Stage 1: an image-folder dataset into the bucket, validated, de-duplicated, split.
 
-The source is an http(s) zip, a local folder or a gs:// prefix laid out
+The source is an http(s) zip or tar, a local folder or a gs:// prefix laid out
 `class/*.jpg` (optionally below one parent folder, like the Kaggle zip's
-`PetImages/`). The split is decided by each image's content hash, so an image
-lands in the same split on every run. `manifest.json` is written last: its
-presence means the dataset is complete, and a rerun with the same inputs
-reuses it without copying anything.
+`PetImages/`). Every file that is dropped is listed in the manifest with its
+reason. The split is decided by each image's content hash, so an image lands
+in the same split on every run. `manifest.json` is written last: its presence
+means the dataset is complete, and a rerun with the same inputs reuses it
+without copying anything; a run that crashed halfway resumes, skipping the
+files already there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import tempfile
-import urllib.request
-import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from pipeline import storage
-from pipeline.images import ImageDecodeError, decode_rgb
+from pipeline.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
 from pipeline.settings import join_uri
+from training.sources import DatasetError, local_source
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+UPLOAD_THREADS = 8  # object uploads are latency-bound: overlap them
 
 
-class DatasetError(ValueError):
-    """The source cannot become a dataset; the message says what was found."""
+@dataclass(frozen=True)
+class StagingOptions:
+    max_images_per_class: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    require_jfif: bool = False  # the Keras tutorial's filter for the Kaggle archive
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    source_sha256: str = ""  # expected checksum of an archive source
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StagingOptions:
+        """Options from a run config or CLI namespace: the fields of the same names."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def __post_init__(self) -> None:
+        if self.val_fraction <= 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise DatasetError(
+                f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) "
+                "must leave a share for training"
+            )
 
 
 @dataclass(frozen=True)
@@ -45,15 +64,12 @@ class StagedFile:
     sha256: str
 
 
-def stage_dataset(
-    source: str,
-    dataset_uri: str,
-    *,
-    max_images_per_class: int = 0,
-    val_fraction: float = 0.2,
-) -> dict:
-    """Stage `source` into `dataset_uri`; returns the manifest."""
-    params = {"max_images_per_class": max_images_per_class, "val_fraction": val_fraction}
+def stage_dataset(source: str, dataset_uri: str, options: StagingOptions, *, cache_dir: Path) -> dict:
+    """Stage `source` into `dataset_uri`; returns the manifest.
+
+    Downloads are kept in `cache_dir`, so an interrupted one resumes.
+    """
+    params = asdict(options)
     manifest_uri = join_uri(dataset_uri, MANIFEST)
     if storage.exists(manifest_uri):
         existing = json.loads(storage.read_text(manifest_uri))
@@ -65,61 +81,80 @@ def stage_dataset(
             f"with {existing.get('params')}; choose another dataset_name instead of overwriting it"
         )
 
-    with _local_source(source) as root:
+    with local_source(source, cache_dir, options.source_sha256) as (root, refused):
         class_dirs = _class_folders(root)
-        selected, dropped, over_cap = _select(class_dirs, max_images_per_class, val_fraction)
-        _upload(selected, dataset_uri)
-    files = [staged for staged, _ in selected]
+        selection = _select(class_dirs, options)
+        _upload(selection.files, dataset_uri)
 
+    files = [staged for staged, _ in selection.files]
     counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for f in files:
         counts[f.split][f.label] = counts[f.split].get(f.label, 0) + 1
+    per_class = {label: sum(c.get(label, 0) for c in counts.values()) for label in sorted(class_dirs)}
+    balance = round(min(per_class.values()) / max(per_class.values()), 4)
+    dropped = refused + selection.dropped
     digest = hashlib.sha256("\n".join(f"{f.sha256} {f.split} {f.label}" for f in files).encode()).hexdigest()
     manifest = {
         "source": source,
         "params": params,
         "classes": sorted(class_dirs),
         "counts": counts,
+        "balance": {"per_class": per_class, "min_to_max": balance},
+        "duplicate_groups": selection.duplicate_groups,
         "dropped": dropped,
-        "over_cap": over_cap,
+        "over_cap": selection.over_cap,
         "digest": digest,
         "files": [asdict(f) for f in files],
     }
     storage.write_text(manifest_uri, json.dumps(manifest, indent=1))
+    if balance < 0.5:
+        log.warning("classes are unbalanced: %s", per_class)
     log.info(
-        "staged %d images (%s) into %s; dropped %d",
+        "staged %d images (%s) into %s; dropped %d, %d duplicate groups",
         len(files),
         {s: sum(c.values()) for s, c in counts.items()},
         dataset_uri,
         len(dropped),
+        selection.duplicate_groups,
     )
     return manifest
 
 
-def split_of(sha256: str, val_fraction: float) -> str:
+def split_of(sha256: str, val_fraction: float, test_fraction: float = 0.0) -> str:
     """Deterministic split from the content hash: stable across runs and machines.
 
     Reads the hash's last digits: the cap samples in hash order (leading
     digits), and the two must not correlate or a capped sample lands in one split.
     """
-    return "val" if int(sha256[-8:], 16) / 0x100000000 < val_fraction else "train"
+    position = int(sha256[-8:], 16) / 0x100000000
+    if position < val_fraction:
+        return "val"
+    if position < val_fraction + test_fraction:
+        return "test"
+    return "train"
 
 
-def decode_error(data: bytes) -> str | None:
-    """Why `data` cannot be fully decoded as an image, or None when it can."""
+def rejection(data: bytes, options: StagingOptions) -> str | None:
+    """Why `data` is not kept as a training image, or None when it is."""
+    if options.require_jfif and b"JFIF" not in data[:10]:
+        return "no JFIF marker in the header"
     try:
-        decode_rgb(data)
+        decode_rgb(data, max_pixels=options.max_image_pixels)
     except ImageDecodeError as exc:
         return str(exc)
     return None
 
 
-def _select(
-    class_dirs: dict[str, Path], cap: int, val_fraction: float
-) -> tuple[list[tuple[StagedFile, Path]], list[dict], dict[str, int]]:
-    """Hash every file, drop duplicates and undecodable ones, apply the cap.
+@dataclass
+class _Selection:
+    files: list[tuple[StagedFile, Path]]  # each kept file with the path it is copied from
+    dropped: list[dict]
+    over_cap: dict[str, int]
+    duplicate_groups: int
 
-    Returns each kept file with the source path it is copied from."""
+
+def _select(class_dirs: dict[str, Path], options: StagingOptions) -> _Selection:
+    """Hash every file, drop duplicates and rejected ones, apply the cap."""
     by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for label, folder in class_dirs.items():
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -140,7 +175,8 @@ def _select(
 
     files: list[tuple[StagedFile, Path]] = []
     over_cap: dict[str, int] = {}
-    for label in sorted(candidates):
+    cap = options.max_images_per_class
+    for label in sorted(class_dirs):
         kept = 0
         # Hash order is a fixed pseudo-random order: a capped sample is unbiased.
         ordered = sorted(candidates[label])
@@ -148,34 +184,37 @@ def _select(
             if cap and kept >= cap:
                 over_cap[label] = len(ordered) - index
                 break
-            reason = decode_error(path.read_bytes())
+            reason = rejection(path.read_bytes(), options)
             if reason:
                 dropped.append({"file": str(path), "reason": reason})
                 continue
-            split = split_of(digest, val_fraction)
-            staged = StagedFile(f"{split}/{label}/{path.name}", label, split, digest)
-            files.append((staged, path))
+            split = split_of(digest, options.val_fraction, options.test_fraction)
+            files.append((StagedFile(f"{split}/{label}/{path.name}", label, split, digest), path))
             kept += 1
-    if not files:
-        raise DatasetError("no decodable images were found in the source")
-    for split in SPLITS:
+        if not kept:
+            raise DatasetError(f"class {label!r} has no usable images after validation")
+    for split in ("train", "val"):
         if not any(staged.split == split for staged, _ in files):
             raise DatasetError(f"the {split} split is empty; stage more images")
-    return files, dropped, over_cap
+    groups = sum(1 for places in by_hash.values() if len(places) > 1)
+    return _Selection(files, dropped, over_cap, groups)
 
 
 def _upload(selected: list[tuple[StagedFile, Path]], dataset_uri: str) -> None:
-    """Copy the kept files; ones already there (a resumed run) are skipped."""
+    """Copy the kept files in parallel; ones already there (a resumed run) are skipped."""
     present = set(storage.list_files(dataset_uri))
+    missing = [
+        (staged, path) for staged, path in selected if join_uri(dataset_uri, staged.path) not in present
+    ]
+    if len(missing) < len(selected):
+        log.info("resuming: %d of %d files are already staged", len(selected) - len(missing), len(selected))
 
     def copy(item: tuple[StagedFile, Path]) -> None:
         staged, source_path = item
-        uri = join_uri(dataset_uri, staged.path)
-        if uri not in present:
-            storage.write_bytes(uri, source_path.read_bytes())
+        storage.write_bytes(join_uri(dataset_uri, staged.path), source_path.read_bytes())
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(copy, selected))
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        list(pool.map(copy, missing))
 
 
 def _class_folders(root: Path) -> dict[str, Path]:
@@ -183,7 +222,7 @@ def _class_folders(root: Path) -> dict[str, Path]:
     folder = root
     while True:
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
-        if len(subdirs) == 1 and not _has_files(folder):
+        if len(subdirs) == 1 and not any(p.is_file() for p in folder.iterdir()):
             folder = subdirs[0]
             continue
         break
@@ -191,43 +230,10 @@ def _class_folders(root: Path) -> dict[str, Path]:
     if len(classes) < 2:
         found = ", ".join(f"{d.name}/" for d in subdirs) or "no sub-folders"
         raise DatasetError(
-            f"need at least two class folders of images (class/*.jpg) in {root}; found {found}"
+            f"need at least two class folders of images (class/*.jpg) in the source; found {found}"
         )
     return classes
 
 
 def _has_files(folder: Path) -> bool:
-    return any(p.is_file() for p in folder.iterdir())
-
-
-@contextlib.contextmanager
-def _local_source(source: str) -> Iterator[Path]:
-    if source.startswith(("http://", "https://")):
-        with tempfile.TemporaryDirectory(prefix="dogs-cats-source-") as tmp:
-            yield _download_and_extract(source, Path(tmp))
-    elif storage.is_remote(source):
-        with storage.local_tree(source) as path:
-            yield path
-    else:
-        path = Path(source).expanduser()
-        if not path.is_dir():
-            raise DatasetError(f"source folder {source!r} does not exist")
-        yield path
-
-
-def _download_and_extract(url: str, workdir: Path) -> Path:
-    archive = workdir / "source.zip"
-    log.info("downloading %s", url)
-    with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as out:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-    extracted = workdir / "extracted"
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.infolist():
-            target = (extracted / member.filename).resolve()
-            if not target.is_relative_to(extracted.resolve()):
-                log.warning("refusing archive member outside the target: %s", member.filename)
-                continue
-            zf.extract(member, extracted)
-    archive.unlink()
-    return extracted
+    return any(p.is_file() for p in folder.rglob("*"))

@@ -1,0 +1,59 @@
+"""A local HTTP file server with Range support, and a switch to cut a response short."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class FileServer(ThreadingHTTPServer):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.directory = directory
+        self.cut_after: dict[str, int] = {}  # name -> bytes sent before the next response breaks off
+        self.ranges: list[str | None] = []
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}/{name}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:
+        name = self.path.lstrip("/")
+        path = self.server.directory / name
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        requested = self.headers.get("Range")
+        self.server.ranges.append(requested)
+        start = int(requested.removeprefix("bytes=").split("-")[0]) if requested else 0
+        self.send_response(206 if requested else 200)
+        if requested:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        limit = self.server.cut_after.pop(name, None)
+        self.wfile.write(body if limit is None else body[:limit])
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        pass
+
+
+@contextmanager
+def serve_files(directory: Path) -> Iterator[FileServer]:
+    server = FileServer(directory)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
