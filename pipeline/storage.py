@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from google.cloud.storage.retry import DEFAULT_RETRY
+
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
 
@@ -105,7 +107,8 @@ class GCSStorage:
         return data
 
     def write_bytes(self, uri: str, data: bytes) -> None:
-        self._blob(uri).upload_from_string(data)
+        # Whole objects of deterministic content: retrying a failed upload is safe.
+        self._blob(uri).upload_from_string(data, retry=DEFAULT_RETRY)
 
     def exists(self, uri: str) -> bool:
         return bool(self._blob(uri).exists())
@@ -124,7 +127,7 @@ class GCSStorage:
         self._blob(uri).download_to_filename(str(path))
 
     def upload_file(self, path: Path, uri: str) -> None:
-        self._blob(uri).upload_from_filename(str(path))
+        self._blob(uri).upload_from_filename(str(path), retry=DEFAULT_RETRY)
 
 
 @functools.cache
