@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from pipeline.platforms import platform_for
 from pipeline.settings import MODEL_NAME, Environment, param_specs
@@ -47,6 +48,21 @@ def stage_data(config: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
         cache_dir=ENVIRONMENT.cache_dir,
     )
     return {"dataset_uri": dataset_uri, "classes": manifest["classes"], "counts": manifest["counts"]}
+
+
+@task
+def quality_gate(config: dict[str, Any], model_uri: str) -> None:
+    """Skip packaging and deployment of a model under min_val_accuracy, saying why."""
+    import json
+
+    from pipeline import storage
+    from pipeline.settings import join_uri
+    from training.evaluate import gate_reason
+
+    metrics = json.loads(storage.read_text(join_uri(model_uri, "metrics.json")))
+    reason = gate_reason(metrics, config["min_val_accuracy"])
+    if reason:
+        raise AirflowSkipException(reason)
 
 
 @task
@@ -99,8 +115,9 @@ def dogs_cats() -> None:
     staged: Any = stage_data(run["config"], run["dataset_uri"])
     trained = PLATFORM.train_task(run["training_args"])
     staged >> trained
+    gate = quality_gate(run["config"], run["model_uri"])
     version: Any = package(run["config"], run["model_uri"], run["repository_uri"])
-    trained >> version
+    trained >> gate >> version
     endpoint = PLATFORM.deploy_task(version)
     batch_inference(endpoint, staged, run["inference_input"], run["predictions_uri"])
 

@@ -27,6 +27,8 @@ def make_plan(config: RunConfig, run_id: str) -> dict[str, Any]:
         image_size=config.image_size,
         epochs=config.epochs,
         batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        patience=config.early_stopping_patience,
     )
     return {
         "platform": config.platform,

@@ -127,8 +127,11 @@ class TrainingPodOperator(KubernetesPodOperator):
             # Workload Identity: the pod reads and writes the bucket as this account,
             # so no key file is mounted.
             "service_account_name": environment.service_account,
-            # Stream the training log into the Airflow task log.
+            # Stream the training log into the Airflow task log, and on failure let
+            # Kubernetes put the log's tail in the termination message, which the
+            # operator includes in the task's error.
             "get_logs": True,
+            "termination_message_policy": "FallbackToLogsOnError",
             # Delete the pod when done, but keep its events in the log on failure.
             "on_finish_action": "delete_pod",
             "log_events_on_failure": True,

@@ -75,6 +75,15 @@ class RunConfig(BaseModel):
     )
     epochs: int = Field(default=5, ge=1, le=500, description="Training epochs.")
     batch_size: int = Field(default=32, ge=1, le=1024, description="Training batch size.")
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1, description="Adam learning rate.")
+    early_stopping_patience: int = Field(
+        default=3, ge=1, description="Stop after this many epochs without a better validation loss."
+    )
+    min_val_accuracy: float = Field(
+        default=0.0,
+        ge=0,
+        description="Quality gate: a model under this validation accuracy is not packaged or deployed.",
+    )
     max_batch_size: int = Field(
         default=32, ge=1, le=256, description="Largest batch Triton accepts for one request."
     )

@@ -39,6 +39,10 @@ class Storage(Protocol):
 
     def upload_file(self, path: Path, uri: str) -> None: ...
 
+    def delete(self, uri: str) -> None:
+        """Remove one object; a missing one is not an error."""
+        ...
+
 
 class LocalStorage:
     """Plain paths (or file:// URIs) on this machine."""
@@ -77,6 +81,9 @@ class LocalStorage:
 
     def upload_file(self, path: Path, uri: str) -> None:
         self.write_bytes(uri, path.read_bytes())
+
+    def delete(self, uri: str) -> None:
+        self._path(uri).unlink(missing_ok=True)
 
 
 class GCSStorage:
@@ -128,6 +135,12 @@ class GCSStorage:
 
     def upload_file(self, path: Path, uri: str) -> None:
         self._blob(uri).upload_from_filename(str(path), retry=DEFAULT_RETRY)
+
+    def delete(self, uri: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        with contextlib.suppress(NotFound):
+            self._blob(uri).delete()
 
 
 @functools.cache

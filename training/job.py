@@ -17,6 +17,8 @@ class TrainingJob:
     image_size: int = 180
     epochs: int = 5
     batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 3
     seed: int = 1337
 
     def to_args(self) -> list[str]:
@@ -28,6 +30,8 @@ class TrainingJob:
             "--image-size", str(self.image_size),
             "--epochs", str(self.epochs),
             "--batch-size", str(self.batch_size),
+            "--learning-rate", str(self.learning_rate),
+            "--patience", str(self.patience),
             "--seed", str(self.seed),
         ]  # fmt: skip
 
@@ -39,6 +43,8 @@ class TrainingJob:
         parser.add_argument("--image-size", type=int, default=180)
         parser.add_argument("--epochs", type=int, default=5)
         parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--learning-rate", type=float, default=1e-3)
+        parser.add_argument("--patience", type=int, default=3, help="epochs without val_loss improvement")
         parser.add_argument("--seed", type=int, default=1337)
 
     @classmethod
@@ -50,5 +56,7 @@ class TrainingJob:
             image_size=args.image_size,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
             seed=args.seed,
         )

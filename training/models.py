@@ -60,5 +60,6 @@ def build_model(architecture: str, image_size: int, num_classes: int) -> keras.M
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.25)(x)
     units = 1 if num_classes == 2 else num_classes
-    outputs = layers.Dense(units, name="logits")(x)
+    # float32 logits even under mixed precision: a float16 sigmoid/softmax loses precision.
+    outputs = layers.Dense(units, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"dogs_cats_{architecture}")

@@ -39,9 +39,10 @@ def test_task_graph_flows_one_way(dagbag: DagBag) -> None:
     dag = dagbag.dags["dogs_cats"]
     downstream = {task.task_id: sorted(task.downstream_task_ids) for task in dag.tasks}
     assert downstream == {
-        "plan": ["batch_inference", "package", "stage_data", "train"],
+        "plan": ["batch_inference", "package", "quality_gate", "stage_data", "train"],
         "stage_data": ["batch_inference", "train"],
-        "train": ["package"],
+        "train": ["quality_gate"],
+        "quality_gate": ["package"],
         "package": ["deploy"],
         "deploy": ["batch_inference"],
         "batch_inference": [],

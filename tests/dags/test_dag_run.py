@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from airflow.models.dagrun import DagRun
 
 from deploy.local_triton import LocalTriton
 from pipeline.images import decode_rgb
@@ -37,23 +38,21 @@ def local_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     server.stop()
 
 
-def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_path: Path) -> None:
+def _run_dag(tmp_path: Path, **conf: object) -> DagRun:
     from airflow.dag_processing.dagbag import DagBag
 
     source = write_images(tmp_path / "source", per_class=20, size=40, seed=3)
-    bucket = tmp_path / "bucket"
     dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["dogs_cats"]
-    run = dag.test(
-        run_conf={
-            "data_bucket": str(bucket),
-            "source": str(source),
-            "image_size": 32,
-            "epochs": 2,
-            "batch_size": 8,
-            "max_batch_size": 8,
-        }
+    small = {"image_size": 32, "epochs": 2, "batch_size": 8, "max_batch_size": 8}
+    return dag.test(
+        run_conf={"data_bucket": str(tmp_path / "bucket"), "source": str(source), **small, **conf}
     )
+
+
+def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_path: Path) -> None:
+    run = _run_dag(tmp_path)
     assert run.state == "success"
+    bucket = tmp_path / "bucket"
 
     manifest = json.loads((bucket / "datasets" / "cats_vs_dogs" / "manifest.json").read_text())
     val = [f for f in manifest["files"] if f["split"] == "val"]
@@ -80,3 +79,24 @@ def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_p
     assert state is not None
     assert Path(state.repository) == bucket / "model_repository" / "local"
     assert (bucket / "model_repository" / "local" / "dogs_cats" / "1" / "model.onnx").is_file()
+
+
+def test_quality_gate_stops_before_packaging_and_says_why(
+    local_deployment: LocalTriton, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run = _run_dag(tmp_path, min_val_accuracy=1.01)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {
+        "plan": "success",
+        "stage_data": "success",
+        "train": "success",
+        "quality_gate": "skipped",
+        "package": "skipped",
+        "deploy": "skipped",
+        "batch_inference": "skipped",
+    }
+    assert "is under the required 101.00% (min_val_accuracy)" in capfd.readouterr().out
+    (model_dir,) = (tmp_path / "bucket" / "models").iterdir()
+    assert (model_dir / "metrics.json").is_file(), "the model is kept for inspection"
+    assert not (tmp_path / "bucket" / "model_repository").exists()
+    assert local_deployment.state() is None, "nothing was served"

@@ -23,7 +23,9 @@ def test_plan_training_args_round_trip_through_the_cli() -> None:
     parser = argparse.ArgumentParser()
     TrainingJob.add_arguments(parser)
     job = TrainingJob.from_namespace(parser.parse_args(plan["training_args"]))
-    assert job == TrainingJob("/b/datasets/cats_vs_dogs", "/b/models/r1", "xception", 180, 5, 7)
+    assert job == TrainingJob(
+        "/b/datasets/cats_vs_dogs", "/b/models/r1", "xception", image_size=180, epochs=5, batch_size=7
+    )
 
 
 def test_explicit_inference_input_wins() -> None:

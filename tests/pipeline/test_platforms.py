@@ -45,6 +45,7 @@ def test_training_pod_runs_the_training_entrypoint_on_a_gpu() -> None:
     assert container["command"] == ["python", "-m", "training", "train"]
     assert container["args"] == ARGS
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
         "tolerations"

