@@ -15,6 +15,7 @@ The platform (local or kubernetes) is set for the deployment by
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -106,7 +107,9 @@ def batch_inference(
     doc_md=__doc__,
     tags=["ml", "triton", f"platform:{PLATFORM.name}"],
     params={name: Param(**spec) for name, spec in param_specs(ENVIRONMENT).items()},
-    default_args={"owner": "dogs-cats-triton", "retries": 0},
+    # Every task is safe to retry: staging and training resume, packaging reuses
+    # the version of a model already packaged, deployment and inference rewrite.
+    default_args={"owner": "dogs-cats-triton", "retries": 1, "retry_delay": timedelta(seconds=30)},
 )
 def dogs_cats() -> None:
     # Outputs of TaskFlow calls are XComArgs: indexable and passable at parse time,

@@ -191,6 +191,18 @@ def list_files(prefix: str) -> list[str]:
     return storage_for(prefix).list_files(prefix)
 
 
+def download_file(uri: str, path: Path) -> None:
+    storage_for(uri).download_file(uri, path)
+
+
+def upload_file(path: Path, uri: str) -> None:
+    storage_for(uri).upload_file(path, uri)
+
+
+def delete(uri: str) -> None:
+    storage_for(uri).delete(uri)
+
+
 def relative_key(uri: str, prefix: str) -> str:
     return uri[len(prefix.rstrip("/")) + 1 :]
 

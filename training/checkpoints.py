@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from pipeline.settings import join_uri
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
-BEST_WEIGHTS = "best.weights.h5"
 
 
 class BucketCheckpoint(keras.callbacks.Callback):
@@ -40,6 +40,7 @@ class BucketCheckpoint(keras.callbacks.Callback):
             "history": {},
             "best": math.inf,
             "best_epoch": 0,
+            "best_weights": None,
             "wait": 0,
             "stopped_early": False,
         }
@@ -52,7 +53,7 @@ class BucketCheckpoint(keras.callbacks.Callback):
         self.state = json.loads(storage.read_text(state_uri))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / self.state["checkpoint"]
-            storage.storage_for(self.uri).download_file(join_uri(self.uri, self.state["checkpoint"]), path)
+            storage.download_file(join_uri(self.uri, self.state["checkpoint"]), path)
             model = keras.models.load_model(path)
         log.info("resuming after epoch %d from %s", self.state["completed_epochs"], self.uri)
         return model
@@ -68,18 +69,17 @@ class BucketCheckpoint(keras.callbacks.Callback):
         history.setdefault("epoch", []).append(completed)
         for key, value in logs.items():
             history.setdefault(key, []).append(float(value))
+        superseded = [self.state["checkpoint"]]
         value = float(logs.get(self.monitor, math.inf))
-        with tempfile.TemporaryDirectory() as tmp:
-            if value < self.state["best"]:
-                self.state.update(best=value, best_epoch=completed, wait=0)
-                self.model.save_weights(Path(tmp) / BEST_WEIGHTS)
-                storage.upload_tree(Path(tmp), self.uri)
-            else:
-                self.state["wait"] += 1
-            name = f"epoch-{completed:03d}.keras"
-            self.model.save(Path(tmp) / name)
-            storage.storage_for(self.uri).upload_file(Path(tmp) / name, join_uri(self.uri, name))
-        previous = self.state["checkpoint"]
+        if value < self.state["best"]:
+            superseded.append(self.state["best_weights"])
+            best_name = f"best-epoch-{completed:03d}.weights.h5"
+            self._upload(best_name, self.model.save_weights)
+            self.state.update(best=value, best_epoch=completed, best_weights=best_name, wait=0)
+        else:
+            self.state["wait"] += 1
+        name = f"epoch-{completed:03d}.keras"
+        self._upload(name, self.model.save)
         self.state.update(completed_epochs=completed, checkpoint=name)
         if self.state["wait"] >= self.patience:
             self.state["stopped_early"] = True
@@ -88,13 +88,21 @@ class BucketCheckpoint(keras.callbacks.Callback):
                 "early stop after epoch %d: %s has not improved on %.4f (epoch %d) for %d epochs",
                 completed, self.monitor, self.state["best"], self.state["best_epoch"], self.patience,
             )  # fmt: skip
+        # The state names only files already uploaded; what it no longer names goes after it.
         storage.write_text(join_uri(self.uri, STATE), json.dumps(self.state, indent=1))
-        if previous and previous != name:
-            storage.storage_for(self.uri).delete(join_uri(self.uri, previous))
+        for old in superseded:
+            if old:
+                storage.delete(join_uri(self.uri, old))
+
+    def _upload(self, name: str, save: Callable[[Path], object]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            save(path)
+            storage.upload_file(path, join_uri(self.uri, name))
 
     def restore_best(self, model: keras.Model) -> None:
         """Load the best epoch's weights (early stopping keeps the best, not the last)."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / BEST_WEIGHTS
-            storage.storage_for(self.uri).download_file(join_uri(self.uri, BEST_WEIGHTS), path)
+            path = Path(tmp) / self.state["best_weights"]
+            storage.download_file(join_uri(self.uri, self.state["best_weights"]), path)
             model.load_weights(path)

@@ -15,6 +15,7 @@ import logging
 import stat
 import tarfile
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -67,7 +68,14 @@ def download(url: str, cache_dir: Path, expected_sha256: str = "") -> Path:
 
     offset = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except (urllib.error.URLError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DatasetError(
+            f"cannot download {url}: {reason}; without internet, use a local folder or gs:// prefix as source"
+        ) from exc
+    with response:
         if offset and response.status != 206:
             offset = 0  # the server ignored the Range header: start over
         length = response.headers.get("Content-Length")

@@ -33,6 +33,7 @@ def test_dag_is_manual_with_owner_and_docs(dagbag: DagBag) -> None:
     assert "data_bucket" in str(dag.doc_md)
     assert "platform:local" in dag.tags
     assert all(task.owner == "dogs-cats-triton" for task in dag.tasks)
+    assert all(task.retries == 1 for task in dag.tasks), "every task is idempotent, so retried once"
 
 
 def test_task_graph_flows_one_way(dagbag: DagBag) -> None:

@@ -36,15 +36,26 @@ def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path
 
 
 def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
-    model_uri = _fake_model(tmp_path / "model")
     repository = str(tmp_path / "repo")
     for expected in (1, 2, 3):
+        model_uri = _fake_model(tmp_path / f"model{expected}")
         version = package_model(
             model_uri, repository, flavour="onnxruntime", model_name="m", max_batch_size=8
         )
         assert version.version == expected
+        assert (tmp_path / "repo" / "m" / str(expected) / "source.txt").read_text() == model_uri
     assert existing_versions(repository, "m") == [1, 2, 3]
     assert not (tmp_path / "repo" / "m" / "3" / "model.py").exists()
+
+
+def test_packaging_the_same_model_again_keeps_its_version(tmp_path: Path) -> None:
+    first, second = _fake_model(tmp_path / "a"), _fake_model(tmp_path / "b")
+    repository = str(tmp_path / "repo")
+    assert package_model(first, repository, flavour="python", model_name="m", max_batch_size=8).version == 1
+    assert package_model(second, repository, flavour="python", model_name="m", max_batch_size=8).version == 2
+    retried = package_model(first, repository, flavour="python", model_name="m", max_batch_size=8)
+    assert retried.version == 1, "a retried task does not add a version"
+    assert existing_versions(repository, "m") == [1, 2]
 
 
 def test_cluster_flavour_uses_the_onnxruntime_platform() -> None:

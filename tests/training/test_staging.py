@@ -260,6 +260,17 @@ def test_checksum_is_checked(image_folder: Path, tmp_path: Path) -> None:
     assert len(manifest["files"]) == 24
 
 
+def test_an_unreachable_url_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/pets.zip"
+    with pytest.raises(DatasetError, match=r"cannot download .*use a local folder or gs:// prefix"):
+        stage(url, tmp_path / "ds")
+
+
+def test_a_missing_file_on_the_server_is_a_clear_error(tmp_path: Path) -> None:
+    with serve_files(tmp_path) as server, pytest.raises(DatasetError, match="Not Found"):
+        stage(server.url("absent.zip"), tmp_path / "ds")
+
+
 def test_not_an_archive_is_a_clear_error(tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO_ROOT, write_images
 from training.job import TrainingJob
@@ -87,7 +88,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["history"]["epoch"] == [1, 2, 3, 4, 5, 6], "no epoch twice, none lost"
     checkpoints = sorted(p.name for p in (output / "checkpoints").iterdir())
-    assert checkpoints == ["best.weights.h5", "epoch-006.keras", "state.json"]
+    best = f"best-epoch-{metrics['best_epoch']:03d}.weights.h5"
+    assert checkpoints == sorted([best, "epoch-006.keras", "state.json"]), "superseded files are removed"
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
@@ -98,6 +100,29 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     assert metrics["stopped_early"] is True
     assert metrics["epochs_trained"] < 30
     assert metrics["best_epoch"] == 1 + int(np.argmin(history["val_loss"]))
+
+
+def test_three_classes_train_a_softmax_model(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    source = write_images(tmp_path / "source", per_class=12, size=40)
+    birds = source / "bird"
+    birds.mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(12):
+        pixels = rng.integers(0, 90, (40, 40, 3), dtype=np.uint8)
+        pixels[..., 1] += 150  # birds are green
+        Image.fromarray(pixels).save(birds / f"bird{index}.jpg")
+    dataset = str(tmp_path / "ds")
+    stage_dataset(str(source), dataset, StagingOptions(val_fraction=0.3), cache_dir=tmp_path / "cache")
+    output = tmp_path / "m"
+    metrics = train(TrainingJob(dataset, str(output), image_size=32, epochs=1, batch_size=8))
+    assert metrics["labels"] == ["bird", "cat", "dog"]
+    assert len(metrics["evaluation"]["confusion_matrix"]["rows_true_columns_predicted"]) == 3
+    session = ort.InferenceSession(str(output / "model.onnx"), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"image": np.zeros((2, 32, 32, 3), np.uint8)})
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_a_split_missing_a_class_is_a_clear_error(tmp_path: Path) -> None:
