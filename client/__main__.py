@@ -11,7 +11,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client.batch import run_batch
+from client.batch import TritonUnavailable, run_batch
 from client.triton import DEFAULT_MODEL, classify, model_info
 from pipeline.images import decode_rgb
 from pipeline.settings import Environment
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps({k: report[k] for k in ("images", "succeeded", "failed", "label_distribution")}))
         return 1 if report["failed"] else 0
+    except TritonUnavailable as exc:
+        print(f"error: Triton at {args.url} is unavailable: {exc}", file=sys.stderr)
+        return 2
     except (InferenceServerException, ConnectionError, OSError) as exc:
         print(f"error: cannot reach Triton at {args.url}: {exc}", file=sys.stderr)
         return 2

@@ -54,15 +54,9 @@ def stage_data(config: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
 @task
 def quality_gate(config: dict[str, Any], model_uri: str) -> None:
     """Skip packaging and deployment of a model under min_val_accuracy, saying why."""
-    import json
+    from training.evaluate import model_gate_reason
 
-    from pipeline import storage
-    from pipeline.settings import join_uri
-    from training.evaluate import gate_reason
-
-    metrics = json.loads(storage.read_text(join_uri(model_uri, "metrics.json")))
-    reason = gate_reason(metrics, config["min_val_accuracy"])
-    if reason:
+    if reason := model_gate_reason(model_uri, config["min_val_accuracy"]):
         raise AirflowSkipException(reason)
 
 

@@ -7,10 +7,14 @@ matrix; PNG charts with matplotlib's non-interactive backend.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline import storage
+from pipeline.settings import join_uri
 
 
 def classification_metrics(
@@ -67,6 +71,11 @@ def gate_reason(metrics: dict[str, Any], min_val_accuracy: float) -> str | None:
             "(min_val_accuracy): the model is kept in the bucket but not packaged or deployed"
         )
     return None
+
+
+def model_gate_reason(model_uri: str, min_val_accuracy: float) -> str | None:
+    """`gate_reason` for the model folder at `model_uri` (reads its metrics.json)."""
+    return gate_reason(json.loads(storage.read_text(join_uri(model_uri, "metrics.json"))), min_val_accuracy)
 
 
 def save_charts(history: dict[str, list[float]], metrics: dict[str, Any], folder: Path) -> list[Path]:
