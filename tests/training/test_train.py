@@ -125,6 +125,18 @@ def test_three_classes_train_a_softmax_model(tmp_path: Path) -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_an_onnx_export_that_drifts_is_not_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as module
+
+    dataset = _staged(tmp_path)
+    monkeypatch.setattr(module, "parity", lambda *args: 3e-4)
+    with pytest.raises(
+        module.ParityError, match=r"differs from the SavedModel by 3.00e-04 \(tolerance 1e-04\)"
+    ):
+        train(TrainingJob(dataset, str(tmp_path / "m"), image_size=32, epochs=1))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checkpoints"], "no model published"
+
+
 def test_a_split_missing_a_class_is_a_clear_error(tmp_path: Path) -> None:
     dataset = Path(_staged(tmp_path))
     manifest = json.loads((dataset / "manifest.json").read_text())
