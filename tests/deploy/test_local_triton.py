@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +77,9 @@ def test_deploy_serves_new_versions_and_outlives_its_caller(
         assert endpoint.url == f"127.0.0.1:{server_ports['http_port']}"
         pid = server.state().pid  # type: ignore[union-attr]
 
+        retrained = shutil.copytree(trained_model, tmp_path / "retrained")  # another run's model folder
         second = package_model(
-            trained_model, repository, flavour="python", model_name="dogs_cats", max_batch_size=4
+            str(retrained), repository, flavour="python", model_name="dogs_cats", max_batch_size=4
         )
         assert deploy_version(second, environment).version == 2
         assert server.state().pid == pid, "a new version loads into the running server"  # type: ignore[union-attr]
