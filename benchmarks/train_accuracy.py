@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.staging import DEFAULT_SOURCE
+from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 from training.train import train
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    if not args.source.is_dir():
-        print(f"skipped: {args.source} is not here (the shared dataset)", file=sys.stderr)
+    if shared_dataset_missing(args.source):
         return 0
     dataset = str(args.bucket.resolve() / "datasets" / "petimages")
     manifest = stage_dataset(str(args.source), dataset, StagingOptions(), cache_dir=args.bucket / "cache")

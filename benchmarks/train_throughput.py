@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from benchmarks.staging import DEFAULT_SOURCE
+from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 from training.train import _compiled_model, configure_devices, make_dataset
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=180)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    if not args.source.is_dir():
-        print(f"skipped: {args.source} is not here (the shared dataset)", file=sys.stderr)
+    if shared_dataset_missing(args.source):
         return 0
     configure_devices()
     dataset_uri = str(args.bucket.resolve() / "datasets" / f"throughput-{args.per_class}")

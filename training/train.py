@@ -61,6 +61,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
     labels: list[str] = manifest["classes"]
     splits = {split: [f for f in manifest["files"] if f["split"] == split] for split in ("train", "val")}
     check_splits(splits, labels)
+    weights = class_weights(splits["train"], labels)
     started = time.monotonic()
     checkpoints = BucketCheckpoint(join_uri(job.output_uri, "checkpoints"), patience=job.patience)
 
@@ -78,7 +79,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
                     epochs=job.epochs,
                     initial_epoch=checkpoints.state["completed_epochs"],
                     callbacks=[checkpoints],
-                    class_weight=class_weights(splits["train"], labels),
+                    class_weight=weights,
                     shuffle=False,  # the tf.data pipeline already reshuffles every epoch
                     verbose=2,
                 )
@@ -102,7 +103,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
         "history": checkpoints.state["history"],
         "val_accuracy": evaluation["accuracy"],
         "evaluation": evaluation,
-        "class_weights": class_weights(splits["train"], labels),
+        "class_weights": weights,
         "device": "gpu" if on_gpu else "cpu",
         "train_seconds": round(time.monotonic() - started, 1),
         "dataset_digest": manifest["digest"],
