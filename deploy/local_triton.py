@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from model_repository import ensemble_name
 from model_repository.repository import RepositoryVersion
 from pipeline import storage
 from pipeline.settings import Environment
@@ -268,6 +269,9 @@ def deploy_version(version: RepositoryVersion, environment: Environment) -> Endp
         raise TritonError(
             f"Triton serves version {loaded} of {version.model_name}, expected {version.version}"
         )
+    # The JPEG ensemble follows the classifier's latest version; loading it also
+    # (re)loads its preprocessing model.
+    server.load(state, ensemble_name(version.model_name), environment.triton_ready_timeout_s)
     return Endpoint(
         url=state.http_url,
         model_name=version.model_name,

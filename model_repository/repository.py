@@ -1,8 +1,9 @@
 """Stage 3: write a numbered version of the dogs_cats model into a Triton model repository.
 
 Layout (Triton's): `{repository}/{model}/config.pbtxt`, `labels.txt`, and
-`{version}/model.onnx` (+ `model.py` for the python flavour). Versions only
-grow; earlier ones stay for rollback. The version folder is written before
+`{version}/model.onnx` (+ `model.py` for the python flavour), beside the
+preprocessing model and the `{model}_jpeg` ensemble (each version 1). Versions
+of the classifier only grow; earlier ones stay for rollback. The version folder is written before
 config.pbtxt so a server polling the repository never sees a config that
 points at a half-written version.
 """
@@ -13,13 +14,26 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from model_repository import LABELS_FILE, Flavour, config_pbtxt, python_backend_model
+from model_repository import (
+    DECODE_MODULE,
+    LABELS_FILE,
+    Flavour,
+    config_pbtxt,
+    decode_module,
+    ensemble_config_pbtxt,
+    ensemble_name,
+    preprocess_config_pbtxt,
+    preprocess_model,
+    preprocess_name,
+    python_backend_model,
+)
 from pipeline import storage
 from pipeline.settings import join_uri
 
 log = logging.getLogger(__name__)
 
 SOURCE_FILE = "source.txt"  # in each version folder: the model folder it was packaged from
+ENSEMBLE_MARKER = "ENSEMBLE"
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,7 @@ class RepositoryVersion:
     version: int
     flavour: str
     max_batch_size: int
+    image_size: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +66,7 @@ def package_model(
     flavour: Flavour,
     model_name: str,
     max_batch_size: int,
+    tensorrt_fp16: bool = False,
 ) -> RepositoryVersion:
     """Add the trained model at `model_uri` as the next version in the repository.
 
@@ -72,18 +88,42 @@ def package_model(
         log.info("packaged %s as %s version %d (%s flavour)", model_uri, model_dir, version, flavour)
     else:
         log.info("%s is already version %d of %s", model_uri, version, model_dir)
+    image_size, num_classes = int(metrics["image_size"]), len(metrics["labels"])
     storage.write_text(join_uri(model_dir, LABELS_FILE), labels)
     storage.write_text(
         join_uri(model_dir, "config.pbtxt"),
         config_pbtxt(
             flavour,
             model_name=model_name,
-            image_size=int(metrics["image_size"]),
-            num_classes=len(metrics["labels"]),
+            image_size=image_size,
+            num_classes=num_classes,
             max_batch_size=max_batch_size,
+            tensorrt_fp16=tensorrt_fp16,
         ),
     )
-    return RepositoryVersion(repository_uri, model_name, version, flavour, max_batch_size)
+    _write_jpeg_ensemble(repository_uri, model_name, labels, image_size, num_classes, max_batch_size)
+    return RepositoryVersion(repository_uri, model_name, version, flavour, max_batch_size, image_size)
+
+
+def _write_jpeg_ensemble(
+    repository_uri: str, model_name: str, labels: str, image_size: int, num_classes: int, max_batch_size: int
+) -> None:
+    """The preprocessing model and the ensemble; rewritten each time, as the image size may change."""
+    preprocess_dir = join_uri(repository_uri, preprocess_name(model_name))
+    storage.write_bytes(join_uri(preprocess_dir, "1", "model.py"), preprocess_model())
+    storage.write_bytes(join_uri(preprocess_dir, "1", DECODE_MODULE), decode_module())
+    storage.write_text(
+        join_uri(preprocess_dir, "config.pbtxt"),
+        preprocess_config_pbtxt(model_name=model_name, image_size=image_size, max_batch_size=max_batch_size),
+    )
+    ensemble_dir = join_uri(repository_uri, ensemble_name(model_name))
+    # An ensemble has no files, but Triton needs its version folder (and GCS has no empty folders).
+    storage.write_text(join_uri(ensemble_dir, "1", ENSEMBLE_MARKER), "ensemble: see ../config.pbtxt\n")
+    storage.write_text(join_uri(ensemble_dir, LABELS_FILE), labels)
+    storage.write_text(
+        join_uri(ensemble_dir, "config.pbtxt"),
+        ensemble_config_pbtxt(model_name=model_name, num_classes=num_classes, max_batch_size=max_batch_size),
+    )
 
 
 def packaged_version(repository_uri: str, model_name: str, model_uri: str) -> int | None:

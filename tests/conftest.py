@@ -103,6 +103,7 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -
     state = server.ensure_running(repository, timeout_s=60)
     try:
         server.load(state, "dogs_cats", timeout_s=120)
+        server.load(state, "dogs_cats_jpeg", timeout_s=120)
         yield {"url": state.http_url, "model_uri": trained_model, "version": version, "server": server}
     finally:
         server.stop()

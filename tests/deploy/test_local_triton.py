@@ -5,9 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from deploy.local_triton import (
     LocalTriton,
@@ -16,6 +20,7 @@ from deploy.local_triton import (
     prepare_backends,
     server_from_environment,
 )
+from model_repository import INPUT_NAME
 from model_repository.repository import package_model
 from pipeline.settings import Environment
 from tests.conftest import REPO_ROOT
@@ -62,8 +67,43 @@ def environment(tmp_path: Path, server_ports: dict[str, int]) -> Environment:
     )
 
 
+class Traffic:
+    """Requests sent back to back from a thread, recording who answered or why not."""
+
+    def __init__(self, url: str, images: np.ndarray) -> None:
+        self.url, self.images = url, images
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = httpclient.InferenceServerClient(self.url, network_timeout=30)
+        model_input = httpclient.InferInput(INPUT_NAME, list(self.images.shape), "UINT8")
+        model_input.set_data_from_numpy(self.images, binary_data=True)
+        while not self._stop.is_set():
+            try:
+                result = client.infer("dogs_cats", inputs=[model_input])
+                self.versions.append(result.get_response()["model_version"])
+            except Exception as exc:
+                self.failures.append(str(exc))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(self.versions) + len(self.failures) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 @pytest.mark.integration
-def test_deploy_serves_new_versions_and_outlives_its_caller(
+def test_new_versions_swap_in_without_a_failed_request(
     tmp_path: Path, trained_model: str, environment: Environment, server_ports: dict[str, int]
 ) -> None:
     repository = str(tmp_path / "repo")
@@ -76,13 +116,37 @@ def test_deploy_serves_new_versions_and_outlives_its_caller(
         assert endpoint.version == 1
         assert endpoint.url == f"127.0.0.1:{server_ports['http_port']}"
         pid = server.state().pid  # type: ignore[union-attr]
+        images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
 
         retrained = shutil.copytree(trained_model, tmp_path / "retrained")  # another run's model folder
         second = package_model(
             str(retrained), repository, flavour="python", model_name="dogs_cats", max_batch_size=4
         )
-        assert deploy_version(second, environment).version == 2
+        with Traffic(endpoint.url, images) as traffic:
+            traffic.wait_for(20)
+            assert deploy_version(second, environment).version == 2
+            seen_at_swap = len(traffic.versions)
+            traffic.wait_for(seen_at_swap + 20)
+        assert traffic.failures == [], "no request fails while the new version loads"
+        assert traffic.versions[0] == "1"
+        assert traffic.versions[-1] == "2"
+        switched = traffic.versions.index("2")
+        assert set(traffic.versions[switched:]) == {"2"}, "once version 2 answers, version 1 is gone"
         assert server.state().pid == pid, "a new version loads into the running server"  # type: ignore[union-attr]
+
+        # A broken version 3: the task fails with Triton's reason, version 2 keeps serving.
+        broken_model = shutil.copytree(trained_model, tmp_path / "broken")
+        (broken_model / "model.onnx").write_bytes(b"this is not onnx")
+        third = package_model(
+            str(broken_model), repository, flavour="python", model_name="dogs_cats", max_batch_size=4
+        )
+        with Traffic(endpoint.url, images) as traffic:
+            traffic.wait_for(10)
+            with pytest.raises(TritonError, match=r"loading dogs_cats failed.*(onnx|ONNX|protobuf)"):
+                deploy_version(third, environment)
+            traffic.wait_for(len(traffic.versions) + 10)
+        assert traffic.failures == []
+        assert set(traffic.versions) == {"2"}
 
         # `python -m deploy status` (what `make stop` uses) finds the server by its state file.
         env = {**os.environ, "DOGS_CATS_STATE_DIR": str(environment.state_dir)}

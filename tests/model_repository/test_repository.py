@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from model_repository import config_pbtxt, python_backend_model
+from model_repository import (
+    config_pbtxt,
+    decode_module,
+    preferred_batch_sizes,
+    preprocess_model,
+    python_backend_model,
+)
 from model_repository.repository import existing_versions, package_model
 
 
@@ -65,6 +71,49 @@ def test_cluster_flavour_uses_the_onnxruntime_platform() -> None:
     assert 'platform: "onnxruntime_onnx"' in config
     assert "kind: KIND_GPU" in config
     assert 'label_filename: "labels.txt"' in config
+    assert "preferred_batch_size: [ 4, 8, 16, 32 ]" in config
+    assert "tensorrt" not in config
+
+
+def test_tensorrt_fp16_is_a_switch_for_the_gpu_flavour_only() -> None:
+    config = config_pbtxt(
+        "onnxruntime", model_name="m", image_size=180, num_classes=2, max_batch_size=8, tensorrt_fp16=True
+    )
+    assert 'name: "tensorrt"' in config
+    assert 'parameters { key: "precision_mode" value: "FP16" }' in config
+    with pytest.raises(ValueError, match="TensorRT FP16 needs the onnxruntime flavour"):
+        config_pbtxt(
+            "python", model_name="m", image_size=8, num_classes=2, max_batch_size=8, tensorrt_fp16=True
+        )
+
+
+@pytest.mark.parametrize(
+    ("limit", "sizes"),
+    [(1, [1]), (4, [4]), (6, [4, 6]), (32, [4, 8, 16, 32]), (100, [4, 8, 16, 32, 64, 100])],
+)
+def test_preferred_batch_sizes_never_pass_the_limit(limit: int, sizes: list[int]) -> None:
+    assert preferred_batch_sizes(limit) == sizes
+
+
+def test_the_jpeg_ensemble_is_packaged_beside_the_classifier(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    package_model(
+        _fake_model(tmp_path / "model", image_size=64),
+        str(repository),
+        flavour="onnxruntime",
+        model_name="dogs_cats",
+        max_batch_size=8,
+    )
+    preprocess = repository / "dogs_cats_preprocess"
+    assert (preprocess / "1" / "model.py").read_bytes() == preprocess_model()
+    assert (preprocess / "1" / "images.py").read_bytes() == decode_module()
+    assert "dims: [ 64, 64, 3 ]" in (preprocess / "config.pbtxt").read_text()
+    ensemble = (repository / "dogs_cats_jpeg" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ensemble
+    assert 'model_name: "dogs_cats_preprocess"' in ensemble
+    assert 'model_name: "dogs_cats"' in ensemble
+    assert (repository / "dogs_cats_jpeg" / "1").is_dir()
+    assert (repository / "dogs_cats_jpeg" / "labels.txt").read_text() == "cat\ndog\n"
 
 
 def test_missing_model_files_fail_before_writing(tmp_path: Path) -> None:
