@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.http as httpclient
 
+from model_repository import ENCODED_INPUT_NAME, OUTPUT_NAME
+
 DEFAULT_MODEL = "dogs_cats"
 
 
@@ -55,6 +57,19 @@ def classify(
     output = httpclient.InferRequestedOutput(info.output_name, binary_data=True, class_count=top_k)
     result = client.infer(info.name, inputs=[model_input], outputs=[output])
     rows = result.as_numpy(info.output_name).reshape(len(images), top_k)
+    return [[_parse_classification(entry) for entry in row] for row in rows]
+
+
+def classify_encoded(
+    client: httpclient.InferenceServerClient, model_name: str, blobs: list[bytes], top_k: int = 1
+) -> list[list[Prediction]]:
+    """Top-k predictions for encoded JPEG/PNG files, decoded by the server's ensemble."""
+    encoded = np.array([[blob] for blob in blobs], dtype=np.object_)
+    model_input = httpclient.InferInput(ENCODED_INPUT_NAME, list(encoded.shape), "BYTES")
+    model_input.set_data_from_numpy(encoded, binary_data=True)
+    output = httpclient.InferRequestedOutput(OUTPUT_NAME, binary_data=True, class_count=top_k)
+    result = client.infer(model_name, inputs=[model_input], outputs=[output])
+    rows = result.as_numpy(OUTPUT_NAME).reshape(len(blobs), top_k)
     return [[_parse_classification(entry) for entry in row] for row in rows]
 
 

@@ -70,6 +70,7 @@ def package(config: dict[str, Any], model_uri: str, repository_uri: str) -> dict
         flavour=PLATFORM.serving_flavour,
         model_name=MODEL_NAME,
         max_batch_size=config["max_batch_size"],
+        tensorrt_fp16=config["tensorrt_fp16"],
     )
     return version.to_dict()
 
@@ -115,7 +116,7 @@ def dogs_cats() -> None:
     gate = quality_gate(run["config"], run["model_uri"])
     version: Any = package(run["config"], run["model_uri"], run["repository_uri"])
     trained >> gate >> version
-    endpoint = PLATFORM.deploy_task(version)
+    endpoint = PLATFORM.deploy_task(version, run)
     batch_inference(endpoint, staged, run["inference_input"], run["predictions_uri"])
 
 

@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deploy import Endpoint
 from model_repository import ensemble_name
 from model_repository.repository import RepositoryVersion
 from pipeline import storage
@@ -49,17 +50,6 @@ class ServerState:
     @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    model_name: str
-    version: int
-    grpc_url: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def pytriton_root() -> Path:

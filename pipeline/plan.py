@@ -6,6 +6,7 @@ the bucket documented by code:
     {bucket}/datasets/<name>/{train,val}/<class>/...   + manifest.json
     {bucket}/models/<run>/                              saved_model/, model.onnx, labels.txt, metrics.json
     {bucket}/model_repository/<platform>/dogs_cats/     Triton repository, versions 1, 2, ...
+    {bucket}/images/                                     Triton image build contexts (kubernetes)
     {bucket}/predictions/<run>/                         predictions.jsonl, report.json
 """
 
@@ -36,6 +37,8 @@ def make_plan(config: RunConfig, run_id: str) -> dict[str, Any]:
         "dataset_uri": dataset_uri,
         "model_uri": model_uri,
         "repository_uri": join_uri(config.data_bucket, "model_repository", config.platform),
+        "images_uri": join_uri(config.data_bucket, "images"),
+        "smoke_images_uri": join_uri(dataset_uri, "val"),
         "predictions_uri": config.run_uri("predictions", run_id),
         "inference_input": config.inference_input or join_uri(dataset_uri, "val"),
         "training_args": job.to_args(),

@@ -6,11 +6,12 @@ it got:
 
 * `train_task(training_args)`: local, a `python -m training train` process;
   kubernetes, the same command in a GPU pod (KubernetesPodOperator).
-* `deploy_task(version)`: local, the bundled tritonserver; kubernetes, a
-  Deployment + Service (not built yet: see the cluster-path issue).
+* `deploy_task(version, run)`: local, the bundled tritonserver loads the new
+  version while the old one serves; kubernetes, a BuildKit pod builds the
+  Triton image, then a Deployment rollout with a smoke test and rollback.
 
 The platform is chosen once per deployment by DOGS_CATS_PLATFORM. This module
-is the only one besides the DAG that imports Airflow.
+and pipeline/pods.py are the only ones besides the DAG that import Airflow.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import logging
 import subprocess
 from typing import Any, Protocol
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import task
-from kubernetes.client import models as k8s
 
 from model_repository import Flavour
+from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 from pipeline.settings import Environment, PlatformName, training_python
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ class Platform(Protocol):
         """A task that runs `python -m training train *training_args`."""
         ...
 
-    def deploy_task(self, version: Any) -> Any:
-        """A task that serves a repository version and returns its Endpoint as a dict."""
+    def deploy_task(self, version: Any, run: Any) -> Any:
+        """Tasks that serve a repository version; the last returns its Endpoint as a dict.
+
+        `run` is the plan (URIs of this run)."""
         ...
 
 
@@ -85,7 +87,7 @@ class LocalPlatform:
 
         return train(training_args)
 
-    def deploy_task(self, version: Any) -> Any:
+    def deploy_task(self, version: Any, run: Any) -> Any:
         environment = self.environment
 
         @task(task_id="deploy")
@@ -98,50 +100,6 @@ class LocalPlatform:
         return deploy(version)
 
 
-class TrainingPodOperator(KubernetesPodOperator):
-    """`python -m training train` in a GPU pod, with defaults learnt the hard way.
-
-    Each default below says why it is there; callers override by keyword.
-    """
-
-    def __init__(self, *, environment: Environment, **kwargs: Any) -> None:
-        selector_key, _, selector_value = environment.gpu_node_selector.partition("=")
-        defaults: dict[str, Any] = {
-            "name": "dogs-cats-train",
-            "namespace": environment.namespace,
-            "kubernetes_conn_id": environment.kubernetes_conn_id,
-            "image": environment.training_image,
-            "cmds": ["python", "-m", "training", "train"],
-            # The GPU is a limit (Kubernetes schedules extended resources by limits);
-            # CPU and memory requests keep the input pipeline from being starved.
-            "container_resources": k8s.V1ResourceRequirements(
-                requests={"cpu": "4", "memory": "16Gi"},
-                limits={"nvidia.com/gpu": "1", "memory": "24Gi"},
-            ),
-            # Land on GPU nodes, and tolerate the taint GKE puts on them.
-            "node_selector": {selector_key: selector_value},
-            "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-            # A GPU node pool scaled to zero takes minutes to add a node and pull
-            # the multi-GB TensorFlow image; the default 120 s would fail the task.
-            "startup_timeout_seconds": 1200,
-            # Workload Identity: the pod reads and writes the bucket as this account,
-            # so no key file is mounted.
-            "service_account_name": environment.service_account,
-            # Stream the training log into the Airflow task log, and on failure let
-            # Kubernetes put the log's tail in the termination message, which the
-            # operator includes in the task's error.
-            "get_logs": True,
-            "termination_message_policy": "FallbackToLogsOnError",
-            # Delete the pod when done, but keep its events in the log on failure.
-            "on_finish_action": "delete_pod",
-            "log_events_on_failure": True,
-            # A retried task reattaches to a pod still running instead of starting another.
-            "reattach_on_restart": True,
-            "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": "training"},
-        }
-        super().__init__(**{**defaults, **kwargs})
-
-
 class KubernetesPlatform:
     name: PlatformName = "kubernetes"
     serving_flavour: Flavour = "onnxruntime"
@@ -152,16 +110,41 @@ class KubernetesPlatform:
     def train_task(self, training_args: Any) -> Any:
         return TrainingPodOperator(task_id="train", environment=self.environment, arguments=training_args)
 
-    def deploy_task(self, version: Any) -> Any:
-        @task(task_id="deploy")
-        def deploy(version: dict[str, Any]) -> dict[str, Any]:
-            raise NotImplementedError(
-                "deploying to Kubernetes is not built yet (Triton image, Deployment, rollout): "
-                "this run packaged repository version "
-                f"{version['version']} at {version['repository_uri']}; use platform 'local' to serve it"
-            )
+    def deploy_task(self, version: Any, run: Any) -> Any:
+        environment = self.environment
 
-        return deploy(version)
+        @task(task_id="build_context")
+        def build_context(version: dict[str, Any], images_uri: str) -> dict[str, Any]:
+            from deploy.image import upload_build_context
+            from model_repository.repository import RepositoryVersion
+
+            return upload_build_context(
+                RepositoryVersion(**version), images_uri, environment.registry
+            ).to_dict()
+
+        @task(task_id="deploy")
+        def deploy(version: dict[str, Any], build: dict[str, Any], smoke_images_uri: str) -> dict[str, Any]:
+            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+            from deploy.rollout import KubernetesApi, deploy_to_kubernetes
+            from model_repository.repository import RepositoryVersion
+
+            api = KubernetesApi(KubernetesHook(conn_id=environment.kubernetes_conn_id).api_client)
+            endpoint = deploy_to_kubernetes(
+                api, RepositoryVersion(**version), build["image"], smoke_images_uri, environment
+            )
+            return endpoint.to_dict()
+
+        build: Any = build_context(version, run["images_uri"])
+        image = ImageBuildPodOperator(
+            task_id="build_image",
+            environment=environment,
+            context_uri=build["context_uri"],
+            image_ref=build["image"],
+        )
+        endpoint = deploy(version, build, run["smoke_images_uri"])
+        image >> endpoint
+        return endpoint
 
 
 def platform_for(environment: Environment) -> Platform:

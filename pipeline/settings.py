@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MODEL_NAME = "dogs_cats"
@@ -87,6 +87,10 @@ class RunConfig(BaseModel):
     max_batch_size: int = Field(
         default=32, ge=1, le=256, description="Largest batch Triton accepts for one request."
     )
+    tensorrt_fp16: bool = Field(
+        default=False,
+        description="Kubernetes only: serve through TensorRT in FP16 (built when the server starts).",
+    )
     platform: PlatformName = Field(
         default="local",
         description="local: subprocess + local tritonserver; kubernetes: GPU pod + Deployment.",
@@ -95,6 +99,16 @@ class RunConfig(BaseModel):
         default="",
         description="Images to classify after deployment; empty uses the staged validation split.",
     )
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_shared_bucket(self) -> RunConfig:
+        if self.platform == "kubernetes" and not self.data_bucket.startswith("gs://"):
+            raise ValueError(
+                f"platform kubernetes needs a gs:// data_bucket that pods can reach, not {self.data_bucket!r}"
+            )
+        if self.tensorrt_fp16 and self.platform != "kubernetes":
+            raise ValueError("tensorrt_fp16 needs the kubernetes platform (a GPU Triton server)")
+        return self
 
     def dataset_uri(self) -> str:
         return join_uri(self.data_bucket, "datasets", self.dataset_name)
@@ -109,6 +123,10 @@ class Environment(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DOGS_CATS_", frozen=True)
 
+    tensorrt_fp16: bool = Field(
+        default=False,
+        description="Kubernetes only: serve through TensorRT in FP16 (built when the server starts).",
+    )
     platform: PlatformName = Field(default="local", description="Default for the per-run `platform` Param.")
     state_dir: Path = Field(
         default=Path.home() / ".local" / "state" / "dogs-cats-triton",
@@ -131,6 +149,24 @@ class Environment(BaseSettings):
     training_image: str = "ghcr.io/dogs-cats-triton/training:latest"
     service_account: str = "dogs-cats-training"
     gpu_node_selector: str = "cloud.google.com/gke-accelerator=nvidia-l4"
+    registry: str = Field(
+        default="us-docker.pkg.dev/my-project/dogs-cats",
+        description="Where the BuildKit pod pushes the Triton image (Artifact Registry, GHCR, ...).",
+    )
+    registry_secret: str = Field(
+        default="registry-push", description="dockerconfigjson Secret the build pod pushes with."
+    )
+    builder_image: str = "moby/buildkit:v0.23.2-rootless"
+    context_fetch_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:slim"
+    serving_name: str = "dogs-cats-triton"
+    serving_replicas: int = Field(default=2, ge=1)
+    serving_max_replicas: int = Field(default=0, ge=0, description="Above serving_replicas adds an HPA.")
+    serving_queue_time_target_us: int = Field(default=50_000, ge=1)
+    serving_url: str = Field(
+        default="",
+        description="host:port the deploy and inference tasks call; empty uses the Service's DNS name.",
+    )
+    rollout_timeout_s: float = 900.0
 
 
 def join_uri(base: str, *parts: str) -> str:

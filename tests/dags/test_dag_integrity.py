@@ -9,7 +9,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import ParamValidationError
 
-from pipeline.platforms import TrainingPodOperator
+from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 from pipeline.settings import RunConfig
 from tests.conftest import REPO_ROOT
 
@@ -85,6 +85,12 @@ def test_kubernetes_platform_trains_in_a_pod(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DOGS_CATS_PLATFORM", "kubernetes")
     dag = DagBag(dag_folder=str(DAGS)).dags["dogs_cats"]
     assert isinstance(dag.get_task("train"), TrainingPodOperator)
+    assert isinstance(dag.get_task("build_image"), ImageBuildPodOperator)
+    # package -> build_context -> build_image -> deploy (rollout) -> batch_inference
+    assert dag.get_task("build_context").upstream_task_ids == {"package", "plan"}
+    assert dag.get_task("build_image").upstream_task_ids == {"build_context"}
+    assert dag.get_task("deploy").upstream_task_ids == {"build_image", "build_context", "package", "plan"}
+    assert "deploy" in dag.get_task("batch_inference").upstream_task_ids
     assert "platform:kubernetes" in dag.tags
     assert dag.params.get_param("platform").schema["enum"] == ["kubernetes"]
 

@@ -15,7 +15,7 @@ from model_repository import (
 from model_repository.repository import existing_versions, package_model
 
 
-def _fake_model(folder: Path, image_size: int = 32) -> str:
+def fake_model(folder: Path, image_size: int = 32) -> str:
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"onnx-bytes")
     (folder / "labels.txt").write_text("cat\ndog\n")
@@ -24,7 +24,7 @@ def _fake_model(folder: Path, image_size: int = 32) -> str:
 
 
 def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path) -> None:
-    model_uri = _fake_model(tmp_path / "model")
+    model_uri = fake_model(tmp_path / "model")
     repository = tmp_path / "repo"
     version = package_model(
         model_uri, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=16
@@ -44,7 +44,7 @@ def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path
 def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
     repository = str(tmp_path / "repo")
     for expected in (1, 2, 3):
-        model_uri = _fake_model(tmp_path / f"model{expected}")
+        model_uri = fake_model(tmp_path / f"model{expected}")
         version = package_model(
             model_uri, repository, flavour="onnxruntime", model_name="m", max_batch_size=8
         )
@@ -55,7 +55,7 @@ def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
 
 
 def test_packaging_the_same_model_again_keeps_its_version(tmp_path: Path) -> None:
-    first, second = _fake_model(tmp_path / "a"), _fake_model(tmp_path / "b")
+    first, second = fake_model(tmp_path / "a"), fake_model(tmp_path / "b")
     repository = str(tmp_path / "repo")
     assert package_model(first, repository, flavour="python", model_name="m", max_batch_size=8).version == 1
     assert package_model(second, repository, flavour="python", model_name="m", max_batch_size=8).version == 2
@@ -98,7 +98,7 @@ def test_preferred_batch_sizes_never_pass_the_limit(limit: int, sizes: list[int]
 def test_the_jpeg_ensemble_is_packaged_beside_the_classifier(tmp_path: Path) -> None:
     repository = tmp_path / "repo"
     package_model(
-        _fake_model(tmp_path / "model", image_size=64),
+        fake_model(tmp_path / "model", image_size=64),
         str(repository),
         flavour="onnxruntime",
         model_name="dogs_cats",

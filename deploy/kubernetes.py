@@ -1,0 +1,207 @@
+"""Cluster path, stage 4: the Kubernetes objects that serve the Triton image.
+
+Plain dicts in kubectl's shape, so what is applied, what the tests validate
+against the Kubernetes schemas, and what `kubectl get -o yaml` shows are the
+same thing. Each setting that is not obvious says why it is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.settings import Environment
+
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+# Prometheus-adapter metric (see README): Triton's queue time per request, averaged
+# over the last minute, from nv_inference_queue_duration_us / nv_inference_request_success.
+QUEUE_TIME_METRIC = "triton_queue_time_per_request_us"
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    name: str
+    namespace: str
+    image: str
+    replicas: int
+    max_replicas: int  # > replicas adds a HorizontalPodAutoscaler
+    queue_time_target_us: int
+    gpu_node_selector: str
+    model_name: str
+    model_version: int
+
+    @classmethod
+    def from_environment(
+        cls, environment: Environment, *, image: str, model_name: str, model_version: int
+    ) -> ServingSpec:
+        return cls(
+            name=environment.serving_name,
+            namespace=environment.namespace,
+            image=image,
+            replicas=environment.serving_replicas,
+            max_replicas=environment.serving_max_replicas,
+            queue_time_target_us=environment.serving_queue_time_target_us,
+            gpu_node_selector=environment.gpu_node_selector,
+            model_name=model_name,
+            model_version=model_version,
+        )
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/component": "serving"}
+
+    def metadata(self) -> dict[str, Any]:
+        labels = {**self.selector, "app.kubernetes.io/part-of": "dogs-cats-triton"}
+        return {"name": self.name, "namespace": self.namespace, "labels": labels}
+
+
+def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def deployment(spec: ServingSpec) -> dict[str, Any]:
+    selector_key, _, selector_value = spec.gpu_node_selector.partition("=")
+    container = {
+        "name": "triton",
+        "image": spec.image,
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "grpc", "containerPort": GRPC_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        # Startup covers image pull leftovers, CUDA init and (with the TensorRT switch)
+        # the FP16 engine build: up to 10 minutes before liveness may restart it.
+        "startupProbe": _http_probe("/v2/health/ready", 10, 60),
+        # Ready only when every model is loaded (--strict-readiness), so a rollout
+        # never sends traffic to a pod still loading.
+        "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _http_probe("/v2/health/live", 10, 3),
+        "resources": {
+            "requests": {"cpu": "2", "memory": "8Gi"},
+            # Kubernetes schedules GPUs by limit; the memory limit keeps a leak from
+            # taking the node down with it.
+            "limits": {"nvidia.com/gpu": "1", "memory": "16Gi"},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # The python backend passes tensors through /dev/shm; the container
+        # runtime's default of 64 MB is too small for batches of images.
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            **spec.metadata(),
+            "annotations": {"dogs-cats-triton/model-version": str(spec.model_version)},
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": spec.selector},
+            # Keep `kubectl rollout undo` able to go back several models.
+            "revisionHistoryLimit": 10,
+            # A rollout that makes no progress for 10 minutes is marked failed
+            # (Progressing=False, ProgressDeadlineExceeded); the deploy task then rolls back.
+            "progressDeadlineSeconds": 600,
+            # Bring a new pod up before taking an old one down: no capacity dip.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": {**spec.selector, "dogs-cats-triton/model-version": str(spec.model_version)},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                    },
+                },
+                "spec": {
+                    # Triton needs no Kubernetes API access.
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "nodeSelector": {selector_key: selector_value},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    # Let in-flight requests finish when a pod is replaced.
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
+                },
+            },
+        },
+    }
+
+
+def service(spec: ServingSpec) -> dict[str, Any]:
+    """ClusterIP only: inside the cluster by default; expose it deliberately (Ingress, port-forward)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": spec.metadata(),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": spec.selector,
+            "ports": [
+                {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
+                for name, port in (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(spec: ServingSpec) -> dict[str, Any]:
+    """Node upgrades and autoscaler drains keep at least one server answering."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": spec.metadata(),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": spec.selector}},
+    }
+
+
+def horizontal_pod_autoscaler(spec: ServingSpec) -> dict[str, Any]:
+    """Scale on Triton's queue time: it grows before latency does, unlike GPU utilisation."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": spec.metadata(),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+            "minReplicas": spec.replicas,
+            "maxReplicas": spec.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": QUEUE_TIME_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": str(spec.queue_time_target_us)},
+                    },
+                }
+            ],
+            # Scale down slowly: new GPU pods take minutes to become ready.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
+        },
+    }
+
+
+def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
+    """Everything `deploy` applies, in apply order."""
+    served = deployment(spec)
+    manifests = [service(spec), pod_disruption_budget(spec), served]
+    if spec.max_replicas > spec.replicas:
+        # The HPA owns the replica count: a count in the applied manifest would
+        # reset it on every deploy.
+        del served["spec"]["replicas"]
+        manifests.append(horizontal_pod_autoscaler(spec))
+    return manifests

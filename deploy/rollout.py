@@ -1,0 +1,270 @@
+"""Cluster path, stage 4: apply, wait like `kubectl rollout status`, smoke-test,
+and roll back like `kubectl rollout undo` when any of it fails.
+
+The logic speaks to the API server through `ClusterApi` (four calls, kubectl's
+JSON shapes); `KubernetesApi` is the real one over the official client. Tests
+drive the logic with a fake that plays the Deployment status transitions of
+apps/v1, since no API server runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from deploy import Endpoint
+from deploy.kubernetes import GRPC_PORT, HTTP_PORT, ServingSpec, serving_manifests
+from model_repository.repository import RepositoryVersion
+from pipeline import storage
+from pipeline.settings import Environment
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "dogs-cats-triton"
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+
+
+class RolloutFailed(RuntimeError):
+    """The rollout did not complete (stuck, failed, or the smoke test said no)."""
+
+
+class DeploymentFailed(RuntimeError):
+    """The new model is not serving; the message says why and what now serves."""
+
+
+class ClusterApi(Protocol):
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: create or update, owned by FIELD_MANAGER."""
+        ...
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]: ...
+
+    def replace_pod_template(self, namespace: str, name: str, template: dict[str, Any]) -> None: ...
+
+
+def _plural_path(manifest: dict[str, Any]) -> str:
+    """REST path of a namespaced object; every kind applied here pluralises with 's'."""
+    api_version, kind = manifest["apiVersion"], manifest["kind"]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    metadata = manifest["metadata"]
+    return f"{prefix}/namespaces/{metadata['namespace']}/{kind.lower()}s/{metadata['name']}"
+
+
+class KubernetesApi:
+    """ClusterApi over the official kubernetes client (an ApiClient from a kubeconfig or the hook)."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.apps = client.AppsV1Api(api_client)
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        # What `kubectl apply --server-side --force-conflicts` sends: rerunning it
+        # with the same manifest changes nothing.
+        response: dict[str, Any] = self.api_client.call_api(
+            _plural_path(manifest),
+            "PATCH",
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+            body=manifest,
+            response_types_map={200: "object", 201: "object"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+        )
+        return response
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        return dict(self.api_client.sanitize_for_serialization(deployment))
+
+    def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        found = self.apps.list_namespaced_replica_set(namespace, label_selector=label_selector)
+        return list(self.api_client.sanitize_for_serialization(found)["items"])
+
+    def replace_pod_template(self, namespace: str, name: str, template: dict[str, Any]) -> None:
+        # A JSON patch of the template alone, as `kubectl rollout undo` sends.
+        self.apps.patch_namespaced_deployment(
+            name, namespace, [{"op": "replace", "path": "/spec/template", "value": template}]
+        )
+
+
+def rollout_progress(deployment: dict[str, Any]) -> tuple[bool, str]:
+    """(done, message) for one look at a Deployment, as `kubectl rollout status` judges it.
+
+    Raises RolloutFailed once the controller has given up (ProgressDeadlineExceeded).
+    """
+    name = deployment["metadata"]["name"]
+    spec, status = deployment["spec"], deployment.get("status") or {}
+    if deployment["metadata"].get("generation", 0) > status.get("observedGeneration", 0):
+        return False, f"waiting for the controller to observe {name}'s new spec"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            reason = condition.get("message")
+            raise RolloutFailed(f"deployment {name} exceeded its progress deadline: {reason}")
+    wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    if updated < wanted:
+        return False, f"{updated} of {wanted} new replicas have been updated"
+    if status.get("replicas", 0) > updated:
+        old = status.get("replicas", 0) - updated
+        return False, f"{old} old replicas are pending termination"
+    available = status.get("availableReplicas", 0)
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas are available"
+    return True, f"deployment {name} successfully rolled out"
+
+
+def wait_for_rollout(
+    api: ClusterApi,
+    namespace: str,
+    name: str,
+    *,
+    timeout_s: float,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    deadline = clock() + timeout_s
+    message = "not looked at yet"
+    while clock() < deadline:
+        done, message = rollout_progress(api.read_deployment(namespace, name))
+        if done:
+            return message
+        log.info("%s", message)
+        sleep(poll_s)
+    raise RolloutFailed(f"deployment {name} not rolled out after {timeout_s:.0f} s: {message}")
+
+
+def undo(api: ClusterApi, namespace: str, name: str) -> int | None:
+    """Roll back to the previous revision like `kubectl rollout undo`; None if there is none."""
+    deployment = api.read_deployment(namespace, name)
+    current = int(deployment["metadata"].get("annotations", {}).get(REVISION_ANNOTATION, 0))
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    owned = [
+        replica_set
+        for replica_set in api.list_replica_sets(namespace, selector)
+        if any(owner.get("uid") == deployment["metadata"].get("uid") for owner in _owners(replica_set))
+    ]
+    earlier = [rs for rs in owned if 0 < _revision(rs) < current]
+    if not earlier:
+        return None
+    previous = max(earlier, key=_revision)
+    template = json.loads(json.dumps(previous["spec"]["template"]))
+    template["metadata"].get("labels", {}).pop("pod-template-hash", None)
+    api.replace_pod_template(namespace, name, template)
+    log.warning("rolled %s back to revision %d", name, _revision(previous))
+    return _revision(previous)
+
+
+def _owners(replica_set: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(replica_set["metadata"].get("ownerReferences") or [])
+
+
+def _revision(replica_set: dict[str, Any]) -> int:
+    return int(replica_set["metadata"].get("annotations", {}).get(REVISION_ANNOTATION, 0))
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    deployment: str
+    namespace: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def roll_out(
+    api: ClusterApi,
+    manifests: list[dict[str, Any]],
+    smoke_test: Callable[[], None],
+    *,
+    timeout_s: float,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> RolloutResult:
+    """Apply the manifests, wait for the Deployment, smoke-test it; undo on any failure."""
+    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+    for manifest in manifests:
+        api.apply(manifest)
+        log.info("applied %s/%s", manifest["kind"], manifest["metadata"]["name"])
+    try:
+        message = wait_for_rollout(
+            api, namespace, name, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock
+        )
+        smoke_test()
+    except Exception as failure:
+        revision = undo(api, namespace, name)
+        now = f"rolled back to revision {revision}" if revision else "no earlier revision to roll back to"
+        raise DeploymentFailed(f"{failure} ({now})") from failure
+    return RolloutResult(name, namespace, message)
+
+
+def smoke_test(url: str, model_name: str, version: int, images: list[bytes], timeout_s: float = 30.0) -> None:
+    """A few real images through the Service, both ways in: decoded tensors and encoded bytes.
+
+    Passes only when the served model is the version just rolled out and every
+    image gets a label.
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from client.triton import classify, classify_encoded, model_info
+    from model_repository import ensemble_name
+    from pipeline.images import decode_rgb
+
+    client = httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+    try:
+        served = client.get_model_metadata(model_name)["versions"]
+        if str(version) not in served:
+            raise RolloutFailed(f"smoke test: {url} serves {model_name} versions {served}, not {version}")
+        info = model_info(client, model_name)
+        tensors = classify(client, info, np.stack([decode_rgb(blob, info.image_size) for blob in images]))
+        encoded = classify_encoded(client, ensemble_name(model_name), images)
+    except InferenceServerException as exc:
+        raise RolloutFailed(f"smoke test against {url} failed: {exc}") from exc
+    finally:
+        client.close()
+    if len(tensors) != len(images) or len(encoded) != len(images):
+        raise RolloutFailed(f"smoke test: {len(images)} images sent, answers were incomplete")
+    log.info("smoke test passed: %s", [row[0].label for row in tensors])
+
+
+def deploy_to_kubernetes(
+    api: ClusterApi,
+    version: RepositoryVersion,
+    image: str,
+    smoke_images_uri: str,
+    environment: Environment,
+    smoke_images: int = 4,
+) -> Endpoint:
+    """Roll the image holding `version` out to the cluster; the Endpoint is the Service."""
+    spec = ServingSpec.from_environment(
+        environment, image=image, model_name=version.model_name, model_version=version.version
+    )
+    service_host = f"{spec.name}.{spec.namespace}.svc.cluster.local"
+    url = environment.serving_url or f"{service_host}:{HTTP_PORT}"
+    grpc_url = "" if environment.serving_url else f"{service_host}:{GRPC_PORT}"
+    images = [storage.read_bytes(uri) for uri in sorted(storage.list_files(smoke_images_uri))[:smoke_images]]
+    if not images:
+        raise DeploymentFailed(f"no images under {smoke_images_uri} to smoke-test with; nothing was applied")
+    result = roll_out(
+        api,
+        serving_manifests(spec),
+        lambda: smoke_test(url, version.model_name, version.version, images),
+        timeout_s=environment.rollout_timeout_s,
+    )
+    log.info("%s", result.message)
+    return Endpoint(url, version.model_name, version.version, grpc_url=grpc_url)

@@ -1,0 +1,170 @@
+"""Pod operators for the cluster path, with defaults learnt the hard way.
+
+Each default says why it is there; callers override by keyword. Both are the
+real KubernetesPodOperator, so the tests build their pods with
+`build_pod_request_obj` and validate them against the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import models as k8s
+
+from pipeline.settings import Environment
+
+BUILDKIT_UID = 1000  # the `user` account of moby/buildkit's rootless image
+
+
+def _gpu_node_placement(environment: Environment) -> dict[str, Any]:
+    """Land on GPU nodes, and tolerate the taint GKE puts on them."""
+    selector_key, _, selector_value = environment.gpu_node_selector.partition("=")
+    return {
+        "node_selector": {selector_key: selector_value},
+        "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+    }
+
+
+class TrainingPodOperator(KubernetesPodOperator):
+    """`python -m training train` in a GPU pod, with defaults learnt the hard way.
+
+    Each default below says why it is there; callers override by keyword.
+    """
+
+    def __init__(self, *, environment: Environment, **kwargs: Any) -> None:
+        defaults: dict[str, Any] = {
+            "name": "dogs-cats-train",
+            "namespace": environment.namespace,
+            "kubernetes_conn_id": environment.kubernetes_conn_id,
+            "image": environment.training_image,
+            "cmds": ["python", "-m", "training", "train"],
+            # The GPU is a limit (Kubernetes schedules extended resources by limits);
+            # CPU and memory requests keep the input pipeline from being starved.
+            "container_resources": k8s.V1ResourceRequirements(
+                requests={"cpu": "4", "memory": "16Gi"},
+                limits={"nvidia.com/gpu": "1", "memory": "24Gi"},
+            ),
+            **_gpu_node_placement(environment),
+            # A GPU node pool scaled to zero takes minutes to add a node and pull
+            # the multi-GB TensorFlow image; the default 120 s would fail the task.
+            "startup_timeout_seconds": 1200,
+            # Workload Identity: the pod reads and writes the bucket as this account,
+            # so no key file is mounted.
+            "service_account_name": environment.service_account,
+            # Stream the training log into the Airflow task log, and on failure let
+            # Kubernetes put the log's tail in the termination message, which the
+            # operator includes in the task's error.
+            "get_logs": True,
+            "termination_message_policy": "FallbackToLogsOnError",
+            # Delete the pod when done, but keep its events in the log on failure.
+            "on_finish_action": "delete_pod",
+            "log_events_on_failure": True,
+            # A retried task reattaches to a pod still running instead of starting another.
+            "reattach_on_restart": True,
+            "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": "training"},
+        }
+        super().__init__(**{**defaults, **kwargs})
+
+
+class ImageBuildPodOperator(KubernetesPodOperator):
+    """Build and push the Triton image with rootless BuildKit (Kaniko is archived).
+
+    An init container fetches the build context (tar.gz) from the bucket into a
+    shared emptyDir; `buildctl-daemonless.sh` builds it and pushes `image`.
+    `context_uri` and `image` are templated, so they may come from XCom.
+    """
+
+    template_fields = (*KubernetesPodOperator.template_fields, "context_uri", "image_ref")
+
+    def __init__(self, *, environment: Environment, context_uri: str, image_ref: str, **kwargs: Any) -> None:
+        self.environment = environment
+        self.context_uri = context_uri
+        self.image_ref = image_ref
+        as_buildkit_user = {"run_as_user": BUILDKIT_UID, "run_as_group": BUILDKIT_UID}
+        defaults: dict[str, Any] = {
+            "name": "dogs-cats-build",
+            "namespace": environment.namespace,
+            "kubernetes_conn_id": environment.kubernetes_conn_id,
+            "image": environment.builder_image,
+            "cmds": ["buildctl-daemonless.sh"],
+            # Rootless BuildKit cannot create the nested process sandbox inside a pod.
+            "env_vars": [
+                k8s.V1EnvVar(name="BUILDKITD_FLAGS", value="--oci-worker-no-process-sandbox"),
+                k8s.V1EnvVar(name="DOCKER_CONFIG", value="/home/user/.docker"),
+            ],
+            # rootlesskit needs unconfined seccomp and AppArmor to create user
+            # namespaces; that, not privileged mode, is all BuildKit asks for.
+            "container_security_context": k8s.V1SecurityContext(
+                seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
+                app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"),
+                **as_buildkit_user,
+            ),
+            # The NGC base image is ~10 GB: BuildKit pulls, unpacks and pushes it.
+            "container_resources": k8s.V1ResourceRequirements(
+                requests={"cpu": "2", "memory": "4Gi", "ephemeral-storage": "40Gi"},
+                limits={"memory": "8Gi", "ephemeral-storage": "60Gi"},
+            ),
+            "volumes": [
+                k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                k8s.V1Volume(name="buildkitd", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                # A dockerconfigjson Secret, mounted where buildctl looks for credentials.
+                k8s.V1Volume(
+                    name="registry-credentials",
+                    secret=k8s.V1SecretVolumeSource(
+                        secret_name=environment.registry_secret,
+                        items=[k8s.V1KeyToPath(key=".dockerconfigjson", path="config.json")],
+                    ),
+                ),
+            ],
+            "volume_mounts": [
+                k8s.V1VolumeMount(name="workspace", mount_path="/workspace", read_only=True),
+                k8s.V1VolumeMount(name="buildkitd", mount_path="/home/user/.local/share/buildkit"),
+                k8s.V1VolumeMount(
+                    name="registry-credentials", mount_path="/home/user/.docker", read_only=True
+                ),
+            ],
+            # Workload Identity lets the init container read the bucket without a key file.
+            "service_account_name": environment.service_account,
+            # Pulling a 10 GB base image on a fresh node takes minutes.
+            "startup_timeout_seconds": 900,
+            "get_logs": True,
+            "init_container_logs": True,
+            "termination_message_policy": "FallbackToLogsOnError",
+            "on_finish_action": "delete_pod",
+            "log_events_on_failure": True,
+            "reattach_on_restart": True,
+            "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": "image-build"},
+        }
+        super().__init__(**{**defaults, **kwargs})
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        """Fill in the context and image once templates (or XCom) have been rendered."""
+        self.arguments = [
+            "build",
+            "--frontend=dockerfile.v0",
+            "--local=context=/workspace/context",
+            "--local=dockerfile=/workspace/context",
+            f"--output=type=image,name={self.image_ref},push=true",
+        ]
+        self.init_containers = [
+            k8s.V1Container(
+                name="fetch-context",
+                image=self.environment.context_fetch_image,
+                command=["sh", "-c"],
+                args=[
+                    'gcloud storage cp "$CONTEXT_URI" /tmp/context.tar.gz'
+                    " && mkdir -p /workspace/context"
+                    " && tar -xzf /tmp/context.tar.gz -C /workspace/context"
+                ],
+                env=[k8s.V1EnvVar(name="CONTEXT_URI", value=self.context_uri)],
+                security_context=k8s.V1SecurityContext(
+                    run_as_user=BUILDKIT_UID,
+                    run_as_group=BUILDKIT_UID,
+                    run_as_non_root=True,
+                    allow_privilege_escalation=False,
+                ),
+                volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path="/workspace")],
+            )
+        ]
+        return super().build_pod_request_obj(context, dry_run=dry_run)

@@ -1,0 +1,93 @@
+"""The Triton server image: its Dockerfile and its build context."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deploy.image import (
+    DOCKERFILE,
+    context_files,
+    deterministic_targz,
+    triton_base_image,
+    upload_build_context,
+)
+from model_repository.repository import RepositoryVersion, package_model
+from tests.model_repository.test_repository import fake_model
+from tests.training.test_dockerfile import hadolint
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = hadolint(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_image_is_a_pinned_ngc_release() -> None:
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", triton_base_image())
+
+
+def test_server_runs_as_non_root_with_model_control_off() -> None:
+    text = DOCKERFILE.read_text()
+    assert "USER 10001" in text
+    assert "--model-control-mode=none" in text
+    assert "COPY --chown=10001:10001 model_repository/ /models/" in text
+
+
+Packaged = tuple[Path, RepositoryVersion]
+
+
+@pytest.fixture
+def packaged(tmp_path: Path) -> Packaged:
+    repository = tmp_path / "repo"
+    for run in ("a", "b"):
+        model_uri = fake_model(tmp_path / run)
+        version = package_model(
+            model_uri, str(repository), flavour="onnxruntime", model_name="dogs_cats", max_batch_size=8
+        )
+    (repository / "dogs_cats" / "1" / "__pycache__").mkdir()
+    (repository / "dogs_cats" / "1" / "__pycache__" / "x.pyc").write_bytes(b"cache")
+    return repository, version
+
+
+def test_context_holds_the_dockerfile_and_the_three_models(packaged: Packaged) -> None:
+    _, version = packaged
+    names = set(context_files(version))
+    assert "Dockerfile" in names
+    assert {
+        "model_repository/dogs_cats/config.pbtxt",
+        "model_repository/dogs_cats/1/model.onnx",
+        "model_repository/dogs_cats/2/model.onnx",
+        "model_repository/dogs_cats_preprocess/1/model.py",
+        "model_repository/dogs_cats_jpeg/config.pbtxt",
+    } <= names
+    assert not any("__pycache__" in name for name in names)
+
+
+def test_archive_bytes_depend_only_on_content() -> None:
+    files = {"b": b"2", "a": b"1"}
+    assert deterministic_targz(files) == deterministic_targz(dict(reversed(files.items())))
+    assert deterministic_targz(files) != deterministic_targz({**files, "a": b"changed"})
+    with tarfile.open(fileobj=io.BytesIO(deterministic_targz(files))) as archive:
+        assert archive.getnames() == ["a", "b"]
+        assert {member.mtime for member in archive.getmembers()} == {0}
+
+
+def test_image_tag_is_the_version_and_the_content_digest(tmp_path: Path, packaged: Packaged) -> None:
+    _, version = packaged
+    bucket = tmp_path / "bucket"
+    build = upload_build_context(version, str(bucket / "images"), "registry.example/team/")
+    assert build.image == f"registry.example/team/dogs-cats-triton:v2-{build.digest[:12]}"
+    assert Path(build.context_uri).read_bytes()[:2] == b"\x1f\x8b"
+    again = upload_build_context(version, str(bucket / "images"), "registry.example/team")
+    assert again == build, "a retried task builds the same tag"
+
+
+def test_a_missing_version_is_refused(tmp_path: Path, packaged: Packaged) -> None:
+    repository, version = packaged
+    (repository / "dogs_cats" / "2" / "model.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="version 2 of dogs_cats"):
+        context_files(version)

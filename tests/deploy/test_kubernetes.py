@@ -1,0 +1,94 @@
+"""The serving manifests, validated against the real Kubernetes schemas."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from deploy.kubernetes import ServingSpec, serving_manifests
+from pipeline.settings import Environment
+
+
+def _spec(**overrides: int) -> ServingSpec:
+    environment = Environment(platform="kubernetes", namespace="ml", **overrides)  # type: ignore[arg-type]
+    return ServingSpec.from_environment(
+        environment, image="registry.example/dogs-cats-triton:v3-abc", model_name="dogs_cats", model_version=3
+    )
+
+
+def _by_kind(manifests: list[dict]) -> dict[str, dict]:
+    return {manifest["kind"]: manifest for manifest in manifests}
+
+
+@pytest.mark.parametrize("max_replicas", [0, 6])
+def test_every_manifest_is_valid_against_the_kubernetes_schema(max_replicas: int) -> None:
+    for manifest in serving_manifests(_spec(serving_max_replicas=max_replicas)):
+        kubernetes_validate.validate(manifest, "1.33", strict=True)
+
+
+def test_deployment_serves_the_image_on_a_gpu_with_triton_s_health_probes() -> None:
+    deployment = _by_kind(serving_manifests(_spec()))["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/dogs-cats-triton:v3-abc"
+    assert {port["containerPort"] for port in container["ports"]} == {8000, 8001, 8002}
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["memory"]
+    shm = next(volume for volume in pod["volumes"] if volume["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["template"]["metadata"]["labels"]["dogs-cats-triton/model-version"] == "3"
+
+
+def test_server_runs_as_non_root_without_privilege_escalation() -> None:
+    pod = _by_kind(serving_manifests(_spec()))["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"].get("privileged") is not True
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_service_stays_inside_the_cluster_on_triton_s_three_ports() -> None:
+    service = _by_kind(serving_manifests(_spec()))["Service"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert {(port["name"], port["port"]) for port in service["spec"]["ports"]} == {
+        ("http", 8000),
+        ("grpc", 8001),
+        ("metrics", 8002),
+    }
+
+
+def test_selectors_match_the_pods() -> None:
+    manifests = _by_kind(serving_manifests(_spec()))
+    pod_labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        manifests["Service"]["spec"]["selector"],
+        manifests["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+        manifests["Deployment"]["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= pod_labels.items()
+
+
+def test_autoscaler_only_when_asked_and_then_it_owns_the_replica_count() -> None:
+    assert "HorizontalPodAutoscaler" not in _by_kind(serving_manifests(_spec()))
+    manifests = _by_kind(serving_manifests(_spec(serving_max_replicas=6)))
+    autoscaler = manifests["HorizontalPodAutoscaler"]
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    assert autoscaler["spec"]["minReplicas"] == 2
+    assert autoscaler["spec"]["maxReplicas"] == 6
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "triton_queue_time_per_request_us"
+    assert "replicas" not in manifests["Deployment"]["spec"]
+
+
+def test_manifests_are_the_same_on_every_call() -> None:
+    """Server-side apply of the same manifests is a no-op: a retried deploy changes nothing."""
+    assert serving_manifests(_spec()) == serving_manifests(_spec())

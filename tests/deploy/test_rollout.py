@@ -1,0 +1,295 @@
+"""Rollout, smoke test and rollback against a fake of the apps/v1 Deployment
+controller (no API server runs here), plus what the real client sends."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import pytest
+from kubernetes import client as k8s_client
+
+from deploy.kubernetes import ServingSpec, serving_manifests
+from deploy.rollout import (
+    FIELD_MANAGER,
+    DeploymentFailed,
+    KubernetesApi,
+    RolloutFailed,
+    roll_out,
+    rollout_progress,
+    wait_for_rollout,
+)
+from pipeline.settings import Environment
+
+Behaviour = Literal["healthy", "stuck", "deadline"]
+
+
+class FakeCluster:
+    """Plays the Deployment controller's status transitions, one step per read.
+
+    A changed pod template bumps generation and revision and adds a ReplicaSet,
+    as the real controller does; then, per `behaviour`, the new pods become
+    available (healthy), never do (stuck), or the progress deadline passes (deadline).
+    """
+
+    def __init__(self, behaviour: Behaviour = "healthy") -> None:
+        self.behaviour = behaviour
+        self.applied: list[dict[str, Any]] = []
+        self.deployment: dict[str, Any] | None = None
+        self.replica_sets: list[dict[str, Any]] = []
+        self.reads_since_change = 0
+        self.templates_replaced: list[dict[str, Any]] = []
+
+    # ClusterApi
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(copy.deepcopy(manifest))
+        if manifest["kind"] == "Deployment":
+            self._set_template(manifest["spec"]["template"], manifest)
+        return manifest
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        assert self.deployment is not None
+        self._advance()
+        return copy.deepcopy(self.deployment)
+
+    def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.replica_sets)
+
+    def replace_pod_template(self, namespace: str, name: str, template: dict[str, Any]) -> None:
+        self.templates_replaced.append(template)
+        self.behaviour = "healthy"  # the previous image starts fine
+        self._set_template(template)
+
+    # The controller
+    def _set_template(self, template: dict[str, Any], manifest: dict[str, Any] | None = None) -> None:
+        if self.deployment is None:
+            assert manifest is not None
+            self.deployment = copy.deepcopy(manifest)
+            self.deployment["metadata"].update(generation=0, uid="uid-1", annotations={})
+            self.deployment["status"] = {}
+        elif self.deployment["spec"]["template"] == template:
+            return  # nothing changed: no new generation, no new revision
+        revision = len(self.replica_sets) + 1
+        self.deployment["spec"]["template"] = copy.deepcopy(template)
+        self.deployment["metadata"]["generation"] += 1
+        self.deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = str(revision)
+        labelled = copy.deepcopy(template)
+        labelled["metadata"]["labels"]["pod-template-hash"] = f"hash{revision}"
+        self.replica_sets.append(
+            {
+                "metadata": {
+                    "name": f"rs-{revision}",
+                    "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                    "ownerReferences": [{"kind": "Deployment", "uid": "uid-1"}],
+                },
+                "spec": {"template": labelled},
+            }
+        )
+        self.reads_since_change = 0
+
+    def _advance(self) -> None:
+        assert self.deployment is not None
+        status, wanted = self.deployment["status"], self.deployment["spec"].get("replicas", 1)
+        self.reads_since_change += 1
+        step = self.reads_since_change
+        status["observedGeneration"] = self.deployment["metadata"]["generation"] if step > 1 else 0
+        if step < 2:
+            return
+        status.update(replicas=wanted + 1, updatedReplicas=wanted, availableReplicas=0, conditions=[])
+        if self.behaviour == "healthy" and step >= 3:
+            status.update(replicas=wanted, availableReplicas=wanted)
+        if self.behaviour == "deadline" and step >= 3:
+            status["conditions"] = [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": 'ReplicaSet "rs-2" has timed out progressing.',
+                }
+            ]
+
+
+class FakeTime:
+    """Time that passes only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def _manifests(version: int) -> list[dict[str, Any]]:
+    spec = ServingSpec.from_environment(
+        Environment(platform="kubernetes"),
+        image=f"r/dogs-cats-triton:v{version}",
+        model_name="m",
+        model_version=version,
+    )
+    return serving_manifests(spec)
+
+
+def _roll_out(cluster: FakeCluster, version: int, smoke: Any = None) -> Any:
+    time = FakeTime()
+    return roll_out(
+        cluster,
+        _manifests(version),
+        smoke or (lambda: None),
+        timeout_s=5,
+        poll_s=1,
+        sleep=time.sleep,
+        clock=time.clock,
+    )
+
+
+def _image(cluster: FakeCluster) -> str:
+    assert cluster.deployment is not None
+    return str(cluster.deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def test_a_healthy_rollout_completes_and_is_smoke_tested() -> None:
+    cluster, smoked = FakeCluster(), []
+    result = _roll_out(cluster, 1, lambda: smoked.append(True))
+    assert "successfully rolled out" in result.message
+    assert smoked == [True]
+    assert [m["kind"] for m in cluster.applied] == ["Service", "PodDisruptionBudget", "Deployment"]
+
+
+def test_rerunning_the_same_deploy_changes_nothing() -> None:
+    cluster = FakeCluster()
+    _roll_out(cluster, 1)
+    _roll_out(cluster, 1)
+    assert cluster.deployment is not None
+    assert cluster.deployment["metadata"]["generation"] == 1
+    assert len(cluster.replica_sets) == 1
+
+
+def test_a_stuck_rollout_times_out_and_rolls_back() -> None:
+    cluster = FakeCluster()
+    _roll_out(cluster, 1)
+    cluster.behaviour = "stuck"
+    with pytest.raises(DeploymentFailed, match=r"not rolled out after 5 s.*\(rolled back to revision 1\)"):
+        _roll_out(cluster, 2)
+    assert _image(cluster) == "r/dogs-cats-triton:v1"
+    (restored,) = cluster.templates_replaced
+    assert "pod-template-hash" not in restored["metadata"]["labels"], "as kubectl rollout undo strips it"
+
+
+def test_a_failed_rollout_rolls_back_and_names_the_reason() -> None:
+    cluster = FakeCluster()
+    _roll_out(cluster, 1)
+    cluster.behaviour = "deadline"
+    with pytest.raises(DeploymentFailed, match=r"exceeded its progress deadline.*rolled back to revision 1"):
+        _roll_out(cluster, 2)
+    assert _image(cluster) == "r/dogs-cats-triton:v1"
+
+
+def test_a_failed_smoke_test_rolls_back() -> None:
+    cluster = FakeCluster()
+    _roll_out(cluster, 1)
+    _roll_out(cluster, 2)
+
+    def failing_smoke() -> None:
+        raise RolloutFailed("smoke test: serves versions ['2'], not 3")
+
+    with pytest.raises(DeploymentFailed, match=r"smoke test.*rolled back to revision 2"):
+        _roll_out(cluster, 3, failing_smoke)
+    assert _image(cluster) == "r/dogs-cats-triton:v2"
+
+
+def test_a_first_deploy_that_fails_has_nothing_to_roll_back_to() -> None:
+    with pytest.raises(DeploymentFailed, match="no earlier revision to roll back to"):
+        _roll_out(FakeCluster("deadline"), 1)
+
+
+ROLLED = {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 2}
+
+
+@pytest.mark.parametrize(
+    ("status", "done", "message"),
+    [
+        ({}, False, "observe"),
+        ({"observedGeneration": 2, "updatedReplicas": 1, "replicas": 2}, False, "1 of 2 new replicas"),
+        ({"observedGeneration": 2, "updatedReplicas": 2, "replicas": 3}, False, "1 old replicas are pending"),
+        ({**ROLLED, "availableReplicas": 1}, False, "1 of 2 updated replicas are available"),
+        ({**ROLLED, "availableReplicas": 2}, True, "successfully rolled out"),
+    ],
+)
+def test_progress_is_judged_as_kubectl_rollout_status_does(status: dict, done: bool, message: str) -> None:
+    deployment = {"metadata": {"name": "d", "generation": 2}, "spec": {"replicas": 2}, "status": status}
+    assert rollout_progress(deployment)[0] is done
+    assert message in rollout_progress(deployment)[1]
+
+
+def test_waiting_gives_up_with_the_last_state_seen() -> None:
+    cluster = FakeCluster("stuck")
+    cluster.apply(_manifests(1)[2])
+    time = FakeTime()
+    with pytest.raises(RolloutFailed, match="1 old replicas are pending termination"):
+        wait_for_rollout(cluster, "ns", "d", timeout_s=3, poll_s=1, sleep=time.sleep, clock=time.clock)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    requests: list[dict[str, Any]] = []
+
+    def do_PATCH(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Recorder.requests.append(
+            {"path": self.path, "content_type": self.headers["Content-Type"], "body": json.loads(body)}
+        )
+        reply = json.dumps({"kind": "Deployment", "metadata": {"name": "x"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def api_server() -> Iterator[str]:
+    """A local HTTP server that records what the real kubernetes client sends."""
+    _Recorder.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _api(host: str) -> KubernetesApi:
+    configuration = k8s_client.Configuration()
+    configuration.host = host
+    return KubernetesApi(k8s_client.ApiClient(configuration))
+
+
+def test_apply_is_a_server_side_apply_request(api_server: str) -> None:
+    api = _api(api_server)
+    for manifest in _manifests(1):
+        api.apply(manifest)
+    paths = [request["path"] for request in _Recorder.requests]
+    query = f"?fieldManager={FIELD_MANAGER}&force=true"
+    assert paths == [
+        f"/api/v1/namespaces/dogs-cats/services/dogs-cats-triton{query}",
+        f"/apis/policy/v1/namespaces/dogs-cats/poddisruptionbudgets/dogs-cats-triton{query}",
+        f"/apis/apps/v1/namespaces/dogs-cats/deployments/dogs-cats-triton{query}",
+    ]
+    assert {request["content_type"] for request in _Recorder.requests} == {"application/apply-patch+yaml"}
+    assert _Recorder.requests[2]["body"] == _manifests(1)[2]
+
+
+def test_undo_sends_a_json_patch_of_the_template(api_server: str) -> None:
+    template = {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": []}}
+    _api(api_server).replace_pod_template("ns", "d", template)
+    (request,) = _Recorder.requests
+    assert request["path"] == "/apis/apps/v1/namespaces/ns/deployments/d"
+    assert request["content_type"] == "application/json-patch+json"
+    assert request["body"] == [{"op": "replace", "path": "/spec/template", "value": template}]

@@ -1,0 +1,71 @@
+"""The Kubernetes deploy task's logic end to end: the fake Deployment controller,
+with the real local tritonserver standing in for the Service it smoke-tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy.rollout import DeploymentFailed, RolloutFailed, deploy_to_kubernetes, smoke_test
+from model_repository.repository import RepositoryVersion
+from pipeline.settings import Environment
+from tests.deploy.test_rollout import FakeCluster
+
+pytestmark = pytest.mark.integration
+
+
+def _images(session_images: Path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted(session_images.rglob("*.jpg"))[:3]]
+
+
+def test_smoke_test_passes_on_the_served_version(served_model: dict, session_images: Path) -> None:
+    smoke_test(served_model["url"], "dogs_cats", served_model["version"].version, _images(session_images))
+
+
+def test_smoke_test_fails_when_another_version_answers(served_model: dict, session_images: Path) -> None:
+    with pytest.raises(RolloutFailed, match=r"serves dogs_cats versions \['1'\], not 7"):
+        smoke_test(served_model["url"], "dogs_cats", 7, _images(session_images))
+
+
+def test_smoke_test_fails_on_an_image_the_server_cannot_decode(served_model: dict) -> None:
+    with pytest.raises(Exception, match="image"):
+        smoke_test(served_model["url"], "dogs_cats", 1, [b"not an image"])
+
+
+def _version(served_model: dict, number: int) -> RepositoryVersion:
+    packaged: RepositoryVersion = served_model["version"]
+    return RepositoryVersion(packaged.repository_uri, "dogs_cats", number, "onnxruntime", 8)
+
+
+def test_deploy_task_rolls_out_and_returns_the_service_endpoint(
+    served_model: dict, session_images: Path
+) -> None:
+    environment = Environment(platform="kubernetes", serving_url=served_model["url"])
+    cluster = FakeCluster()
+    cats = str(session_images / "cat")
+    endpoint = deploy_to_kubernetes(cluster, _version(served_model, 1), "r/i:v1-abc", cats, environment)
+    assert endpoint.url == served_model["url"]
+    assert endpoint.version == 1
+    assert cluster.deployment is not None
+
+
+def test_deploy_task_rolls_back_when_the_new_pods_serve_the_wrong_model(
+    served_model: dict, session_images: Path
+) -> None:
+    environment = Environment(platform="kubernetes", serving_url=served_model["url"])
+    cluster = FakeCluster()
+    cats = str(session_images / "cat")
+    deploy_to_kubernetes(cluster, _version(served_model, 1), "r/i:v1", cats, environment)
+    with pytest.raises(DeploymentFailed, match=r"not 2.*rolled back to revision 1"):
+        deploy_to_kubernetes(cluster, _version(served_model, 2), "r/i:v2", cats, environment)
+    assert cluster.deployment is not None
+    assert cluster.deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "r/i:v1"
+
+
+def test_deploy_task_without_smoke_images_applies_nothing(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    version = RepositoryVersion("r", "dogs_cats", 1, "onnxruntime", 8)
+    with pytest.raises(DeploymentFailed, match="no images under"):
+        deploy_to_kubernetes(cluster, version, "r/i:v1", str(tmp_path), Environment())
+    assert cluster.applied == []
