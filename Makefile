@@ -14,7 +14,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
 
-.PHONY: install demo test lint unit integration stop
+.PHONY: install browser demo test lint unit integration stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+## Debian's Chromium, for the test that renders the HTML batch report headless.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "the report test needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 ## Run the dogs_cats DAG end to end on this machine; Triton keeps serving afterwards.
 demo: install
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
 
 ## Lint, type-check, then every test (unit and integration).
-test: install lint
+test: install lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -41,7 +47,7 @@ lint: install
 unit: install
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-integration: install
+integration: install browser
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 ## Stop the tritonserver that `make demo` left running.

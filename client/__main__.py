@@ -1,4 +1,8 @@
-"""`python -m client predict IMAGE...` and `python -m client batch --input ... --output ...`."""
+"""`python -m client predict IMAGE...` and `python -m client batch --input ... --output ...`.
+
+Exit codes: 0 all classified, 1 some images failed (each reason is reported),
+2 Triton unreachable or the run refused (nothing already written is lost).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,30 @@ import logging
 import sys
 from pathlib import Path
 
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client.batch import TritonUnavailable, run_batch
-from client.triton import DEFAULT_MODEL, classify, model_info
-from pipeline.images import decode_rgb
-from pipeline.settings import Environment
+from client.batch import BatchOptions, InputChanged, RetryPolicy, TritonUnavailable, run_batch
+from client.triton import (
+    DEFAULT_MODEL,
+    DEFAULT_PORTS,
+    PROTOCOLS,
+    Triton,
+    classify,
+    classify_encoded,
+    model_info,
+)
+from pipeline.images import ImageDecodeError, decode_rgb
 
 
 def main(argv: list[str] | None = None) -> int:
-    default_url = f"127.0.0.1:{Environment().triton_http_port}"
     parser = argparse.ArgumentParser(prog="python -m client")
-    parser.add_argument("--url", default=default_url, help=f"Triton HTTP host:port (default {default_url})")
+    parser.add_argument("--url", help="Triton host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="http")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--timeout", type=float, default=60.0, help="connection and network timeout, seconds")
+    parser.add_argument(
+        "--encoded", action="store_true", help="send file bytes to the <model>_jpeg ensemble (server decodes)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="classify image files")
@@ -30,46 +44,75 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
 
     batch = commands.add_parser("batch", help="classify every image under a folder or gs:// prefix")
-    batch.add_argument("--input", required=True)
-    batch.add_argument("--output", required=True)
-    batch.add_argument("--concurrency", type=int, default=4)
+    batch.add_argument("--input", required=True, help="folder or gs://bucket/prefix of images")
+    batch.add_argument("--output", required=True, help="folder or gs://bucket/prefix for predictions")
+    batch.add_argument("--concurrency", type=int, default=4, help="requests in flight (worker threads)")
+    batch.add_argument("--batch-size", type=int, default=0, help="images per request (default: model max)")
+    batch.add_argument("--retries", type=int, default=6, help="attempts per request while Triton is down")
+    batch.add_argument("--no-progress", action="store_true")
 
     args = parser.parse_args(argv)
+    args.url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "predict":
             return _predict(args)
-        report = run_batch(
-            args.url, args.input, args.output, model_name=args.model, concurrency=args.concurrency
-        )
-        print(json.dumps({k: report[k] for k in ("images", "succeeded", "failed", "label_distribution")}))
-        return 1 if report["failed"] else 0
+        return _batch(args)
     except TritonUnavailable as exc:
         print(f"error: Triton at {args.url} is unavailable: {exc}", file=sys.stderr)
+        return 2
+    except (InputChanged, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except (InferenceServerException, ConnectionError, OSError) as exc:
         print(f"error: cannot reach Triton at {args.url}: {exc}", file=sys.stderr)
         return 2
 
 
+def _batch(args: argparse.Namespace) -> int:
+    options = BatchOptions(
+        model_name=args.model,
+        protocol=args.protocol,
+        encoded=args.encoded,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        timeout_s=args.timeout,
+        retry=RetryPolicy(attempts=args.retries),
+        progress=not args.no_progress,
+    )
+    report = run_batch(args.url, args.input, args.output, options)
+    keys = ("images", "succeeded", "failed", "images_per_second", "label_distribution", "request_latency_ms")
+    print(json.dumps({key: report[key] for key in keys}))
+    return 1 if report["failed"] else 0
+
+
 def _predict(args: argparse.Namespace) -> int:
-    client = httpclient.InferenceServerClient(args.url)
-    info = model_info(client, args.model)
+    triton = Triton(args.url, args.protocol, args.timeout)
+    info = model_info(triton, args.model)
+    top_k = min(args.top_k, info.num_classes)
     failed = 0
     for path in args.images:
         try:
-            image = decode_rgb(path.read_bytes(), info.image_size)
-        except (ValueError, OSError) as exc:
-            failed += 1
-            print(
-                json.dumps({"image": str(path), "error": str(exc)}) if args.json else f"{path}: error: {exc}"
-            )
-            continue
-        (top,) = classify(client, info, image[None], top_k=min(args.top_k, info.num_classes))
-        if args.json:
-            print(json.dumps({"image": str(path), "predictions": [p.__dict__ for p in top]}))
+            data = path.read_bytes()
+            if args.encoded:
+                (top,) = classify_encoded(triton, args.model, [data], top_k=top_k)
+            else:
+                (top,) = classify(triton, info, decode_rgb(data, info.image_size)[None], top_k=top_k)
+        except (ImageDecodeError, OSError) as exc:
+            reason = str(exc)
+        except InferenceServerException as exc:
+            if str(exc.status()) not in {"400", "StatusCode.INVALID_ARGUMENT"}:
+                raise
+            reason = exc.message() or str(exc)
         else:
-            print(f"{path}: " + ", ".join(f"{p.label} {p.confidence:.1%}" for p in top))
+            if args.json:
+                print(json.dumps({"image": str(path), "predictions": [p.__dict__ for p in top]}))
+            else:
+                print(f"{path}: " + ", ".join(f"{p.label} {p.confidence:.1%}" for p in top))
+            continue
+        failed += 1
+        print(json.dumps({"image": str(path), "error": reason}) if args.json else f"{path}: error: {reason}")
+    triton.close()
     return 1 if failed else 0
 
 

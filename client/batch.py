@@ -1,35 +1,44 @@
 """Batch inference: every image under an input URI, through Triton, to the bucket.
 
-Resumable and exactly-once: the image list is fixed on the first run
-(`inputs.json`), cut into parts, and each finished part is written whole
-(`parts/part-NNNNN.json`); a rerun skips the parts already there. When all are
-done they are merged into `predictions.jsonl` (one line per image: image,
-label, confidence) and `report.json` (counts, failures with reasons,
-confidence stats, label distribution). Requests run in a few worker threads,
-each with its own HTTP client (tritonclient's HTTP client is not thread-safe),
-and are retried with exponential backoff while the server is unreachable or
-answers 5xx; a server that stays down ends the run with every finished part kept.
+Streaming: the image list is read one listing page at a time and cut into
+parts of `part_size` images as it goes; memory does not grow with the input.
+
+Resumable and exactly-once: each finished part is written whole
+(`parts/part-NNNNN.json`, atomically: temp file + rename locally, one object
+on GCS) and names its first and last image; a rerun skips the parts already
+there after checking they still line up with the listing. When all are done,
+`merge_outputs` streams the parts into `predictions.jsonl` (one line per
+image), `report.json` and `report.html`. The same merge joins the outputs of
+the DAG's shards.
+
+Requests run in worker threads, each with its own Triton connection (HTTP or
+gRPC), decode included, so decoding and requests overlap; connection errors
+and 5xx are retried with exponential backoff, and a server that stays down
+ends the run with every finished part kept. A file that cannot be read or
+decoded is recorded with its reason and the batch goes on.
 """
 
 from __future__ import annotations
 
+import http.client
+import itertools
 import json
 import logging
-import statistics
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client.triton import DEFAULT_MODEL, ModelInfo, classify, model_info
+from client.progress import Progress
+from client.report import ReportBuilder, render_html
+from client.triton import DEFAULT_MODEL, ModelInfo, Protocol, Triton, classify, classify_encoded, model_info
+from model_repository import ensemble_name
 from pipeline import storage
 from pipeline.images import IMAGE_SUFFIXES, ImageDecodeError, decode_rgb
 from pipeline.settings import join_uri
@@ -38,11 +47,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 INPUTS = "inputs.json"
+SHARDS = "shards.json"
 PART_SIZE = 256  # images; the unit of resumption, big enough to keep the workers busy
+RETRYABLE_GRPC = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED", "UNKNOWN")
 
 
 class TritonUnavailable(RuntimeError):
     """Triton stayed unreachable (or kept failing) through the retry budget."""
+
+
+class InputChanged(ValueError):
+    """The images under the input differ from those an earlier run recorded."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class RetryPolicy:
             try:
                 return action()
             except Exception as exc:
-                if not _retryable(exc):
+                if not retryable(exc):
                     raise
                 if attempt >= self.attempts:
                     raise TritonUnavailable(f"{what} failed {attempt} times; last error: {exc}") from exc
@@ -68,192 +83,329 @@ class RetryPolicy:
                 delay = min(delay * 2, self.max_delay_s)
 
 
-def _retryable(exc: Exception) -> bool:
+def retryable(exc: Exception) -> bool:
+    """Connection trouble, server-side errors, and a model still loading (a server that
+    just restarted answers 404 "has no available versions" until it is back); never a
+    request the server refused."""
     if isinstance(exc, InferenceServerException):
+        if "has no available versions" in str(exc) or "is not ready" in str(exc):
+            return True
         status = str(exc.status() or "")
+        if status.startswith("StatusCode."):
+            return status.removeprefix("StatusCode.") in RETRYABLE_GRPC
         return not status or status.startswith("5") or "unavailable" in str(exc).lower()
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+    # http.client.HTTPException: geventhttpclient's "connection closed" when the server dies mid-request.
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError, http.client.HTTPException))
+
+
+def _refused(exc: Exception) -> bool:
+    """The server answered that this request is bad (HTTP 400, gRPC INVALID_ARGUMENT)."""
+    return isinstance(exc, InferenceServerException) and str(exc.status()) in {
+        "400",
+        "StatusCode.INVALID_ARGUMENT",
+    }
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    model_name: str = DEFAULT_MODEL
+    protocol: Protocol = "http"
+    encoded: bool = False  # send file bytes to the <model>_jpeg ensemble instead of tensors
+    concurrency: int = 4
+    batch_size: int = 0  # images per request; 0 takes the model's max_batch_size
+    timeout_s: float = 60.0
+    part_size: int = PART_SIZE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    progress: bool = False
 
 
 @dataclass
-class BatchOutcome:
-    predictions: list[dict] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
+class Outcome:
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: Outcome) -> None:
+        self.predictions += other.predictions
+        self.failures += other.failures
+        self.latencies_ms += other.latencies_ms
 
 
-def list_images(input_uri: str) -> list[str]:
-    return [u for u in storage.list_files(input_uri) if PurePosixPath(u).suffix.lower() in IMAGE_SUFFIXES]
+def iter_images(input_uri: str) -> Iterator[str]:
+    """Image files under a folder or gs:// prefix, streamed in a stable order."""
+    for uri in storage.iter_files(input_uri):
+        if PurePosixPath(uri).suffix.lower() in IMAGE_SUFFIXES:
+            yield uri
 
 
 def run_batch(
     url: str,
     input_uri: str,
     output_uri: str,
+    options: BatchOptions | None = None,
     *,
-    model_name: str = DEFAULT_MODEL,
-    concurrency: int = 4,
-    timeout_s: float = 60.0,
+    images: Iterable[str] | None = None,
     class_names: Collection[str] = (),
-    retry: RetryPolicy | None = None,
-    part_size: int = PART_SIZE,
-) -> dict:
-    """Classify every image under `input_uri`; returns the report also written to the bucket.
+) -> dict[str, Any]:
+    """Classify every image under `input_uri` (or `images`, named by `input_uri`);
+    returns the report also written beside the predictions.
 
     With `class_names`, images in folders of those names (a staged split) are
     scored, and the report carries their accuracy.
     """
-    retry = retry or RetryPolicy()
-    local = threading.local()
-
-    def client() -> httpclient.InferenceServerClient:
-        if not hasattr(local, "client"):
-            local.client = httpclient.InferenceServerClient(
-                url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
-        return local.client
-
-    parts = _parts(input_uri, output_uri, part_size)
-    info = retry.call(lambda: model_info(client(), model_name), f"reading {model_name}'s config at {url}")
-    started = time.monotonic()
-    done = {index for index in range(len(parts)) if storage.exists(_part_uri(output_uri, index))}
-    resumed, processed = len(done), 0
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for index, images in enumerate(parts):
-            if index in done:
-                continue
-            outcome = BatchOutcome()
-            requests = _chunks(images, info.max_batch_size)
-            try:
-                for result in pool.map(lambda chunk: _classify_chunk(client, info, chunk, retry), requests):
-                    outcome.predictions += result.predictions
-                    outcome.failures += result.failures
-            except TritonUnavailable as exc:
-                raise TritonUnavailable(
-                    f"{exc}; {len(done)} of {len(parts)} parts are saved under {output_uri}: rerun to resume"
-                ) from exc
-            storage.write_text(_part_uri(output_uri, index), json.dumps(outcome.__dict__))
-            done.add(index)
-            processed += len(images)
-    elapsed = time.monotonic() - started
-
-    outcome = BatchOutcome()
-    for index in range(len(parts)):
-        part = json.loads(storage.read_text(_part_uri(output_uri, index)))
-        outcome.predictions += part["predictions"]
-        outcome.failures += part["failures"]
-    report = build_report(
-        outcome,
-        input_uri=input_uri,
-        model_name=model_name,
-        seconds=elapsed,
-        processed=processed,
-        class_names=class_names,
-    )
-    report["parts"] = {"total": len(parts), "resumed": resumed}
-    storage.write_text(
-        join_uri(output_uri, "predictions.jsonl"),
-        "".join(json.dumps(p) + "\n" for p in outcome.predictions),
-    )
-    storage.write_text(join_uri(output_uri, "report.json"), json.dumps(report, indent=2))
-    log.info(
-        "%d predicted, %d failed in %.1f s (%.0f img/s, %d of %d parts resumed); report at %s",
-        report["succeeded"], report["failed"], elapsed, report["images_per_second"], resumed, len(parts),
+    options = options or BatchOptions()
+    this_run = classify_parts(url, input_uri, output_uri, options, images=images)
+    return merge_outputs(
+        [output_uri],
         output_uri,
-    )  # fmt: skip
-    return report
+        input_uri=input_uri,
+        options=options,
+        class_names=class_names,
+        this_run=this_run,
+    )
 
 
-def _parts(input_uri: str, output_uri: str, part_size: int) -> list[list[str]]:
-    """The run's image list cut into parts, fixed by the first run so reruns line up."""
-    inputs_uri = join_uri(output_uri, INPUTS)
-    if storage.exists(inputs_uri):
-        recorded = json.loads(storage.read_text(inputs_uri))
-        if recorded["input"] != input_uri:
-            raise ValueError(
-                f"{output_uri} holds a run over {recorded['input']}; use another output for {input_uri}"
-            )
-        parts: list[list[str]] = recorded["parts"]
-        return parts
-    images = list_images(input_uri)
-    if not images:
+class _Connections:
+    """One Triton connection per worker thread (tritonclient's HTTP client is not thread-safe)."""
+
+    def __init__(self, url: str, options: BatchOptions) -> None:
+        self.url, self.options = url, options
+        self._local = threading.local()
+        self._all: list[Triton] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Triton:
+        if not hasattr(self._local, "triton"):
+            self._local.triton = Triton(self.url, self.options.protocol, self.options.timeout_s)
+            with self._lock:
+                self._all.append(self._local.triton)
+        triton: Triton = self._local.triton
+        return triton
+
+    def close(self) -> None:
+        for triton in self._all:
+            triton.close()
+
+
+def classify_parts(
+    url: str, input_uri: str, output_uri: str, options: BatchOptions, *, images: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Write every part not yet written; returns this run's own figures."""
+    stream = iter(images if images is not None else iter_images(input_uri))
+    first = next(stream, None)
+    if first is None:
         raise ValueError(f"no images found under {input_uri}")
-    parts = [images[start : start + part_size] for start in range(0, len(images), part_size)]
-    storage.write_text(inputs_uri, json.dumps({"input": input_uri, "parts": parts}))
-    return parts
+    _record_inputs(output_uri, input_uri, options.part_size)
+    connections = _Connections(url, options)
+    retry = options.retry
+    model = options.model_name
+    info = retry.call(lambda: model_info(connections.get(), model), f"reading {model}'s config at {url}")
+    if options.encoded and not retry.call(
+        lambda: connections.get().has_model(ensemble_name(info.name)), "checking the ensemble"
+    ):
+        raise ValueError(f"{url} does not serve {ensemble_name(info.name)}: run without --encoded")
+    batch_size = min(options.batch_size or info.max_batch_size, info.max_batch_size)
+    progress = Progress(enabled=options.progress)
+    started, processed, resumed, count = time.monotonic(), 0, 0, 0
+
+    def work(chunk: list[str]) -> Outcome:
+        outcome = _classify_chunk(connections.get(), info, chunk, options)
+        progress.advance(len(outcome.predictions), len(outcome.failures))
+        return outcome
+
+    try:
+        with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
+            parts = _chunked(itertools.chain([first], stream), options.part_size)
+            for index, part_images in enumerate(parts):
+                count = index + 1
+                part_uri = _part_uri(output_uri, index)
+                if storage.exists(part_uri):
+                    _check_part(part_uri, part_images)
+                    progress.skip(len(part_images))
+                    resumed += 1
+                    continue
+                part_started = time.time()
+                outcome = Outcome()
+                try:
+                    for result in pool.map(work, _chunked(part_images, batch_size)):
+                        outcome.add(result)
+                except TritonUnavailable as exc:
+                    raise TritonUnavailable(
+                        f"{exc}; {index} parts are saved under {output_uri}: rerun the same command to resume"
+                    ) from exc
+                part = {
+                    "first": part_images[0],
+                    "last": part_images[-1],
+                    "count": len(part_images),
+                    "started": part_started,
+                    "finished": time.time(),
+                    **asdict(outcome),
+                }
+                storage.write_text(part_uri, json.dumps(part))
+                processed += len(part_images)
+    finally:
+        progress.close()
+        connections.close()
+    if storage.exists(_part_uri(output_uri, count)):
+        raise InputChanged(f"{input_uri} now holds fewer images than when {output_uri} was started")
+    seconds = time.monotonic() - started
+    return {
+        "parts": count,
+        "parts_resumed": resumed,
+        "images_sent": processed,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(processed / seconds, 1) if seconds > 0 else 0.0,
+    }
+
+
+def _record_inputs(output_uri: str, input_uri: str, part_size: int) -> None:
+    """The first run records what it reads; a rerun must read the same, cut the same way."""
+    inputs_uri = join_uri(output_uri, INPUTS)
+    wanted = {"input": input_uri, "part_size": part_size}
+    if not storage.exists(inputs_uri):
+        storage.write_text(inputs_uri, json.dumps(wanted))
+        return
+    recorded = json.loads(storage.read_text(inputs_uri))
+    if recorded != wanted:
+        raise InputChanged(
+            f"{output_uri} holds a run over {recorded['input']} in parts of {recorded['part_size']}; "
+            f"use another output for {input_uri} in parts of {part_size}"
+        )
+
+
+def _check_part(part_uri: str, images: list[str]) -> None:
+    part = json.loads(storage.read_text(part_uri))
+    if (part["first"], part["last"], part["count"]) != (images[0], images[-1], len(images)):
+        raise InputChanged(
+            f"{part_uri} covers {part['first']} .. {part['last']} ({part['count']} images) but the input "
+            f"now lists {images[0]} .. {images[-1]} ({len(images)}): the input changed, use another output"
+        )
 
 
 def _part_uri(output_uri: str, index: int) -> str:
     return join_uri(output_uri, "parts", f"part-{index:05d}.json")
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
-def _classify_chunk(
-    client: Callable[[], httpclient.InferenceServerClient],
-    info: ModelInfo,
-    uris: list[str],
-    retry: RetryPolicy,
-) -> BatchOutcome:
-    outcome = BatchOutcome()
-    decoded: list[tuple[str, np.ndarray]] = []
+def _classify_chunk(triton: Triton, info: ModelInfo, uris: list[str], options: BatchOptions) -> Outcome:
+    """One request's worth of images: read (and decode) them here, in the worker thread."""
+    outcome = Outcome()
+    loaded: list[tuple[str, Any]] = []
     for uri in uris:
         try:
-            decoded.append((uri, decode_rgb(storage.read_bytes(uri), info.image_size)))
+            data = storage.read_bytes(uri)
+            loaded.append((uri, data if options.encoded else decode_rgb(data, info.image_size)))
         except (ImageDecodeError, OSError) as exc:
             outcome.failures.append({"image": uri, "reason": str(exc)})
-    if decoded:
-        batch = np.stack([array for _, array in decoded])
-        answers = retry.call(lambda: classify(client(), info, batch), f"inference on {len(batch)} images")
-        for (uri, _), (top,) in zip(decoded, answers, strict=True):
-            outcome.predictions.append(
-                {"image": uri, "label": top.label, "confidence": round(top.confidence, 6)}
-            )
+        except Exception as exc:  # a storage error for one object (e.g. deleted meanwhile)
+            outcome.failures.append({"image": uri, "reason": f"cannot read: {type(exc).__name__}: {exc}"})
+    if not loaded:
+        return outcome
+    try:
+        answers = _request(triton, info, loaded, options)
+    except InferenceServerException as exc:
+        if not (options.encoded and _refused(exc)):
+            raise
+        # The ensemble refused the request: one of its files does not decode. Find which.
+        for single in loaded:
+            try:
+                outcome.add(_predictions([single], _request(triton, info, [single], options), triton))
+            except InferenceServerException as single_exc:
+                if not _refused(single_exc):
+                    raise
+                reason = single_exc.message() or str(single_exc)
+                outcome.failures.append({"image": single[0], "reason": reason})
+        return outcome
+    outcome.add(_predictions(loaded, answers, triton))
     return outcome
 
 
-def build_report(
-    outcome: BatchOutcome,
+def _request(triton: Triton, info: ModelInfo, loaded: list[tuple[str, Any]], options: BatchOptions) -> Any:
+    what = f"inference on {len(loaded)} images"
+    if options.encoded:
+        blobs = [data for _, data in loaded]
+        return options.retry.call(lambda: classify_encoded(triton, info.name, blobs), what)
+    batch = np.stack([array for _, array in loaded])
+    return options.retry.call(lambda: classify(triton, info, batch), what)
+
+
+def _predictions(loaded: list[tuple[str, Any]], answers: Any, triton: Triton) -> Outcome:
+    outcome = Outcome(latencies_ms=[round(triton.last_latency_s * 1000, 3)])
+    for (uri, _), (top,) in zip(loaded, answers, strict=True):
+        outcome.predictions.append({"image": uri, "label": top.label, "confidence": round(top.confidence, 6)})
+    return outcome
+
+
+def merge_outputs(
+    output_dirs: Iterable[str],
+    output_uri: str,
     *,
     input_uri: str,
-    model_name: str,
-    seconds: float,
-    processed: int | None = None,
+    options: BatchOptions,
     class_names: Collection[str] = (),
-) -> dict:
-    """The run's summary; `processed` (default: every image) is what this run itself sent."""
-    confidences = [p["confidence"] for p in outcome.predictions]
-    labels = Counter(p["label"] for p in outcome.predictions)
-    total = len(outcome.predictions) + len(outcome.failures)
-    report = {
-        "input": input_uri,
-        "model": model_name,
-        "images": total,
-        "succeeded": len(outcome.predictions),
-        "failed": len(outcome.failures),
-        "failures": outcome.failures,
-        "label_distribution": dict(sorted(labels.items())),
-        "confidence": _stats(confidences),
-        "seconds": round(seconds, 3),
-        "images_per_second": round((total if processed is None else processed) / seconds, 1)
-        if seconds > 0
-        else 0.0,
-    }
-    known = [p for p in outcome.predictions if PurePosixPath(p["image"]).parent.name in class_names]
-    if known:
-        correct = sum(PurePosixPath(p["image"]).parent.name == p["label"] for p in known)
-        report["accuracy_by_folder"] = round(correct / len(known), 4)
+    this_run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Stream every part under `output_dirs` into predictions.jsonl, report.json and report.html."""
+    builder = ReportBuilder(class_names)
+    with storage.open_writer(join_uri(output_uri, "predictions.jsonl")) as predictions:
+        for output_dir in output_dirs:
+            for part_uri in sorted(storage.iter_files(join_uri(output_dir, "parts"))):
+                part = json.loads(storage.read_text(part_uri))
+                for prediction in part["predictions"]:
+                    predictions.write((json.dumps(prediction) + "\n").encode())
+                builder.add_part(part)
+    report = builder.report(
+        input_uri=input_uri,
+        model_name=options.model_name,
+        settings={
+            "protocol": options.protocol,
+            "encoded": options.encoded,
+            "concurrency": options.concurrency,
+            "batch_size": options.batch_size or "model max",
+        },
+    )
+    if this_run is not None:
+        report["this_run"] = this_run
+    storage.write_text(join_uri(output_uri, "report.json"), json.dumps(report, indent=2))
+    storage.write_text(join_uri(output_uri, "report.html"), render_html(report))
+    log.info(
+        "%d predicted, %d failed (%.1f img/s over %.1f s); report at %s",
+        report["succeeded"], report["failed"], report["images_per_second"], report["seconds"], output_uri,
+    )  # fmt: skip
     return report
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {
-        "mean": round(statistics.fmean(values), 4),
-        "min": round(min(values), 4),
-        "p50": round(statistics.median(values), 4),
-        "max": round(max(values), 4),
-    }
+def write_shards(input_uri: str, shards_uri: str, images_per_shard: int) -> list[str]:
+    """Stream the listing into shard files (one image URI per line) for the DAG's mapped tasks.
+
+    Idempotent: once `shards.json` exists (written last) the same shards are returned.
+    """
+    index_uri = join_uri(shards_uri, SHARDS)
+    if storage.exists(index_uri):
+        recorded = json.loads(storage.read_text(index_uri))
+        if recorded["input"] == input_uri and recorded["images_per_shard"] == images_per_shard:
+            return list(recorded["shards"])
+    shards = []
+    for index, images in enumerate(_chunked(iter_images(input_uri), images_per_shard)):
+        shard_uri = join_uri(shards_uri, f"shard-{index:05d}.txt")
+        storage.write_text(shard_uri, "".join(f"{image}\n" for image in images))
+        shards.append(shard_uri)
+    if not shards:
+        raise ValueError(f"no images found under {input_uri}")
+    storage.write_text(
+        index_uri, json.dumps({"input": input_uri, "images_per_shard": images_per_shard, "shards": shards})
+    )
+    return shards
+
+
+def shard_images(shard_uri: str) -> list[str]:
+    return storage.read_text(shard_uri).splitlines()
+
+
+def shard_output(output_uri: str, shard_uri: str) -> str:
+    return join_uri(output_uri, "shards", PurePosixPath(shard_uri).stem)

@@ -1,20 +1,27 @@
-"""tritonclient wrappers: model metadata, image preprocessing, classification.
+"""One Triton connection over HTTP or gRPC: model metadata and classification.
 
 Tensors always travel as binary data (JSON tensors are 10-20x slower), and
 labels come from Triton's classification extension (`class_count`), so a
-client needs no copy of labels.txt.
+client needs no copy of labels.txt. A connection is not shared between
+threads (tritonclient's HTTP client is not thread-safe): give each worker its own.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from model_repository import ENCODED_INPUT_NAME, OUTPUT_NAME
+from model_repository import ENCODED_INPUT_NAME, OUTPUT_NAME, ensemble_name
 
 DEFAULT_MODEL = "dogs_cats"
+Protocol = Literal["http", "grpc"]
+PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
+DEFAULT_PORTS: dict[Protocol, int] = {"http": 8000, "grpc": 8001}
 
 
 @dataclass(frozen=True)
@@ -33,44 +40,92 @@ class Prediction:
     confidence: float
 
 
-def model_info(client: httpclient.InferenceServerClient, model_name: str = DEFAULT_MODEL) -> ModelInfo:
+class Triton:
+    """A tritonclient connection of either protocol, with explicit timeouts."""
+
+    def __init__(self, url: str, protocol: Protocol = "http", timeout_s: float = 60.0) -> None:
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self.module: Any = httpclient if protocol == "http" else grpcclient
+        if protocol == "http":
+            self.client: Any = httpclient.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+        else:
+            self.client = grpcclient.InferenceServerClient(url)
+        self.last_latency_s = 0.0
+
+    def model_config(self, model_name: str) -> dict[str, Any]:
+        if self.protocol == "http":
+            config: dict[str, Any] = self.client.get_model_config(model_name)
+            return config
+        return dict(self.client.get_model_config(model_name, as_json=True)["config"])
+
+    def has_model(self, model_name: str) -> bool:
+        return bool(self.client.is_model_ready(model_name))
+
+    def served_versions(self, model_name: str) -> list[str]:
+        if self.protocol == "http":
+            return list(self.client.get_model_metadata(model_name)["versions"])
+        return list(self.client.get_model_metadata(model_name, as_json=True)["versions"])
+
+    def infer(self, model_name: str, inputs: list[Any], output: Any) -> Any:
+        """One request; its client-side latency is kept in `last_latency_s`."""
+        started = time.perf_counter()
+        if self.protocol == "http":
+            result = self.client.infer(model_name, inputs=inputs, outputs=[output])
+        else:
+            result = self.client.infer(
+                model_name, inputs=inputs, outputs=[output], client_timeout=self.timeout_s
+            )
+        self.last_latency_s = time.perf_counter() - started
+        return result
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def model_info(triton: Triton, model_name: str = DEFAULT_MODEL) -> ModelInfo:
     """Read tensor names, image size and batch limit from the served config."""
-    config = client.get_model_config(model_name)
+    config = triton.model_config(model_name)
     model_input, model_output = config["input"][0], config["output"][0]
-    height = int(model_input["dims"][0])
     return ModelInfo(
         name=model_name,
         input_name=model_input["name"],
         output_name=model_output["name"],
-        image_size=height,
+        image_size=int(model_input["dims"][0]),
         num_classes=int(model_output["dims"][0]),
         max_batch_size=int(config.get("max_batch_size", 1)) or 1,
     )
 
 
-def classify(
-    client: httpclient.InferenceServerClient, info: ModelInfo, images: np.ndarray, top_k: int = 1
-) -> list[list[Prediction]]:
+def classify(triton: Triton, info: ModelInfo, images: np.ndarray, top_k: int = 1) -> list[list[Prediction]]:
     """Top-k predictions for a batch of preprocessed images (binary tensors)."""
-    model_input = httpclient.InferInput(info.input_name, list(images.shape), "UINT8")
-    model_input.set_data_from_numpy(images, binary_data=True)
-    output = httpclient.InferRequestedOutput(info.output_name, binary_data=True, class_count=top_k)
-    result = client.infer(info.name, inputs=[model_input], outputs=[output])
-    rows = result.as_numpy(info.output_name).reshape(len(images), top_k)
-    return [[_parse_classification(entry) for entry in row] for row in rows]
+    model_input = triton.module.InferInput(info.input_name, list(images.shape), "UINT8")
+    model_input.set_data_from_numpy(images, **_binary(triton))
+    output = triton.module.InferRequestedOutput(info.output_name, class_count=top_k, **_binary(triton))
+    result = triton.infer(info.name, [model_input], output)
+    return _parse_rows(result.as_numpy(info.output_name), len(images), top_k)
 
 
 def classify_encoded(
-    client: httpclient.InferenceServerClient, model_name: str, blobs: list[bytes], top_k: int = 1
+    triton: Triton, model_name: str, blobs: list[bytes], top_k: int = 1
 ) -> list[list[Prediction]]:
     """Top-k predictions for encoded JPEG/PNG files, decoded by the server's ensemble."""
     encoded = np.array([[blob] for blob in blobs], dtype=np.object_)
-    model_input = httpclient.InferInput(ENCODED_INPUT_NAME, list(encoded.shape), "BYTES")
-    model_input.set_data_from_numpy(encoded, binary_data=True)
-    output = httpclient.InferRequestedOutput(OUTPUT_NAME, binary_data=True, class_count=top_k)
-    result = client.infer(model_name, inputs=[model_input], outputs=[output])
-    rows = result.as_numpy(OUTPUT_NAME).reshape(len(blobs), top_k)
-    return [[_parse_classification(entry) for entry in row] for row in rows]
+    model_input = triton.module.InferInput(ENCODED_INPUT_NAME, list(encoded.shape), "BYTES")
+    model_input.set_data_from_numpy(encoded, **_binary(triton))
+    output = triton.module.InferRequestedOutput(OUTPUT_NAME, class_count=top_k, **_binary(triton))
+    result = triton.infer(ensemble_name(model_name), [model_input], output)
+    return _parse_rows(result.as_numpy(OUTPUT_NAME), len(blobs), top_k)
+
+
+def _binary(triton: Triton) -> dict[str, bool]:
+    """HTTP needs binary_data=True for binary tensors; gRPC tensors are always binary."""
+    return {"binary_data": True} if triton.protocol == "http" else {}
+
+
+def _parse_rows(rows: np.ndarray, count: int, top_k: int) -> list[list[Prediction]]:
+    return [[_parse_classification(entry) for entry in row] for row in rows.reshape(count, top_k)]
 
 
 def _parse_classification(entry: bytes) -> Prediction:

@@ -71,28 +71,51 @@ def package(config: dict[str, Any], model_uri: str, repository_uri: str) -> dict
         model_name=MODEL_NAME,
         max_batch_size=config["max_batch_size"],
         tensorrt_fp16=config["tensorrt_fp16"],
+        instances=ENVIRONMENT.triton_instances,
+        ort_threads=ENVIRONMENT.triton_ort_threads,
     )
     return version.to_dict()
 
 
 @task
-def batch_inference(
-    endpoint: dict[str, Any], staged: dict[str, Any], input_uri: str, output_uri: str
-) -> dict[str, str]:
-    from client.batch import run_batch
+def list_shards(input_uri: str, shards_uri: str, images_per_shard: int) -> list[str]:
+    """Stream the input listing into shard files; one mapped task per shard follows."""
+    from client.batch import write_shards
+
+    return write_shards(input_uri, shards_uri, images_per_shard)
+
+
+@task(max_active_tis_per_dagrun=4)
+def classify_shard(
+    shard_uri: str, endpoint: dict[str, Any], batch_options: dict[str, Any], output_uri: str
+) -> str:
+    """One shard through Triton; resumable, so a retried shard finishes what it started."""
+    from client.batch import BatchOptions, run_batch, shard_images, shard_output
+
+    options = BatchOptions(model_name=endpoint["model_name"], **batch_options)
+    url = endpoint["grpc_url"] if options.protocol == "grpc" else endpoint["url"]
+    shard_out = shard_output(output_uri, shard_uri)
+    run_batch(url, shard_uri, shard_out, options, images=shard_images(shard_uri))
+    return shard_out
+
+
+@task
+def merge_predictions(
+    shard_outputs: list[str], endpoint: dict[str, Any], staged: dict[str, Any], batch_options: dict[str, Any],
+    input_uri: str, output_uri: str,
+) -> dict[str, str]:  # fmt: skip
+    """All shards' predictions and one report (JSON and HTML) for the run."""
+    from client.batch import BatchOptions, merge_outputs
     from pipeline.settings import join_uri
 
-    run_batch(
-        endpoint["url"],
-        input_uri,
+    merge_outputs(
+        list(shard_outputs),
         output_uri,
-        model_name=endpoint["model_name"],
+        input_uri=input_uri,
+        options=BatchOptions(model_name=endpoint["model_name"], **batch_options),
         class_names=staged["classes"],
     )
-    return {
-        "predictions": join_uri(output_uri, "predictions.jsonl"),
-        "report": join_uri(output_uri, "report.json"),
-    }
+    return {name: join_uri(output_uri, name) for name in ("predictions.jsonl", "report.json", "report.html")}
 
 
 @dag(
@@ -117,7 +140,14 @@ def dogs_cats() -> None:
     version: Any = package(run["config"], run["model_uri"], run["repository_uri"])
     trained >> gate >> version
     endpoint = PLATFORM.deploy_task(version, run)
-    batch_inference(endpoint, staged, run["inference_input"], run["predictions_uri"])
+    shards = list_shards(run["inference_input"], run["shards_uri"], run["images_per_shard"])
+    endpoint >> shards
+    classified: Any = classify_shard.partial(
+        endpoint=endpoint, batch_options=run["batch_options"], output_uri=run["predictions_uri"]
+    ).expand(shard_uri=shards)
+    merge_predictions(
+        classified, endpoint, staged, run["batch_options"], run["inference_input"], run["predictions_uri"]
+    )
 
 
 dogs_cats()

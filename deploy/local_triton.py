@@ -9,6 +9,7 @@ Its pid, ports and log path live in a state file that `python -m deploy`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -117,6 +118,7 @@ class LocalTriton:
     def _start(self, repository: Path, timeout_s: float) -> ServerState:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backends(self.state_dir / "backends")
+        _stop_orphaned_stubs(backends)
         log_file = self.state_dir / "tritonserver.log"
         command = [
             str(pytriton_root() / "bin" / "tritonserver"),
@@ -209,6 +211,26 @@ class LocalTriton:
         self.state_file.unlink(missing_ok=True)
         log.info("stopped tritonserver pid %d", state.pid)
         return True
+
+
+def _stop_orphaned_stubs(backends: Path) -> None:
+    """A tritonserver killed with SIGKILL leaves its python-backend stubs running
+    (each holds a model in memory); end those of this state folder before starting anew."""
+    import psutil
+
+    stub = str(backends / "python" / "triton_python_backend_stub")
+    for process in psutil.process_iter(["cmdline", "ppid"]):
+        cmdline = process.info["cmdline"] or []
+        if not cmdline or cmdline[0] != stub:
+            continue
+        try:
+            parent = psutil.Process(process.info["ppid"]).name()
+        except psutil.Error:
+            parent = ""
+        if parent != "tritonserver":
+            log.warning("stopping python-backend stub %d left by a killed tritonserver", process.pid)
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 def _alive(pid: int) -> bool:

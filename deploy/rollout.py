@@ -218,25 +218,23 @@ def smoke_test(url: str, model_name: str, version: int, images: list[bytes], tim
     Passes only when the served model is the version just rolled out and every
     image gets a label.
     """
-    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    from client.triton import classify, classify_encoded, model_info
-    from model_repository import ensemble_name
+    from client.triton import Triton, classify, classify_encoded, model_info
     from pipeline.images import decode_rgb
 
-    client = httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+    triton = Triton(url, "http", timeout_s)
     try:
-        served = client.get_model_metadata(model_name)["versions"]
+        served = triton.served_versions(model_name)
         if str(version) not in served:
             raise RolloutFailed(f"smoke test: {url} serves {model_name} versions {served}, not {version}")
-        info = model_info(client, model_name)
-        tensors = classify(client, info, np.stack([decode_rgb(blob, info.image_size) for blob in images]))
-        encoded = classify_encoded(client, ensemble_name(model_name), images)
+        info = model_info(triton, model_name)
+        tensors = classify(triton, info, np.stack([decode_rgb(blob, info.image_size) for blob in images]))
+        encoded = classify_encoded(triton, model_name, images)
     except InferenceServerException as exc:
         raise RolloutFailed(f"smoke test against {url} failed: {exc}") from exc
     finally:
-        client.close()
+        triton.close()
     if len(tensors) != len(images) or len(encoded) != len(images):
         raise RolloutFailed(f"smoke test: {len(images)} images sent, answers were incomplete")
     log.info("smoke test passed: %s", [row[0].label for row in tensors])

@@ -32,6 +32,11 @@ _HEADS: dict[str, str] = {
     "onnxruntime": 'platform: "onnxruntime_onnx"',
 }
 _INSTANCE_KINDS: dict[str, str] = {"python": "KIND_CPU", "onnxruntime": "KIND_GPU"}
+# ONNX Runtime's intra-op threads per instance: Triton's backend parameter, or ours for model.py.
+_ORT_THREADS: dict[str, str] = {
+    "python": 'parameters {{ key: "intra_op_threads" value: {{ string_value: "{threads}" }} }}\n',
+    "onnxruntime": 'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n',
+}
 # TensorRT builds an FP16 engine from the ONNX graph at load time (minutes, once
 # per pod start); ONNX Runtime falls back to CUDA for anything TensorRT rejects.
 _TENSORRT_FP16 = """optimization {
@@ -82,11 +87,19 @@ def config_pbtxt(
     num_classes: int,
     max_batch_size: int,
     tensorrt_fp16: bool = False,
+    instances: int = 1,
+    ort_threads: int = 0,
 ) -> str:
     """The classifier's config.pbtxt; the output names labels.txt so Triton's
-    classification extension can answer top-k labels (`class_count`)."""
+    classification extension can answer top-k labels (`class_count`).
+
+    `instances` x `ort_threads` should match the cores: on a CPU, two instances
+    of one thread each may beat one of two (benchmarks/README.md); 0 threads
+    leaves ONNX Runtime its default (one per core).
+    """
     if tensorrt_fp16 and flavour != "onnxruntime":
         raise ValueError("TensorRT FP16 needs the onnxruntime flavour (a GPU server)")
+    threads = _ORT_THREADS[flavour].format(threads=ort_threads) if ort_threads else ""
     return f"""name: "{model_name}"
 {_HEADS[flavour]}
 max_batch_size: {max_batch_size}
@@ -108,11 +121,11 @@ output [
 {_dynamic_batching(max_batch_size, 2000)}
 instance_group [
   {{
-    count: 1
+    count: {instances}
     kind: {_INSTANCE_KINDS[flavour]}
   }}
 ]
-{_TENSORRT_FP16 if tensorrt_fp16 else ""}version_policy: {{ latest: {{ num_versions: 1 }} }}
+{threads}{_TENSORRT_FP16 if tensorrt_fp16 else ""}version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 

@@ -67,6 +67,8 @@ def package_model(
     model_name: str,
     max_batch_size: int,
     tensorrt_fp16: bool = False,
+    instances: int = 1,
+    ort_threads: int = 0,
 ) -> RepositoryVersion:
     """Add the trained model at `model_uri` as the next version in the repository.
 
@@ -99,6 +101,8 @@ def package_model(
             num_classes=num_classes,
             max_batch_size=max_batch_size,
             tensorrt_fp16=tensorrt_fp16,
+            instances=instances,
+            ort_threads=ort_threads,
         ),
     )
     _write_jpeg_ensemble(repository_uri, model_name, labels, image_size, num_classes, max_batch_size)

@@ -33,7 +33,7 @@ def decode_rgb(data: bytes, image_size: int | None = None, max_pixels: int = MAX
                 )
             if image_size:
                 image.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale
-            rgb = image.convert("RGB")
+            rgb = _sixteen_bit_to_8(image).convert("RGB")  # CMYK, grey, palette, RGBA: alpha dropped
             if image_size:
                 rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
@@ -43,3 +43,11 @@ def decode_rgb(data: bytes, image_size: int | None = None, max_pixels: int = MAX
         raise ImageDecodeError("not an image Pillow can read") from exc
     except Exception as exc:  # Pillow raises many types for bad input
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def _sixteen_bit_to_8(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (modes I;16*, I) keeps its top byte, as TensorFlow's decoder
+    does; Pillow's own convert would clip everything above 255 to white."""
+    if not image.mode.startswith("I"):
+        return image
+    return Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")

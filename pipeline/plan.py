@@ -7,7 +7,8 @@ the bucket documented by code:
     {bucket}/models/<run>/                              saved_model/, model.onnx, labels.txt, metrics.json
     {bucket}/model_repository/<platform>/dogs_cats/     Triton repository, versions 1, 2, ...
     {bucket}/images/                                     Triton image build contexts (kubernetes)
-    {bucket}/predictions/<run>/                         predictions.jsonl, report.json
+    {bucket}/predictions/<run>/                         predictions.jsonl, report.json, report.html,
+                                                        shards/ (listing + one output folder per shard)
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def make_plan(config: RunConfig, run_id: str) -> dict[str, Any]:
         "images_uri": join_uri(config.data_bucket, "images"),
         "smoke_images_uri": join_uri(dataset_uri, "val"),
         "predictions_uri": config.run_uri("predictions", run_id),
+        "shards_uri": join_uri(config.run_uri("predictions", run_id), "shards"),
+        "images_per_shard": config.images_per_shard,
+        "batch_options": {"protocol": config.inference_protocol, "encoded": config.inference_encoded},
         "inference_input": config.inference_input or join_uri(dataset_uri, "val"),
         "training_args": job.to_args(),
     }

@@ -99,6 +99,16 @@ class RunConfig(BaseModel):
         default="",
         description="Images to classify after deployment; empty uses the staged validation split.",
     )
+    images_per_shard: int = Field(
+        default=1000, ge=1, description="Batch inference runs one mapped task per this many images."
+    )
+    inference_protocol: Literal["http", "grpc"] = Field(
+        default="http", description="KServe v2 protocol the batch client speaks to Triton."
+    )
+    inference_encoded: bool = Field(
+        default=False,
+        description="Send file bytes to the dogs_cats_jpeg ensemble (server decodes) instead of tensors.",
+    )
 
     @model_validator(mode="after")
     def _cluster_needs_a_shared_bucket(self) -> RunConfig:
@@ -140,6 +150,10 @@ class Environment(BaseSettings):
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     triton_ready_timeout_s: float = 120.0
+    triton_instances: int = Field(default=1, ge=1, description="Model instances in the server.")
+    triton_ort_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per instance; 0 leaves its default (one per core)."
+    )
     training_python: str = Field(
         default="", description="Interpreter for local training; empty uses the current one."
     )

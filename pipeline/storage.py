@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -33,6 +33,10 @@ class Storage(Protocol):
 
     def list_files(self, prefix: str) -> list[str]:
         """Every object (file) below `prefix`, recursively, as full URIs, sorted."""
+        ...
+
+    def iter_files(self, prefix: str) -> Iterator[str]:
+        """Like list_files, one at a time: a listing of millions never sits in memory."""
         ...
 
     def download_file(self, uri: str, path: Path) -> None: ...
@@ -55,35 +59,57 @@ class LocalStorage:
         return self._path(uri).read_bytes()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
-        path = self._path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, path)
+        with _replaced_atomically(self._path(uri)) as out:
+            out.write(data)
 
     def exists(self, uri: str) -> bool:
         return self._path(uri).is_file()
 
     def list_files(self, prefix: str) -> list[str]:
+        return sorted(self.iter_files(prefix))
+
+    def iter_files(self, prefix: str) -> Iterator[str]:
+        """Depth first, each folder's entries sorted: the same order on every call."""
         root = self._path(prefix)
         if not root.is_dir():
-            return []
+            return
         base = prefix.rstrip("/")
-        return sorted(
-            f"{base}/{p.relative_to(root).as_posix()}"
-            for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+        pending = [root]
+        while pending:
+            folder = pending.pop()
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_file():
+                    yield f"{base}/{Path(entry.path).relative_to(root).as_posix()}"
+            folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+            pending.extend(Path(entry.path) for entry in reversed(folders))
 
     def download_file(self, uri: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self._path(uri), path)
 
     def upload_file(self, path: Path, uri: str) -> None:
-        self.write_bytes(uri, path.read_bytes())
+        with path.open("rb") as source, _replaced_atomically(self._path(uri)) as out:
+            shutil.copyfileobj(source, out)
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
+    """A hidden temp file beside `path`, renamed over it when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        try:
+            yield tmp
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
 
 
 class GCSStorage:
@@ -121,13 +147,15 @@ class GCSStorage:
         return bool(self._blob(uri).exists())
 
     def list_files(self, prefix: str) -> list[str]:
+        return sorted(self.iter_files(prefix))
+
+    def iter_files(self, prefix: str) -> Iterator[str]:
+        """GCS lists in key order, a page at a time."""
         bucket, key = self.split(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        return sorted(
-            f"{GCS_SCHEME}{bucket}/{blob.name}"
-            for blob in self.client.list_blobs(bucket, prefix=key)
-            if not blob.name.endswith("/")
-        )
+        for blob in self.client.list_blobs(bucket, prefix=key):
+            if not blob.name.endswith("/"):
+                yield f"{GCS_SCHEME}{bucket}/{blob.name}"
 
     def download_file(self, uri: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,8 +219,21 @@ def list_files(prefix: str) -> list[str]:
     return storage_for(prefix).list_files(prefix)
 
 
+def iter_files(prefix: str) -> Iterator[str]:
+    return storage_for(prefix).iter_files(prefix)
+
+
 def download_file(uri: str, path: Path) -> None:
     storage_for(uri).download_file(uri, path)
+
+
+@contextlib.contextmanager
+def open_writer(uri: str) -> Iterator[IO[bytes]]:
+    """Write a large object bit by bit; it appears whole when the block ends, or not at all."""
+    with tempfile.NamedTemporaryFile(prefix="dogs-cats-", suffix=".part") as tmp:
+        yield tmp
+        tmp.flush()
+        upload_file(Path(tmp.name), uri)
 
 
 def upload_file(path: Path, uri: str) -> None:

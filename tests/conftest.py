@@ -49,6 +49,40 @@ def write_images(root: Path, per_class: int, size: int = 48, seed: int = 0) -> P
     return root
 
 
+# File name -> the reason it must be refused with, or None when it must be classified.
+IMAGE_KINDS: dict[str, str | None] = {
+    "cmyk.jpg": None,
+    "grey.jpg": None,
+    "rgba.png": None,
+    "sixteen_bit.png": None,
+    "palette.gif": None,
+    "empty.jpg": "empty file",
+    "text.jpg": "not an image",
+    "truncated.jpg": "image",  # Pillow's words vary: "image file is truncated", "broken data stream"
+    "bomb.png": "decompression bomb",
+}
+
+
+def write_image_kinds(folder: Path) -> Path:
+    """One file of each kind in IMAGE_KINDS: odd but valid modes, and broken or hostile files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.convert("L").save(folder / "grey.jpg")
+    rgb.convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (60, 80), dtype=np.uint16)).save(folder / "sixteen_bit.png")
+    rgb.convert("P").save(folder / "palette.gif")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    whole = folder / "whole.jpg"
+    rgb.resize((400, 300)).save(whole, quality=95)
+    (folder / "truncated.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    Image.new("1", (9000, 9000)).save(folder / "bomb.png")  # 81 MP in a few KB
+    return folder
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_images(tmp_path / "source", per_class=12)
@@ -104,6 +138,12 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -
     try:
         server.load(state, "dogs_cats", timeout_s=120)
         server.load(state, "dogs_cats_jpeg", timeout_s=120)
-        yield {"url": state.http_url, "model_uri": trained_model, "version": version, "server": server}
+        yield {
+            "url": state.http_url,
+            "grpc_url": f"127.0.0.1:{state.grpc_port}",
+            "model_uri": trained_model,
+            "version": version,
+            "server": server,
+        }
     finally:
         server.stop()

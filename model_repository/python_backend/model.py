@@ -19,6 +19,8 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         model_file = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         options = ort.SessionOptions()
+        threads = config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "0")
+        options.intra_op_num_threads = int(threads)  # 0: one per core
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):

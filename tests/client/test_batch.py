@@ -1,39 +1,38 @@
+"""Batch inference against the real local tritonserver (HTTP and gRPC, tensors
+and encoded bytes), plus the parts that need no server."""
+
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import psutil
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client.batch import BatchOutcome, RetryPolicy, TritonUnavailable, build_report, run_batch
+from client.batch import (
+    BatchOptions,
+    InputChanged,
+    RetryPolicy,
+    TritonUnavailable,
+    iter_images,
+    retryable,
+    run_batch,
+    shard_images,
+    write_shards,
+)
 from pipeline.images import decode_rgb
-from tests.conftest import REPO_ROOT, write_images
+from tests.conftest import IMAGE_KINDS, REPO_ROOT, free_port, write_image_kinds, write_images
 
-
-def test_report_counts_failures_and_scores_class_folders() -> None:
-    outcome = BatchOutcome(
-        predictions=[
-            {"image": "b/val/cat/1.jpg", "label": "cat", "confidence": 0.9},
-            {"image": "b/val/dog/2.jpg", "label": "cat", "confidence": 0.6},
-            {"image": "b/val/dog/3.jpg", "label": "dog", "confidence": 0.7},
-        ],
-        failures=[{"image": "b/val/dog/4.jpg", "reason": "empty file"}],
-    )
-    report = build_report(outcome, input_uri="b/val", model_name="m", seconds=2.0, class_names=["cat", "dog"])
-    assert report["images"] == 4
-    assert report["succeeded"] == 3
-    assert report["failed"] == 1
-    assert report["failures"] == [{"image": "b/val/dog/4.jpg", "reason": "empty file"}]
-    assert report["label_distribution"] == {"cat": 2, "dog": 1}
-    assert report["confidence"] == {"mean": 0.7333, "min": 0.6, "p50": 0.7, "max": 0.9}
-    assert report["accuracy_by_folder"] == pytest.approx(2 / 3, abs=1e-4)
-    assert report["images_per_second"] == 2.0
-    assert "accuracy_by_folder" not in build_report(outcome, input_uri="x", model_name="m", seconds=1.0)
+QUICK = RetryPolicy(attempts=2, first_delay_s=0.001)
 
 
 def test_retry_backs_off_then_succeeds() -> None:
@@ -71,6 +70,45 @@ def test_client_errors_are_not_retried() -> None:
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [("StatusCode.UNAVAILABLE", True), ("StatusCode.INVALID_ARGUMENT", False), ("503", True), ("400", False)],
+)
+def test_grpc_and_http_statuses_are_retried_alike(status: str, expected: bool) -> None:
+    assert retryable(InferenceServerException("x", status=status)) is expected
+
+
+def test_a_model_still_loading_is_retried_but_an_unknown_one_is_not() -> None:
+    loading = "Request for unknown model: 'dogs_cats' has no available versions"
+    assert retryable(InferenceServerException(loading, status="404"))
+    unknown = "Request for unknown model: 'nope' is not found"
+    assert not retryable(InferenceServerException(unknown, status="400"))
+
+
+def test_listing_streams_images_in_a_stable_order(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "in", per_class=3)
+    (images / "dog" / "notes.txt").write_text("not an image suffix")
+    stream = iter_images(str(images))
+    assert not isinstance(stream, list), "a generator, not a list in memory"
+    listed = list(stream)
+    assert len(listed) == 6
+    assert listed == list(iter_images(str(images)))
+
+
+def test_shards_cover_the_input_once_and_are_reused(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "in", per_class=5)
+    shards = write_shards(str(images), str(tmp_path / "shards"), images_per_shard=4)
+    assert len(shards) == 3
+    listed = [image for shard in shards for image in shard_images(shard)]
+    assert sorted(listed) == sorted(iter_images(str(images)))
+    assert write_shards(str(images), str(tmp_path / "shards"), images_per_shard=4) == shards
+
+
+def test_empty_input_is_a_clear_error_before_any_connection(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no images found"):
+        run_batch("127.0.0.1:1", str(tmp_path), str(tmp_path / "out"))
+
+
 def _expected(model_uri: str, files: list[Path], image_size: int = 32) -> np.ndarray:
     session = ort.InferenceSession(f"{model_uri}/model.onnx", providers=["CPUExecutionProvider"])
     images = np.stack([decode_rgb(f.read_bytes(), image_size) for f in files])
@@ -78,29 +116,41 @@ def _expected(model_uri: str, files: list[Path], image_size: int = 32) -> np.nda
     return np.asarray(probabilities)
 
 
+def _lines(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.integration
-def test_batch_matches_in_process_onnx_and_records_bad_files(served_model: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "encoded"), [("http", False), ("grpc", False), ("http", True), ("grpc", True)]
+)
+def test_batch_matches_in_process_onnx_and_reports_every_bad_kind(
+    served_model: dict, tmp_path: Path, protocol: str, encoded: bool
+) -> None:
     images = write_images(tmp_path / "in", per_class=11, size=40, seed=7)  # 22 images: 3 batches of <= 8
-    (images / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (images / "dog" / "empty.png").write_bytes(b"")
+    write_image_kinds(images / "odd")
     (images / "dog" / "notes.txt").write_text("ignored: not an image suffix")
+    url = served_model["url"] if protocol == "http" else served_model["grpc_url"]
+    options = BatchOptions(protocol=protocol, encoded=encoded, concurrency=3)  # type: ignore[arg-type]
 
-    report = run_batch(
-        served_model["url"], str(images), str(tmp_path / "out"), concurrency=3, class_names=["cat", "dog"]
-    )
+    report = run_batch(url, str(images), str(tmp_path / "out"), options, class_names=["cat", "dog"])
 
-    assert report["images"] == 24
-    assert report["succeeded"] == 22
-    assert {(Path(f["image"]).name, f["reason"]) for f in report["failures"]} == {
-        ("broken.jpg", "not an image Pillow can read"),
-        ("empty.png", "empty file"),
-    }
-    lines = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 22
-    assert len({line["image"] for line in lines}) == 22
+    refused = {name: reason for name, reason in IMAGE_KINDS.items() if reason}
+    assert report["images"] == 22 + len(IMAGE_KINDS)
+    assert report["failed"] == len(refused)
+    reasons = {Path(f["image"]).name: f["reason"] for f in report["failures"]}
+    assert reasons.keys() == refused.keys()
+    for name, reason in refused.items():
+        assert reason in reasons[name], f"{name}: {reasons[name]}"
+    lines = _lines(tmp_path / "out")
+    assert len(lines) == report["succeeded"] == 22 + len(IMAGE_KINDS) - len(refused)
+    assert len({line["image"] for line in lines}) == len(lines)
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+    assert report["accuracy_by_folder"] > 0
+    assert report["request_latency_ms"]["requests"] >= 3
+    assert report["request_latency_ms"]["p50"] <= report["request_latency_ms"]["p99"]
 
-    # What Triton answered is what the trained model computes in-process.
+    # What Triton answered is what the trained model computes in-process, odd modes included.
     files = [Path(line["image"]) for line in lines]
     expected = _expected(served_model["model_uri"], files)
     labels = ["cat", "dog"]
@@ -113,21 +163,20 @@ def test_batch_matches_in_process_onnx_and_records_bad_files(served_model: dict,
 def test_predict_cli_prints_top_k(served_model: dict, tmp_path: Path) -> None:
     images = write_images(tmp_path / "in", per_class=1)
     (tmp_path / "bad.jpg").write_text("nope")
-    result = subprocess.run(
-        [sys.executable, "-m", "client", "--url", served_model["url"], "predict", "--top-k", "2", "--json",
-         str(images / "cat" / "cat0.jpg"), str(tmp_path / "bad.jpg")],
-        cwd=REPO_ROOT, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 1, "a failed image makes the exit code non-zero"
-    good, bad = (json.loads(line) for line in result.stdout.splitlines())
-    assert [p["label"] for p in good["predictions"]] in (["cat", "dog"], ["dog", "cat"])
-    assert sum(p["confidence"] for p in good["predictions"]) == pytest.approx(1.0, abs=1e-4)
-    assert bad["error"] == "not an image Pillow can read"
+    for extra in ([], ["--encoded"], ["--protocol", "grpc", "--url", served_model["grpc_url"]]):
+        result = subprocess.run(
+            [sys.executable, "-m", "client", "--url", served_model["url"], *extra, "predict", "--top-k", "2",
+             "--json", str(images / "cat" / "cat0.jpg"), str(tmp_path / "bad.jpg")],
+            cwd=REPO_ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 1, "a failed image makes the exit code non-zero"
+        good, bad = (json.loads(line) for line in result.stdout.splitlines())
+        assert [p["label"] for p in good["predictions"]] in (["cat", "dog"], ["dog", "cat"])
+        assert sum(p["confidence"] for p in good["predictions"]) == pytest.approx(1.0, abs=1e-4)
+        assert "not an image Pillow can read" in bad["error"]
 
 
 def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
-    from tests.conftest import free_port
-
     image = write_images(tmp_path / "in", per_class=1) / "cat" / "cat0.jpg"
     result = subprocess.run(
         [sys.executable, "-m", "client", "--url", f"127.0.0.1:{free_port()}", "predict", str(image)],
@@ -138,12 +187,37 @@ def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_a_run_cut_short_resumes_with_every_image_exactly_once(
+def test_a_client_killed_mid_run_resumes_with_every_image_exactly_once(
+    served_model: dict, tmp_path: Path
+) -> None:
+    images = write_images(tmp_path / "in", per_class=150, size=40)  # 300 images, 2 parts of 256 at most
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "client", "--url", served_model["url"], "batch", "--input", str(images),
+               "--output", str(output), "--concurrency", "1", "--batch-size", "1"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (output / "parts" / "part-00000.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (output / "parts" / "part-00000.json").exists()
+    assert not (output / "predictions.jsonl").exists()
+
+    rerun = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads((output / "report.json").read_text())
+    assert report["this_run"]["parts_resumed"] >= 1
+    names = sorted(Path(line["image"]).name for line in _lines(output))
+    assert names == sorted(p.name for p in images.rglob("*.jpg")), "none missing, none twice"
+
+
+@pytest.mark.integration
+def test_a_server_that_stays_down_ends_the_run_clearly_and_keeps_finished_parts(
     served_model: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import client.batch as batch
 
-    images = write_images(tmp_path / "in", per_class=20, size=40)  # 40 images: 5 parts of one request of 8
+    images = write_images(tmp_path / "in", per_class=20, size=40)  # 40 images: 5 parts of 8
     output = tmp_path / "out"
     real_classify = batch.classify
     calls = {"n": 0}
@@ -155,34 +229,74 @@ def test_a_run_cut_short_resumes_with_every_image_exactly_once(
         return real_classify(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(batch, "classify", server_dies_after_three)
-    quick = RetryPolicy(attempts=2, first_delay_s=0.001)
-    with pytest.raises(TritonUnavailable, match=r"3 of 5 parts are saved under .*: rerun to resume"):
-        run_batch(served_model["url"], str(images), str(output), concurrency=1, retry=quick, part_size=8)
+    options = BatchOptions(concurrency=1, retry=QUICK, part_size=8)
+    with pytest.raises(TritonUnavailable, match=r"failed 2 times.*3 parts are saved under .*rerun"):
+        run_batch(served_model["url"], str(images), str(output), options)
     assert not (output / "predictions.jsonl").exists()
     assert len(list((output / "parts").iterdir())) == 3
 
-    monkeypatch.setattr(batch, "classify", real_classify)
-    report = run_batch(served_model["url"], str(images), str(output), part_size=8)
-    assert report["parts"] == {"total": 5, "resumed": 3}
-    lines = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
-    names = sorted(Path(line["image"]).name for line in lines)
-    assert names == sorted(p.name for p in images.rglob("*.jpg")), "none missing, none twice"
+
+def test_a_server_that_never_answers_ends_the_run_clearly(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "in", per_class=1)
+    with pytest.raises(TritonUnavailable, match="failed 2 times"):
+        run_batch(f"127.0.0.1:{free_port()}", str(images), str(tmp_path / "out"), BatchOptions(retry=QUICK))
 
 
 @pytest.mark.integration
-def test_a_server_that_stays_down_ends_the_run_clearly(tmp_path: Path) -> None:
-    from tests.conftest import free_port
-
-    images = write_images(tmp_path / "in", per_class=1)
-    with pytest.raises(TritonUnavailable, match="failed 2 times"):
-        run_batch(
-            f"127.0.0.1:{free_port()}",
-            str(images),
-            str(tmp_path / "out"),
-            retry=RetryPolicy(attempts=2, first_delay_s=0.001),
-        )
+def test_a_changed_input_is_refused_instead_of_mixed_in(served_model: dict, tmp_path: Path) -> None:
+    images = write_images(tmp_path / "in", per_class=6, size=40)
+    options = BatchOptions(part_size=4)
+    run_batch(served_model["url"], str(images), str(tmp_path / "out"), options)
+    (images / "cat" / "cat0.jpg").unlink()
+    with pytest.raises(InputChanged, match="the input changed"):
+        run_batch(served_model["url"], str(images), str(tmp_path / "out"), options)
+    with pytest.raises(InputChanged, match="in parts of 4"):
+        run_batch(served_model["url"], str(images), str(tmp_path / "out"), BatchOptions(part_size=8))
 
 
-def test_empty_input_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no images found"):
-        run_batch("127.0.0.1:1", str(tmp_path), str(tmp_path / "out"))
+@pytest.mark.integration
+def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -> None:
+    """The real tritonserver is killed mid-batch and restarted: the batch completes, same answers."""
+    from deploy.local_triton import LocalTriton
+    from model_repository.repository import package_model
+
+    repository = tmp_path / "repo"
+    package_model(trained_model, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=8)
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server = LocalTriton(tmp_path / "state", **ports)
+    state = server.ensure_running(repository, timeout_s=60)
+    server.load(state, "dogs_cats", timeout_s=120)
+    images = write_images(tmp_path / "in", per_class=200, size=40)
+    patient = BatchOptions(
+        concurrency=2, batch_size=2, part_size=8, retry=RetryPolicy(attempts=40, max_delay_s=1.0)
+    )
+    outage: dict[str, float] = {}
+
+    def restart_once_parts_appear() -> None:
+        while not (tmp_path / "restarted" / "parts" / "part-00002.json").exists():
+            time.sleep(0.01)
+        outage["down"] = time.time()
+        os.kill(state.pid, signal.SIGKILL)  # no graceful drain: requests fail until it is back
+        restarted = server.ensure_running(repository, timeout_s=60)
+        server.load(restarted, "dogs_cats", timeout_s=120)
+        outage["up"] = time.time()
+
+    restarter = threading.Thread(target=restart_once_parts_appear, daemon=True)
+    try:
+        clean = run_batch(state.http_url, str(images), str(tmp_path / "clean"), patient)
+        restarter.start()
+        report = run_batch(state.http_url, str(images), str(tmp_path / "restarted"), patient)
+    finally:
+        if restarter.is_alive():
+            restarter.join(timeout=120)
+        server.stop()
+    stubs = [
+        p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert stubs == [], "the killed server's python-backend stubs were stopped on restart"
+    assert report["failed"] == 0
+    parts = [json.loads(p.read_text()) for p in sorted((tmp_path / "restarted" / "parts").iterdir())]
+    assert min(part["finished"] for part in parts) < outage["down"], "parts finished before the outage"
+    assert max(part["finished"] for part in parts) > outage["up"], "and after the server came back"
+    assert _lines(tmp_path / "restarted") == _lines(tmp_path / "clean")
+    assert clean["succeeded"] == report["succeeded"] == 400

@@ -36,18 +36,33 @@ def test_dag_is_manual_with_owner_and_docs(dagbag: DagBag) -> None:
     assert all(task.retries == 1 for task in dag.tasks), "every task is idempotent, so retried once"
 
 
+PLAN_DOWNSTREAM = sorted(
+    {"classify_shard", "list_shards", "merge_predictions", "package", "quality_gate", "stage_data", "train"}
+)
+
+
 def test_task_graph_flows_one_way(dagbag: DagBag) -> None:
     dag = dagbag.dags["dogs_cats"]
     downstream = {task.task_id: sorted(task.downstream_task_ids) for task in dag.tasks}
     assert downstream == {
-        "plan": ["batch_inference", "package", "quality_gate", "stage_data", "train"],
-        "stage_data": ["batch_inference", "train"],
+        "plan": PLAN_DOWNSTREAM,
+        "stage_data": ["merge_predictions", "train"],
         "train": ["quality_gate"],
         "quality_gate": ["package"],
         "package": ["deploy"],
-        "deploy": ["batch_inference"],
-        "batch_inference": [],
+        "deploy": ["classify_shard", "list_shards", "merge_predictions"],
+        "list_shards": ["classify_shard"],
+        "classify_shard": ["merge_predictions"],
+        "merge_predictions": [],
     }
+
+
+def test_batch_inference_is_mapped_over_shards(dagbag: DagBag) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = dagbag.dags["dogs_cats"]
+    assert isinstance(dag.get_task("classify_shard"), MappedOperator)
+    assert dag.get_task("classify_shard").max_active_tis_per_dagrun == 4
 
 
 def test_params_are_the_run_config(dagbag: DagBag) -> None:
@@ -86,11 +101,11 @@ def test_kubernetes_platform_trains_in_a_pod(monkeypatch: pytest.MonkeyPatch) ->
     dag = DagBag(dag_folder=str(DAGS)).dags["dogs_cats"]
     assert isinstance(dag.get_task("train"), TrainingPodOperator)
     assert isinstance(dag.get_task("build_image"), ImageBuildPodOperator)
-    # package -> build_context -> build_image -> deploy (rollout) -> batch_inference
+    # package -> build_context -> build_image -> deploy (rollout) -> list_shards -> classify_shard[]
     assert dag.get_task("build_context").upstream_task_ids == {"package", "plan"}
     assert dag.get_task("build_image").upstream_task_ids == {"build_context"}
     assert dag.get_task("deploy").upstream_task_ids == {"build_image", "build_context", "package", "plan"}
-    assert "deploy" in dag.get_task("batch_inference").upstream_task_ids
+    assert "deploy" in dag.get_task("list_shards").upstream_task_ids
     assert "platform:kubernetes" in dag.tags
     assert dag.params.get_param("platform").schema["enum"] == ["kubernetes"]
 

@@ -50,7 +50,7 @@ def _run_dag(tmp_path: Path, **conf: object) -> DagRun:
 
 
 def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_path: Path) -> None:
-    run = _run_dag(tmp_path)
+    run = _run_dag(tmp_path, images_per_shard=4)
     assert run.state == "success"
     bucket = tmp_path / "bucket"
 
@@ -60,6 +60,14 @@ def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_p
     report = json.loads((predictions_dir / "report.json").read_text())
     assert report["images"] == report["succeeded"] == len(val)
     assert report["failed"] == 0
+    assert (predictions_dir / "report.html").is_file()
+
+    # One mapped classify_shard per shard of 4 images, merged into one report.
+    shards = -(-len(val) // 4)
+    mapped = [ti for ti in run.get_task_instances() if ti.task_id == "classify_shard"]
+    assert sorted(ti.map_index for ti in mapped) == list(range(shards))
+    assert all(ti.state == "success" for ti in mapped)
+    assert len(list((predictions_dir / "shards").glob("shard-*.txt"))) == shards
     assert set(report["label_distribution"]) <= {"cat", "dog"}
     assert "accuracy_by_folder" in report
 
@@ -93,7 +101,9 @@ def test_quality_gate_stops_before_packaging_and_says_why(
         "quality_gate": "skipped",
         "package": "skipped",
         "deploy": "skipped",
-        "batch_inference": "skipped",
+        "list_shards": "skipped",
+        "classify_shard": "skipped",
+        "merge_predictions": "skipped",
     }
     assert "is under the required 101.00% (min_val_accuracy)" in capfd.readouterr().out
     (model_dir,) = (tmp_path / "bucket" / "models").iterdir()

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from client.triton import classify, classify_encoded, model_info
+from client.triton import Triton, classify, classify_encoded, model_info
 from pipeline.images import decode_rgb
 
 pytestmark = pytest.mark.integration
@@ -27,7 +26,7 @@ def _encoded_images(session_images: Path) -> list[bytes]:
 def test_encoded_bytes_get_the_same_answer_as_client_decoded_tensors(
     served_model: dict, session_images: Path
 ) -> None:
-    client = httpclient.InferenceServerClient(served_model["url"])
+    client = Triton(served_model["url"])
     blobs = _encoded_images(session_images)
     server_side = classify_encoded(client, "dogs_cats_jpeg", blobs, top_k=2)
     info = model_info(client)
@@ -48,7 +47,7 @@ def test_encoded_bytes_get_the_same_answer_as_client_decoded_tensors(
 def test_bad_bytes_fail_their_request_only(
     served_model: dict, session_images: Path, bad: bytes, reason: str
 ) -> None:
-    client = httpclient.InferenceServerClient(served_model["url"])
+    client = Triton(served_model["url"])
     good = _encoded_images(session_images)[:1]
     with pytest.raises(InferenceServerException, match=reason) as failure:
         classify_encoded(client, "dogs_cats_jpeg", [*good, bad])
@@ -56,4 +55,4 @@ def test_bad_bytes_fail_their_request_only(
     assert "image 1" in str(failure.value)
     # The model survived and still answers.
     assert len(classify_encoded(client, "dogs_cats_jpeg", good)) == 1
-    assert client.is_model_ready("dogs_cats_preprocess")
+    assert client.has_model("dogs_cats_preprocess")

@@ -11,6 +11,7 @@ from pipeline.settings import (
     run_config_from_params,
     safe_name,
 )
+from tests.conftest import REPO_ROOT
 
 
 def test_run_config_needs_a_bucket() -> None:
@@ -77,3 +78,9 @@ def test_join_uri(base: str, parts: tuple[str, ...], expected: str) -> None:
 
 def test_safe_name_turns_run_ids_into_object_names() -> None:
     assert safe_name("manual__2026-11-22T02:45:01.955+00:00") == "manual__2026-11-22T02_45_01.955_00_00"
+
+
+def test_readme_documents_every_param() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [name for name in RunConfig.model_fields if f"`{name}`" not in readme]
+    assert missing == [], f"README's params table lacks {missing}"

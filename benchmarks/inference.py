@@ -1,0 +1,493 @@
+"""Batch inference side by side, one run, one machine, the same real images and models:
+
+1. ceiling: in-process ONNX Runtime over the files, decode included (best batch and threads);
+2. our client to the local tritonserver, HTTP and gRPC (best batch, concurrency, instances);
+3. the peers' design: per-image FastAPI + ONNX Runtime under uvicorn (workers, threads and
+   client concurrency swept, best kept);
+4. end to end: files in a bucket to report through the DAG's batch stage (shards, merge);
+plus Triton's perf_analyzer against the same server, and the client's peak RSS for 2k vs 20k images.
+
+    .venv/bin/python -m benchmarks.inference [--images 2000] [--xception-images 300]
+
+Models are built with fixed random weights and exported to ONNX as training does: the
+compute per image is what a trained model costs, and no benchmark depends on accuracy.
+Prints Markdown tables for benchmarks/README.md and writes the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
+from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
+from deploy.local_triton import LocalTriton, pytriton_root
+from model_repository.repository import package_model
+from pipeline.images import decode_rgb
+from tests.conftest import free_port
+
+IMAGE_SIZE = 180
+Row = dict[str, Any]
+
+
+def link_images(source: Path, target: Path, count: int) -> Path:
+    """`count` real JPEGs, half per class, as symlinks (the client follows them)."""
+    for label in ("Cat", "Dog"):
+        folder = target / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / label).glob("*.jpg"))[: count // 2]:
+            (folder / path.name).symlink_to(path.resolve())
+    return target
+
+
+def export_model(architecture: str, folder: Path) -> Path:
+    """A model folder as training writes it (model.onnx, labels.txt, metrics.json)."""
+    import keras
+
+    from training.export import export_onnx
+    from training.models import build_model
+
+    keras.utils.set_random_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(build_model(architecture, IMAGE_SIZE, 2), IMAGE_SIZE, folder / "model.onnx")
+    (folder / "labels.txt").write_text("Cat\nDog\n")
+    (folder / "metrics.json").write_text(json.dumps({"image_size": IMAGE_SIZE, "labels": ["Cat", "Dog"]}))
+    return folder
+
+
+def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
+    p50, p99 = np.percentile(np.array(latencies_s) * 1000, [50, 99])
+    return round(float(p50), 1), round(float(p99), 1)
+
+
+def ort_ceiling(files: list[Path], onnx: Path, batch: int, workers: int, threads: int) -> Row:
+    """Workers each with a session of `threads` intra-op threads; each reads, decodes and runs a batch."""
+    local = threading.local()
+
+    def session() -> ort.InferenceSession:
+        if not hasattr(local, "session"):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            local.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+        return local.session
+
+    def run(chunk: list[Path]) -> float:
+        started = time.perf_counter()
+        images = np.stack([decode_rgb(path.read_bytes(), IMAGE_SIZE) for path in chunk])
+        session().run(["probabilities"], {"image": images})
+        return time.perf_counter() - started
+
+    chunks = [files[i : i + batch] for i in range(0, len(files), batch)]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, chunks[:workers]))  # warm up: sessions created, caches filled
+        started = time.perf_counter()
+        latencies = list(pool.map(run, chunks))
+        seconds = time.perf_counter() - started
+    p50, p99 = _percentiles(latencies)
+    return {
+        "config": f"bs {batch}, {workers} worker x {threads} thread",
+        "img_s": len(files) / seconds,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+@contextmanager
+def triton_serving(model_dir: Path, work: Path, instances: int, threads: int) -> Iterator[LocalTriton]:
+    repository = work / f"repo-{instances}x{threads}"
+    package_model(
+        str(model_dir),
+        str(repository),
+        flavour="python",
+        model_name="dogs_cats",
+        max_batch_size=32,
+        instances=instances,
+        ort_threads=threads,
+    )
+    server = LocalTriton(
+        work / f"state-{instances}x{threads}",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+    state = server.ensure_running(repository, timeout_s=120)
+    try:
+        server.load(state, "dogs_cats", timeout_s=300)
+        yield server
+    finally:
+        server.stop()
+
+
+def triton_client(
+    server: LocalTriton, folder: Path, work: Path, protocol: str, batch: int, concurrency: int
+) -> Row:
+    state = server.state()
+    assert state is not None
+    url = state.http_url if protocol == "http" else f"127.0.0.1:{state.grpc_port}"
+    output = Path(tempfile.mkdtemp(dir=work))
+    options = BatchOptions(protocol=protocol, batch_size=batch, concurrency=concurrency)  # type: ignore[arg-type]
+    report = run_batch(url, str(folder), str(output), options)
+    shutil.rmtree(output)
+    latency = report["request_latency_ms"]
+    return {
+        "config": f"{protocol}, bs {batch}, {concurrency} in flight",
+        "img_s": report["this_run"]["images_per_second"],
+        "p50_ms": latency["p50"],
+        "p99_ms": latency["p99"],
+    }
+
+
+def peer_service(files: list[Path], onnx: Path, workers: int, threads: int, concurrency: int) -> Row:
+    """uvicorn + FastAPI, one multipart request per image, `concurrency` client threads."""
+    port = free_port()
+    env = {**os.environ, "PEER_MODEL": str(onnx), "PEER_THREADS": str(threads)}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.peer_service:app",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/docs")
+        import requests
+
+        local = threading.local()
+
+        def post(path: Path) -> float:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            started = time.perf_counter()
+            with path.open("rb") as image:
+                response = local.session.post(f"http://127.0.0.1:{port}/predict", files={"file": image})
+            response.raise_for_status()
+            return time.perf_counter() - started
+
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, files[: concurrency * 2]))
+            started = time.perf_counter()
+            latencies = list(pool.map(post, files))
+            seconds = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    p50, p99 = _percentiles(latencies)
+    return {
+        "config": f"{workers} uvicorn worker x {threads} ORT thread, {concurrency} client threads",
+        "img_s": len(files) / seconds,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+def _wait_for(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def dag_batch_stage(
+    server: LocalTriton, folder: Path, work: Path, images_per_shard: int, options: BatchOptions
+) -> Row:
+    """What the DAG's list_shards -> classify_shard[] -> merge_predictions do, shards 2 at a time
+    (the local executor's parallelism on 2 cores), files in a local bucket to report."""
+    state = server.state()
+    assert state is not None
+    output = str(work / "dag-predictions")
+    started = time.perf_counter()
+    shards = write_shards(str(folder), f"{output}/shards", images_per_shard)
+
+    def classify(shard: str) -> str:
+        out = shard_output(output, shard)
+        run_batch(state.http_url, shard, out, options, images=shard_images(shard))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(classify, shards))
+    report = merge_outputs(outputs, output, input_uri=str(folder), options=options)
+    seconds = time.perf_counter() - started
+    return {
+        "config": f"{len(shards)} shards of {images_per_shard}, 2 at a time, {options.protocol} bs "
+        f"{options.batch_size}, {options.concurrency} in flight each",
+        "img_s": report["images"] / seconds,
+        "p50_ms": report["request_latency_ms"]["p50"],
+        "p99_ms": report["request_latency_ms"]["p99"],
+    }
+
+
+def perf_analyzer(server: LocalTriton, work: Path) -> list[Row]:
+    """perf_analyzer from the tritonclient 2.51.0 wheel (newer builds need glibc 2.38)."""
+    binary = _perf_analyzer_binary(work)
+    state = server.state()
+    assert state is not None
+    rows = []
+    for protocol, url in (("http", state.http_url), ("grpc", f"127.0.0.1:{state.grpc_port}")):
+        result = subprocess.run(
+            [
+                str(binary),
+                "-m",
+                "dogs_cats",
+                "-u",
+                url,
+                "-i",
+                protocol,
+                "-b",
+                "8",
+                "--concurrency-range",
+                "1:4:1",
+                "--measurement-interval",
+                "3000",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LD_LIBRARY_PATH": str(binary.parent)},
+            timeout=600,
+        )
+        for concurrency, throughput, latency in re.findall(
+            r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec, latency (\d+) usec", result.stdout
+        ):
+            rows.append(
+                {
+                    "config": f"perf_analyzer {protocol}, bs 8, concurrency {concurrency}",
+                    "img_s": float(throughput),
+                    "p50_ms": None,
+                    "p99_ms": round(int(latency) / 1000, 1),
+                }
+            )
+        if result.returncode != 0:
+            print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
+    return rows
+
+
+def _perf_analyzer_binary(work: Path) -> Path:
+    wheels = work / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "tritonclient==2.51.0",
+            "-d",
+            str(wheels),
+        ],
+        check=True,
+    )
+    (wheel,) = wheels.glob("tritonclient-2.51.0-*.whl")
+    folder = work / "perf_analyzer"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract("tritonclient-2.51.0.data/data/bin/perf_analyzer", folder)
+    binary = folder / "tritonclient-2.51.0.data" / "data" / "bin" / "perf_analyzer"
+    binary.chmod(0o755)
+    libs = pytriton_root().parent.parent / "nvidia_pytriton.libs"
+    for wanted in ("libb64.so.0d", "libcudart.so.12"):
+        (match,) = libs.glob(wanted.split(".so")[0] + "*")
+        (binary.parent / wanted).symlink_to(match)
+    return binary
+
+
+def client_peak_rss(server: LocalTriton, folder: Path, work: Path) -> float:
+    """Peak RSS (MiB) of `python -m client batch` over `folder`, in a process of its own."""
+    state = server.state()
+    assert state is not None
+    output = work / f"rss-{folder.name}"
+    code = (
+        "import resource, subprocess, sys; "
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            sys.executable,
+            "-m",
+            "client",
+            "--url",
+            state.http_url,
+            "batch",
+            "--input",
+            str(folder),
+            "--output",
+            str(output),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout.strip()) / 1024
+
+
+def best(rows: list[Row]) -> Row:
+    return max(rows, key=lambda row: row["img_s"])
+
+
+def sweep(name: str, rows: list[Row], results: dict[str, list[Row]]) -> Row:
+    results[name] = rows
+    for row in rows:
+        print(f"  {name}: {row['config']}: {row['img_s']:.0f} img/s", file=sys.stderr, flush=True)
+    return best(rows)
+
+
+def benchmark_model(
+    architecture: str, files: list[Path], folder: Path, work: Path, full: bool
+) -> dict[str, Any]:
+    model_dir = export_model(architecture, work / architecture)
+    onnx = model_dir / "model.onnx"
+    results: dict[str, list[Row]] = {}
+    batches = (1, 8, 32) if full else (8, 32)
+    ceiling = sweep(
+        "ceiling", [ort_ceiling(files, onnx, b, w, 2 // w) for b in batches for w in (1, 2)], results
+    )
+    triton_rows = []
+    for instances, threads in ((1, 2), (2, 1)):
+        with triton_serving(model_dir, work, instances, threads) as server:
+            for protocol in ("http", "grpc"):
+                for batch, concurrency in ((8, 4), (32, 2), (32, 4)) if full else ((8, 4), (32, 4)):
+                    row = triton_client(server, folder, work, protocol, batch, concurrency)
+                    row["config"] += f", {instances} instance x {threads} thread"
+                    triton_rows.append(row)
+    triton = sweep("triton", triton_rows, results)
+    peer = sweep(
+        "peer",
+        [
+            peer_service(files, onnx, w, t, c)
+            for w in (1, 2)
+            for t in (1, 2)
+            if w * t <= 2
+            for c in ((4, 8) if full else (4,))
+        ],
+        results,
+    )
+    instances, threads = (2, 1) if "2 instance" in triton["config"] else (1, 2)
+    extra: dict[str, Any] = {}
+    with triton_serving(model_dir, work, instances, threads) as server:
+        bs = int(re.search(r"bs (\d+)", triton["config"]).group(1))  # type: ignore[union-attr]
+        in_flight = int(re.search(r"(\d+) in flight", triton["config"]).group(1))  # type: ignore[union-attr]
+        options = BatchOptions(batch_size=bs, concurrency=in_flight)
+        end_to_end = sweep("end_to_end", [dag_batch_stage(server, folder, work, 500, options)], results)
+        if full:
+            extra["perf_analyzer"] = perf_analyzer(server, work)
+    return {
+        "ceiling": ceiling,
+        "triton": triton,
+        "peer": peer,
+        "end_to_end": end_to_end,
+        "all": results,
+        **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--xception-images", type=int, default=300)
+    parser.add_argument("--rss-images", type=int, nargs=2, default=(2000, 20000))
+    parser.add_argument("--models", default="small,xception")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/inference-results.json"))
+    args = parser.parse_args(argv)
+    if shared_dataset_missing(args.source):
+        return 0
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        work = Path(tmp)
+        for architecture in args.models.split(","):
+            count = args.images if architecture == "small" else args.xception_images
+            folder = link_images(args.source, work / f"images-{architecture}", count)
+            files = sorted(folder.rglob("*.jpg"))
+            print(f"{architecture}: {len(files)} images", file=sys.stderr, flush=True)
+            results[architecture] = benchmark_model(
+                architecture, files, folder, work, architecture == "small"
+            )
+            results[architecture]["images"] = len(files)
+        model_dir = work / "small"
+        with triton_serving(model_dir, work, 2, 1) as server:
+            results["rss_mib"] = {
+                str(n): client_peak_rss(server, link_images(args.source, work / f"rss-{n}", n), work)
+                for n in args.rss_images
+            }
+    args.json.write_text(json.dumps(results, indent=2, default=str))
+    print_tables(results)
+    return 0
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    for architecture in ("small", "xception"):
+        if architecture not in results:
+            continue
+        figures = results[architecture]
+        ceiling = figures["ceiling"]["img_s"]
+        print(f"\n{architecture}, {figures['images']} images\n")
+        print("| path | best configuration | img/s | p50 ms | p99 ms | vs ceiling |")
+        print("|---|---|---|---|---|---|")
+        for key, name in (
+            ("ceiling", "(1) in-process ONNX Runtime"),
+            ("triton", "(2) our client -> Triton"),
+            ("peer", "(3) FastAPI per-image peer"),
+            ("end_to_end", "(4) bucket -> DAG batch stage"),
+        ):
+            row = figures[key]
+            print(
+                f"| {name} | {row['config']} | {row['img_s']:.0f} | {row['p50_ms']} | {row['p99_ms']} "
+                f"| {row['img_s'] / ceiling:.2f} |"
+            )
+        print(f"\n(2) / best (3): {figures['triton']['img_s'] / figures['peer']['img_s']:.2f}")
+        for row in figures.get("perf_analyzer", []):
+            print(f"- {row['config']}: {row['img_s']:.0f} img/s, p99 {row['p99_ms']} ms")
+        for key, rows in figures["all"].items():
+            print(f"\n<details><summary>{key}: every configuration</summary>\n")
+            for row in rows:
+                print(
+                    f"- {row['config']}: {row['img_s']:.0f} img/s "
+                    f"(p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms)"
+                )
+            print("\n</details>")
+    if "rss_mib" in results:
+        sizes = list(results["rss_mib"].items())
+        print("\n| client peak RSS | MiB |\n|---|---|")
+        for count, mib in sizes:
+            print(f"| {count} images | {mib:.0f} |")
+        print(f"\nratio {sizes[-1][0]} / {sizes[0][0]}: {sizes[-1][1] / sizes[0][1]:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
