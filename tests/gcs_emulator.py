@@ -26,43 +26,75 @@ def _binary() -> Path:
     return binary
 
 
-@contextmanager
-def fake_gcs_server(port: int) -> Iterator[str]:
-    """Run the emulator on 127.0.0.1:port; yields its URL, stops it afterwards."""
-    process = subprocess.Popen(
-        [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+class FakeGcsServer:
+    """The emulator process on 127.0.0.1:port. With `root`, objects live on disk, so the
+    server can be stopped and started again (a GCS outage) without losing them."""
+
+    def __init__(self, port: int, root: Path | None = None) -> None:
+        self.port, self.root = port, root
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        backend = (
+            ["-backend", "filesystem", "-filesystem-root", str(self.root)]
+            if self.root
+            else ["-backend", "memory"]
+        )
+        self.process = subprocess.Popen(
+            [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), *backend],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-                break
+                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).close()
+                return
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("fake-gcs-server did not start") from None
                 time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
 
 
 @contextmanager
-def emulated_gcs(bucket: str, port: int) -> Iterator[str]:
+def fake_gcs_server(port: int, root: Path | None = None) -> Iterator[FakeGcsServer]:
+    """Run the emulator; yields it (its URL is `.url`), stops it afterwards."""
+    server = FakeGcsServer(port, root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def emulated_gcs(bucket: str, port: int, root: Path | None = None) -> Iterator[str]:
     """The emulator with `bucket` created, wired into the storage seam; yields gs://bucket."""
+    with emulated_gcs_server(bucket, port, root) as (bucket_uri, _):
+        yield bucket_uri
+
+
+@contextmanager
+def emulated_gcs_server(
+    bucket: str, port: int, root: Path | None = None
+) -> Iterator[tuple[str, FakeGcsServer]]:
+    """emulated_gcs, also yielding the server so a test can stop and restart it."""
     import pytest
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
     import pipeline.storage
 
-    with fake_gcs_server(port) as url, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", url)
+    with fake_gcs_server(port, root) as server, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", server.url)
         client = gcs.Client(project="test", credentials=AnonymousCredentials())
         client.create_bucket(bucket)
         patch.setattr(pipeline.storage, "_GCS", pipeline.storage.GCSStorage(client))
-        yield f"gs://{bucket}"
+        yield f"gs://{bucket}", server

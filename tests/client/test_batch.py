@@ -186,6 +186,7 @@ def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
     assert "cannot reach Triton" in result.stderr
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_a_client_killed_mid_run_resumes_with_every_image_exactly_once(
     served_model: dict, tmp_path: Path
@@ -209,8 +210,11 @@ def test_a_client_killed_mid_run_resumes_with_every_image_exactly_once(
     assert report["this_run"]["parts_resumed"] >= 1
     names = sorted(Path(line["image"]).name for line in _lines(output))
     assert names == sorted(p.name for p in images.rglob("*.jpg")), "none missing, none twice"
+    run_batch(served_model["url"], str(images), str(tmp_path / "clean"))
+    assert _lines(output) == _lines(tmp_path / "clean"), "the same predictions as a run never killed"
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_a_server_that_stays_down_ends_the_run_clearly_and_keeps_finished_parts(
     served_model: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -254,6 +258,7 @@ def test_a_changed_input_is_refused_instead_of_mixed_in(served_model: dict, tmp_
         run_batch(served_model["url"], str(images), str(tmp_path / "out"), BatchOptions(part_size=8))
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -> None:
     """The real tritonserver is killed mid-batch and restarted: the batch completes, same answers."""

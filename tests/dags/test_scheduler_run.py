@@ -107,6 +107,25 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
         LocalTriton(tmp_path / "state", **triton).stop()
 
 
+# One bad value per kind of Param check: type (string, integer, number, boolean), bounds,
+# enum, pattern, and the required param missing.
+BAD_CONF: list[tuple[dict, str]] = [
+    ({"data_bucket": 5}, "5 is not of type 'string'"),
+    ({"source": "/s"}, "No value passed and Param has no default value"),
+    ({"data_bucket": "/b", "epochs": "five"}, "'five' is not of type 'integer'"),
+    ({"data_bucket": "/b", "epochs": 0}, "0 is less than the minimum of 1"),
+    ({"data_bucket": "/b", "image_size": 4096}, "4096 is greater than the maximum of 512"),
+    ({"data_bucket": "/b", "learning_rate": "fast"}, "'fast' is not of type 'number'"),
+    ({"data_bucket": "/b", "val_fraction": 1.5}, "1.5 is greater than or equal to the maximum of 1"),
+    ({"data_bucket": "/b", "require_jfif": "yes"}, "'yes' is not of type 'boolean'"),
+    ({"data_bucket": "/b", "platform": "kubernetes"}, "'kubernetes' is not one of ['local']"),
+    ({"data_bucket": "/b", "inference_protocol": "ftp"}, "'ftp' is not one of ['http', 'grpc']"),
+    ({"data_bucket": "/b", "dataset_name": "Bad Name"}, "does not match"),
+    ({"data_bucket": "/b", "source_sha256": "abc"}, "does not match"),
+]
+
+
+@pytest.mark.faults
 def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalone, tmp_path: Path) -> None:
     _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
 
@@ -114,11 +133,20 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
     assert refused.returncode != 0
     assert "5 is not of type 'string'" in refused.stdout + refused.stderr
 
-    status, body = standalone.request(
-        "POST", "/api/v2/dags/dogs_cats/dagRuns", {"logical_date": None, "conf": {"data_bucket": 5}}
+    refused = standalone.cli(
+        "dags", "trigger", "dogs_cats", "--conf", json.dumps({"data_bucket": "/b", "model": "resnet"})
     )
-    assert status == 400
-    assert "5 is not of type 'string'" in json.dumps(body)
+    assert refused.returncode != 0
+    assert "'resnet' is not one of ['small', 'xception']" in refused.stdout + refused.stderr
+
+    for conf, message in BAD_CONF:
+        status, body = standalone.request(
+            "POST", "/api/v2/dags/dogs_cats/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        assert status == 400, conf
+        assert message in json.dumps(body), (conf, body)
+    _, runs = standalone.request("GET", "/api/v2/dags/dogs_cats/dagRuns")
+    assert runs["total_entries"] == 0, "refused conf creates no run, so no task ever starts"
 
     bucket = tmp_path / "bucket"
     conf = {

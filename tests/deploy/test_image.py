@@ -30,6 +30,7 @@ def test_base_image_is_a_pinned_ngc_release() -> None:
     assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", triton_base_image())
 
 
+@pytest.mark.security
 def test_server_runs_as_non_root_with_model_control_off() -> None:
     text = DOCKERFILE.read_text()
     assert "USER 10001" in text

@@ -45,6 +45,7 @@ def test_deployment_serves_the_image_on_a_gpu_with_triton_s_health_probes() -> N
     assert deployment["spec"]["template"]["metadata"]["labels"]["dogs-cats-triton/model-version"] == "3"
 
 
+@pytest.mark.security
 def test_server_runs_as_non_root_without_privilege_escalation() -> None:
     pod = _by_kind(serving_manifests(_spec()))["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -56,6 +57,7 @@ def test_server_runs_as_non_root_without_privilege_escalation() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
+@pytest.mark.security
 def test_service_stays_inside_the_cluster_on_triton_s_three_ports() -> None:
     service = _by_kind(serving_manifests(_spec()))["Service"]
     assert service["spec"]["type"] == "ClusterIP"

@@ -102,6 +102,7 @@ class Traffic:
             time.sleep(0.05)
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_new_versions_swap_in_without_a_failed_request(
     tmp_path: Path, trained_model: str, environment: Environment, server_ports: dict[str, int]
@@ -164,6 +165,7 @@ def test_new_versions_swap_in_without_a_failed_request(
         server.stop()
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_a_model_that_fails_to_load_names_triton_s_error(
     tmp_path: Path, trained_model: str, server_ports: dict[str, int]

@@ -28,7 +28,7 @@ def test_encoded_bytes_get_the_same_answer_as_client_decoded_tensors(
 ) -> None:
     client = Triton(served_model["url"])
     blobs = _encoded_images(session_images)
-    server_side = classify_encoded(client, "dogs_cats_jpeg", blobs, top_k=2)
+    server_side = classify_encoded(client, "dogs_cats", blobs, top_k=2)
     info = model_info(client)
     client_side = classify(client, info, np.stack([decode_rgb(blob, info.image_size) for blob in blobs]), 2)
     for served, local in zip(server_side, client_side, strict=True):
@@ -50,9 +50,9 @@ def test_bad_bytes_fail_their_request_only(
     client = Triton(served_model["url"])
     good = _encoded_images(session_images)[:1]
     with pytest.raises(InferenceServerException, match=reason) as failure:
-        classify_encoded(client, "dogs_cats_jpeg", [*good, bad])
+        classify_encoded(client, "dogs_cats", [*good, bad])
     assert failure.value.status() == "400"
     assert "image 1" in str(failure.value)
     # The model survived and still answers.
-    assert len(classify_encoded(client, "dogs_cats_jpeg", good)) == 1
+    assert len(classify_encoded(client, "dogs_cats", good)) == 1
     assert client.has_model("dogs_cats_preprocess")

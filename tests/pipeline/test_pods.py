@@ -100,6 +100,7 @@ def test_build_pod_fetches_the_context_and_pushes_the_tagged_image() -> None:
     assert pod["metadata"]["namespace"] == "ml"
 
 
+@pytest.mark.security
 def test_build_pod_is_rootless_not_privileged() -> None:
     pod = _build_pod()
     (builder,) = pod["spec"]["containers"]

@@ -66,6 +66,7 @@ def test_onnx_matches_the_saved_model_on_generated_images(trained_model: str, se
     assert difference <= 1e-4
 
 
+@pytest.mark.faults
 def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     dataset = _staged(tmp_path, per_class=40)
     output = tmp_path / "bucket" / "models" / "m"
