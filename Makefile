@@ -14,7 +14,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
 
-.PHONY: install browser demo test lint unit integration stop
+.PHONY: install browser demo test lint unit integration faults stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ unit: install
 
 integration: install browser
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+## The fault-injection suite alone (it also runs in `make test`).
+faults: install
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
 ## Stop the tritonserver that `make demo` left running.
 stop: install

@@ -39,10 +39,10 @@ import onnxruntime as ort
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
+from client.triton import PROTOCOLS
 from deploy.local_triton import LocalTriton, pytriton_root
-from model_repository.repository import package_model
 from pipeline.images import decode_rgb
-from tests.conftest import free_port
+from tests.conftest import free_port, serving_model_folder
 
 IMAGE_SIZE = 180
 Row = dict[str, Any]
@@ -112,46 +112,27 @@ def ort_ceiling(files: list[Path], onnx: Path, batch: int, workers: int, threads
 
 @contextmanager
 def triton_serving(model_dir: Path, work: Path, instances: int, threads: int) -> Iterator[LocalTriton]:
-    repository = work / f"repo-{instances}x{threads}"
-    package_model(
-        str(model_dir),
-        str(repository),
-        flavour="python",
-        model_name="dogs_cats",
-        max_batch_size=32,
-        instances=instances,
-        ort_threads=threads,
-    )
-    server = LocalTriton(
-        work / f"state-{instances}x{threads}",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-    )
-    state = server.ensure_running(repository, timeout_s=120)
-    try:
-        server.load(state, "dogs_cats", timeout_s=300)
+    with serving_model_folder(
+        str(model_dir), work, max_batch_size=32, instances=instances, ort_threads=threads
+    ) as (server, _):
         yield server
-    finally:
-        server.stop()
 
 
-def triton_client(
-    server: LocalTriton, folder: Path, work: Path, protocol: str, batch: int, concurrency: int
-) -> Row:
+def triton_client(server: LocalTriton, folder: Path, work: Path, options: BatchOptions) -> Row:
     state = server.state()
     assert state is not None
-    url = state.http_url if protocol == "http" else f"127.0.0.1:{state.grpc_port}"
+    url = state.http_url if options.protocol == "http" else f"127.0.0.1:{state.grpc_port}"
     output = Path(tempfile.mkdtemp(dir=work))
-    options = BatchOptions(protocol=protocol, batch_size=batch, concurrency=concurrency)  # type: ignore[arg-type]
     report = run_batch(url, str(folder), str(output), options)
     shutil.rmtree(output)
     latency = report["request_latency_ms"]
+    encoded = ", encoded (server decodes)" if options.encoded else ""
     return {
-        "config": f"{protocol}, bs {batch}, {concurrency} in flight",
+        "config": f"{options.protocol}, bs {options.batch_size}, {options.concurrency} in flight{encoded}",
         "img_s": report["this_run"]["images_per_second"],
         "p50_ms": latency["p50"],
         "p99_ms": latency["p99"],
+        "options": options,
     }
 
 
@@ -226,13 +207,14 @@ def dag_batch_stage(
     (the local executor's parallelism on 2 cores), files in a local bucket to report."""
     state = server.state()
     assert state is not None
-    output = str(work / "dag-predictions")
+    output = str(work / f"dag-predictions-{folder.name}")
     started = time.perf_counter()
     shards = write_shards(str(folder), f"{output}/shards", images_per_shard)
 
     def classify(shard: str) -> str:
         out = shard_output(output, shard)
-        run_batch(state.http_url, shard, out, options, images=shard_images(shard))
+        url = state.http_url if options.protocol == "http" else f"127.0.0.1:{state.grpc_port}"
+        run_batch(url, shard, out, options, images=shard_images(shard))
         return out
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -378,32 +360,30 @@ def benchmark_model(
         "ceiling", [ort_ceiling(files, onnx, b, w, 2 // w) for b in batches for w in (1, 2)], results
     )
     triton_rows = []
+    client_settings = [(4, 4), (8, 4), (8, 8), (32, 2)] if full else [(8, 4), (32, 4)]
     for instances, threads in ((1, 2), (2, 1)):
         with triton_serving(model_dir, work, instances, threads) as server:
-            for protocol in ("http", "grpc"):
-                for batch, concurrency in ((8, 4), (32, 2), (32, 4)) if full else ((8, 4), (32, 4)):
-                    row = triton_client(server, folder, work, protocol, batch, concurrency)
-                    row["config"] += f", {instances} instance x {threads} thread"
-                    triton_rows.append(row)
+            sent = [
+                BatchOptions(protocol=p, batch_size=b, concurrency=c)
+                for p in PROTOCOLS
+                for b, c in client_settings
+            ]
+            if full:
+                sent.append(BatchOptions(batch_size=8, concurrency=4, encoded=True))
+            for options in sent:
+                row = triton_client(server, folder, work, options)
+                row["config"] += f", {instances} instance x {threads} thread"
+                triton_rows.append({**row, "server": (instances, threads)})
     triton = sweep("triton", triton_rows, results)
-    peer = sweep(
-        "peer",
-        [
-            peer_service(files, onnx, w, t, c)
-            for w in (1, 2)
-            for t in (1, 2)
-            if w * t <= 2
-            for c in ((4, 8) if full else (4,))
-        ],
-        results,
-    )
-    instances, threads = (2, 1) if "2 instance" in triton["config"] else (1, 2)
+    peer_settings = [
+        (w, t, c) for w in (1, 2) for t in (1, 2) if w * t <= 2 for c in ((4, 8) if full else (4,))
+    ]
+    peer = sweep("peer", [peer_service(files, onnx, w, t, c) for w, t, c in peer_settings], results)
     extra: dict[str, Any] = {}
-    with triton_serving(model_dir, work, instances, threads) as server:
-        bs = int(re.search(r"bs (\d+)", triton["config"]).group(1))  # type: ignore[union-attr]
-        in_flight = int(re.search(r"(\d+) in flight", triton["config"]).group(1))  # type: ignore[union-attr]
-        options = BatchOptions(batch_size=bs, concurrency=in_flight)
-        end_to_end = sweep("end_to_end", [dag_batch_stage(server, folder, work, 500, options)], results)
+    with triton_serving(model_dir, work, *triton["server"]) as server:
+        end_to_end = sweep(
+            "end_to_end", [dag_batch_stage(server, folder, work, 500, triton["options"])], results
+        )
         if full:
             extra["perf_analyzer"] = perf_analyzer(server, work)
     return {

@@ -3,10 +3,11 @@
 Streaming: the image list is read one listing page at a time and cut into
 parts of `part_size` images as it goes; memory does not grow with the input.
 
-Resumable and exactly-once: each finished part is written whole
-(`parts/part-NNNNN.json`, atomically: temp file + rename locally, one object
-on GCS) and names its first and last image; a rerun skips the parts already
-there after checking they still line up with the listing. When all are done,
+Resumable and exactly-once: each finished part is written whole and only once
+(`parts/part-NNNNN.json`: a hard link of a complete temp file locally, a GCS
+upload with the precondition "no object yet"), and names its first and last
+image; a rerun skips the parts already there after checking they still line
+up with the listing. When all are done,
 `merge_outputs` streams the parts into `predictions.jsonl` (one line per
 image), `report.json` and `report.html`. The same merge joins the outputs of
 the DAG's shards.
@@ -241,7 +242,9 @@ def classify_parts(
                     "finished": time.time(),
                     **asdict(outcome),
                 }
-                storage.write_text(part_uri, json.dumps(part))
+                if not storage.create(part_uri, json.dumps(part).encode()):
+                    # Another attempt (a zombie task, a second client) finished it first: keep theirs.
+                    log.warning("%s was written by another run meanwhile; keeping that one", part_uri)
                 processed += len(part_images)
     finally:
         progress.close()

@@ -79,6 +79,18 @@ def _dynamic_batching(max_batch_size: int, queue_delay_us: int) -> str:
 }}"""
 
 
+def _tensor(section: str, name: str, data_type: str, dims: str, labelled: bool = False) -> str:
+    """One `input [...]` or `output [...]` block of a config.pbtxt."""
+    label = f'\n    label_filename: "{LABELS_FILE}"' if labelled else ""
+    return f"""{section} [
+  {{
+    name: "{name}"
+    data_type: {data_type}
+    dims: [ {dims} ]{label}
+  }}
+]"""
+
+
 def config_pbtxt(
     flavour: Flavour,
     *,
@@ -103,21 +115,8 @@ def config_pbtxt(
     return f"""name: "{model_name}"
 {_HEADS[flavour]}
 max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{INPUT_NAME}"
-    data_type: TYPE_UINT8
-    dims: [ {image_size}, {image_size}, 3 ]
-  }}
-]
-output [
-  {{
-    name: "{OUTPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ {num_classes} ]
-    label_filename: "{LABELS_FILE}"
-  }}
-]
+{_tensor("input", INPUT_NAME, "TYPE_UINT8", f"{image_size}, {image_size}, 3")}
+{_tensor("output", OUTPUT_NAME, "TYPE_FP32", str(num_classes), labelled=True)}
 {_dynamic_batching(max_batch_size, 2000)}
 instance_group [
   {{
@@ -138,20 +137,8 @@ def preprocess_config_pbtxt(*, model_name: str, image_size: int, max_batch_size:
     return f"""name: "{preprocess_name(model_name)}"
 backend: "python"
 max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{ENCODED_INPUT_NAME}"
-    data_type: TYPE_STRING
-    dims: [ 1 ]
-  }}
-]
-output [
-  {{
-    name: "{INPUT_NAME}"
-    data_type: TYPE_UINT8
-    dims: [ {image_size}, {image_size}, 3 ]
-  }}
-]
+{_tensor("input", ENCODED_INPUT_NAME, "TYPE_STRING", "1")}
+{_tensor("output", INPUT_NAME, "TYPE_UINT8", f"{image_size}, {image_size}, 3")}
 {_dynamic_batching(max_batch_size, 1000)}
 instance_group [
   {{
@@ -167,21 +154,8 @@ def ensemble_config_pbtxt(*, model_name: str, num_classes: int, max_batch_size: 
     return f"""name: "{ensemble_name(model_name)}"
 platform: "ensemble"
 max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{ENCODED_INPUT_NAME}"
-    data_type: TYPE_STRING
-    dims: [ 1 ]
-  }}
-]
-output [
-  {{
-    name: "{OUTPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ {num_classes} ]
-    label_filename: "{LABELS_FILE}"
-  }}
-]
+{_tensor("input", ENCODED_INPUT_NAME, "TYPE_STRING", "1")}
+{_tensor("output", OUTPUT_NAME, "TYPE_FP32", str(num_classes), labelled=True)}
 ensemble_scheduling {{
   step [
     {{

@@ -55,7 +55,7 @@ def _summarise(bucket: str) -> int:
 Done. {report["succeeded"]} of {report["images"]} images classified; labels {report["label_distribution"]}, \
 accuracy on the validation split {report.get("accuracy_by_folder", "n/a")}.
   predictions: {report_path.with_name("predictions.jsonl")}
-  report:      {report_path}
+  report:      {report_path} and {report_path.with_name("report.html")} (open it in a browser)
 Triton is still serving on 127.0.0.1:{port}:
   .venv/bin/python -m client predict path/to/image.jpg
   curl -s 127.0.0.1:{port}/v2/models/dogs_cats

@@ -29,6 +29,10 @@ class Storage(Protocol):
 
     def write_bytes(self, uri: str, data: bytes) -> None: ...
 
+    def create(self, uri: str, data: bytes) -> bool:
+        """Write `uri` only if nothing is there yet; False when another writer got there first."""
+        ...
+
     def exists(self, uri: str) -> bool: ...
 
     def list_files(self, prefix: str) -> list[str]:
@@ -61,6 +65,18 @@ class LocalStorage:
     def write_bytes(self, uri: str, data: bytes) -> None:
         with _replaced_atomically(self._path(uri)) as out:
             out.write(data)
+
+    def create(self, uri: str, data: bytes) -> bool:
+        path = self._path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            try:
+                os.link(tmp.name, path)  # atomic, and refuses to replace an existing file
+            except FileExistsError:
+                return False
+        return True
 
     def exists(self, uri: str) -> bool:
         return self._path(uri).is_file()
@@ -143,6 +159,16 @@ class GCSStorage:
         # Whole objects of deterministic content: retrying a failed upload is safe.
         self._blob(uri).upload_from_string(data, retry=DEFAULT_RETRY)
 
+    def create(self, uri: str, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            # Generation 0 means "no live object": GCS itself arbitrates between writers.
+            self._blob(uri).upload_from_string(data, if_generation_match=0, retry=DEFAULT_RETRY)
+        except PreconditionFailed:
+            return False
+        return True
+
     def exists(self, uri: str) -> bool:
         return bool(self._blob(uri).exists())
 
@@ -209,6 +235,10 @@ def read_text(uri: str) -> str:
 
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
+
+
+def create(uri: str, data: bytes) -> bool:
+    return storage_for(uri).create(uri, data)
 
 
 def exists(uri: str) -> bool:

@@ -10,11 +10,17 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from deploy.local_triton import LocalTriton
+    from model_repository.repository import RepositoryVersion
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="dogs-cats-airflow-"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,26 +124,43 @@ def server_ports() -> dict[str, int]:
     return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
 
 
-@pytest.fixture(scope="session")
-def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -> Iterator[dict]:
-    """The session's model served by a real local tritonserver (stopped afterwards)."""
+@contextmanager
+def serving_model_folder(
+    model_uri: str, work: Path, *, max_batch_size: int = 8, instances: int = 1, ort_threads: int = 0
+) -> Iterator[tuple[LocalTriton, RepositoryVersion]]:
+    """A model folder packaged into its own repository and served by a real local
+    tritonserver on free ports, classifier and JPEG ensemble loaded; stopped afterwards."""
     from deploy.local_triton import LocalTriton
     from model_repository.repository import package_model
 
-    repository = tmp_path_factory.mktemp("repository")
+    name = f"{Path(model_uri).name}-{instances}x{ort_threads}"
     version = package_model(
-        trained_model, str(repository), flavour="python", model_name="dogs_cats", max_batch_size=8
+        model_uri,
+        str(work / f"repository-{name}"),
+        flavour="python",
+        model_name="dogs_cats",
+        max_batch_size=max_batch_size,
+        instances=instances,
+        ort_threads=ort_threads,
     )
     server = LocalTriton(
-        tmp_path_factory.mktemp("state"),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+        work / f"state-{name}", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
     )
-    state = server.ensure_running(repository, timeout_s=60)
+    state = server.ensure_running(work / f"repository-{name}", timeout_s=120)
     try:
-        server.load(state, "dogs_cats", timeout_s=120)
-        server.load(state, "dogs_cats_jpeg", timeout_s=120)
+        server.load(state, "dogs_cats", timeout_s=300)
+        server.load(state, "dogs_cats_jpeg", timeout_s=300)
+        yield server, version
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -> Iterator[dict]:
+    """The session's model served by a real local tritonserver (stopped afterwards)."""
+    with serving_model_folder(trained_model, tmp_path_factory.mktemp("serving")) as (server, version):
+        state = server.state()
+        assert state is not None
         yield {
             "url": state.http_url,
             "grpc_url": f"127.0.0.1:{state.grpc_port}",
@@ -145,5 +168,3 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -
             "version": version,
             "server": server,
         }
-    finally:
-        server.stop()

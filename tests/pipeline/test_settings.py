@@ -7,6 +7,7 @@ from pipeline.settings import (
     Environment,
     RunConfig,
     join_uri,
+    ort_threads_per_instance,
     param_specs,
     run_config_from_params,
     safe_name,
@@ -84,3 +85,10 @@ def test_readme_documents_every_param() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     missing = [name for name in RunConfig.model_fields if f"`{name}`" not in readme]
     assert missing == [], f"README's params table lacks {missing}"
+
+
+def test_local_server_threads_share_the_cores_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert ort_threads_per_instance(Environment(triton_instances=2)) == 4
+    assert ort_threads_per_instance(Environment(triton_instances=16)) == 1
+    assert ort_threads_per_instance(Environment(triton_instances=2, triton_ort_threads=3)) == 3

@@ -19,6 +19,47 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]
 
 
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_create_writes_once_and_the_second_writer_is_told(where: str, tmp_path: Path) -> None:
+    """Two attempts finishing the same part: the first wins, whole; the second learns it lost."""
+    if where == "local":
+        _create_twice(str(tmp_path / "parts" / "part-00000.json"))
+        assert [p.name for p in (tmp_path / "parts").iterdir()] == ["part-00000.json"], "no temp files"
+    else:
+        with emulated_gcs("once", free_port()) as bucket:
+            _create_twice(f"{bucket}/parts/part-00000.json")
+
+
+def _create_twice(uri: str) -> None:
+    assert storage.create(uri, b"first") is True
+    assert storage.create(uri, b"second") is False
+    assert storage.read_bytes(uri) == b"first"
+
+
+def test_local_listing_streams_in_a_stable_order(tmp_path: Path) -> None:
+    for name in ("b/2.jpg", "b/1.jpg", "a.jpg", "c/.hidden.jpg"):
+        storage.write_text(str(tmp_path / name), name)
+    listed = storage.iter_files(str(tmp_path))
+    assert isinstance(listed, Iterator)
+    assert list(listed) == [f"{tmp_path}/a.jpg", f"{tmp_path}/b/1.jpg", f"{tmp_path}/b/2.jpg"]
+
+
+def test_open_writer_publishes_only_a_finished_object(tmp_path: Path) -> None:
+    target = str(tmp_path / "big.jsonl")
+
+    def cut_short() -> None:
+        with storage.open_writer(target) as out:
+            out.write(b"half")
+            raise RuntimeError("cut short")
+
+    with pytest.raises(RuntimeError):
+        cut_short()
+    assert not storage.exists(target)
+    with storage.open_writer(target) as out:
+        out.write(b"whole\n")
+    assert storage.read_text(target) == "whole\n"
+
+
 def test_local_list_is_recursive_sorted_and_skips_hidden(tmp_path: Path) -> None:
     for name in ("z.txt", "d/y.txt", "d/.partial"):
         storage.write_text(str(tmp_path / name), name)
