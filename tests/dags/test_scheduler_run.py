@@ -111,7 +111,7 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
 # enum, pattern, and the required param missing.
 BAD_CONF: list[tuple[dict, str]] = [
     ({"data_bucket": 5}, "5 is not of type 'string'"),
-    ({"source": "/s"}, "No value passed and Param has no default value"),
+    ({"source": "/s"}, "param data_bucket: No value passed"),
     ({"data_bucket": "/b", "epochs": "five"}, "'five' is not of type 'integer'"),
     ({"data_bucket": "/b", "epochs": 0}, "0 is less than the minimum of 1"),
     ({"data_bucket": "/b", "image_size": 4096}, "4096 is greater than the maximum of 512"),
