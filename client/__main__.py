@@ -22,6 +22,7 @@ from client.triton import (
     Triton,
     classify,
     classify_encoded,
+    is_refusal,
     model_info,
 )
 from pipeline.images import ImageDecodeError, decode_rgb
@@ -101,7 +102,7 @@ def _predict(args: argparse.Namespace) -> int:
         except (ImageDecodeError, OSError) as exc:
             reason = str(exc)
         except InferenceServerException as exc:
-            if str(exc.status()) not in {"400", "StatusCode.INVALID_ARGUMENT"}:
+            if not is_refusal(exc):
                 raise
             reason = exc.message() or str(exc)
         else:

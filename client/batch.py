@@ -38,7 +38,16 @@ from tritonclient.utils import InferenceServerException
 
 from client.progress import Progress
 from client.report import ReportBuilder, render_html
-from client.triton import DEFAULT_MODEL, ModelInfo, Protocol, Triton, classify, classify_encoded, model_info
+from client.triton import (
+    DEFAULT_MODEL,
+    ModelInfo,
+    Protocol,
+    Triton,
+    classify,
+    classify_encoded,
+    is_refusal,
+    model_info,
+)
 from model_repository import ensemble_name
 from pipeline import storage
 from pipeline.images import IMAGE_SUFFIXES, ImageDecodeError, decode_rgb
@@ -97,14 +106,6 @@ def retryable(exc: Exception) -> bool:
         return not status or status.startswith("5") or "unavailable" in str(exc).lower()
     # http.client.HTTPException: geventhttpclient's "connection closed" when the server dies mid-request.
     return isinstance(exc, (ConnectionError, TimeoutError, OSError, http.client.HTTPException))
-
-
-def _refused(exc: Exception) -> bool:
-    """The server answered that this request is bad (HTTP 400, gRPC INVALID_ARGUMENT)."""
-    return isinstance(exc, InferenceServerException) and str(exc.status()) in {
-        "400",
-        "StatusCode.INVALID_ARGUMENT",
-    }
 
 
 @dataclass(frozen=True)
@@ -312,14 +313,14 @@ def _classify_chunk(triton: Triton, info: ModelInfo, uris: list[str], options: B
     try:
         answers = _request(triton, info, loaded, options)
     except InferenceServerException as exc:
-        if not (options.encoded and _refused(exc)):
+        if not (options.encoded and is_refusal(exc)):
             raise
         # The ensemble refused the request: one of its files does not decode. Find which.
         for single in loaded:
             try:
                 outcome.add(_predictions([single], _request(triton, info, [single], options), triton))
             except InferenceServerException as single_exc:
-                if not _refused(single_exc):
+                if not is_refusal(single_exc):
                     raise
                 reason = single_exc.message() or str(single_exc)
                 outcome.failures.append({"image": single[0], "reason": reason})
@@ -357,7 +358,7 @@ def merge_outputs(
     builder = ReportBuilder(class_names)
     with storage.open_writer(join_uri(output_uri, "predictions.jsonl")) as predictions:
         for output_dir in output_dirs:
-            for part_uri in sorted(storage.iter_files(join_uri(output_dir, "parts"))):
+            for part_uri in storage.list_files(join_uri(output_dir, "parts")):
                 part = json.loads(storage.read_text(part_uri))
                 for prediction in part["predictions"]:
                     predictions.write((json.dumps(prediction) + "\n").encode())

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from model_repository import ENCODED_INPUT_NAME, OUTPUT_NAME, ensemble_name
 
@@ -100,11 +101,7 @@ def model_info(triton: Triton, model_name: str = DEFAULT_MODEL) -> ModelInfo:
 
 def classify(triton: Triton, info: ModelInfo, images: np.ndarray, top_k: int = 1) -> list[list[Prediction]]:
     """Top-k predictions for a batch of preprocessed images (binary tensors)."""
-    model_input = triton.module.InferInput(info.input_name, list(images.shape), "UINT8")
-    model_input.set_data_from_numpy(images, **_binary(triton))
-    output = triton.module.InferRequestedOutput(info.output_name, class_count=top_k, **_binary(triton))
-    result = triton.infer(info.name, [model_input], output)
-    return _parse_rows(result.as_numpy(info.output_name), len(images), top_k)
+    return _top_k(triton, info.name, info.input_name, images, "UINT8", info.output_name, top_k)
 
 
 def classify_encoded(
@@ -112,20 +109,28 @@ def classify_encoded(
 ) -> list[list[Prediction]]:
     """Top-k predictions for encoded JPEG/PNG files, decoded by the server's ensemble."""
     encoded = np.array([[blob] for blob in blobs], dtype=np.object_)
-    model_input = triton.module.InferInput(ENCODED_INPUT_NAME, list(encoded.shape), "BYTES")
-    model_input.set_data_from_numpy(encoded, **_binary(triton))
-    output = triton.module.InferRequestedOutput(OUTPUT_NAME, class_count=top_k, **_binary(triton))
-    result = triton.infer(ensemble_name(model_name), [model_input], output)
-    return _parse_rows(result.as_numpy(OUTPUT_NAME), len(blobs), top_k)
+    return _top_k(triton, ensemble_name(model_name), ENCODED_INPUT_NAME, encoded, "BYTES", OUTPUT_NAME, top_k)
 
 
-def _binary(triton: Triton) -> dict[str, bool]:
-    """HTTP needs binary_data=True for binary tensors; gRPC tensors are always binary."""
-    return {"binary_data": True} if triton.protocol == "http" else {}
+def _top_k(
+    triton: Triton, model: str, input_name: str, data: np.ndarray, datatype: str, output_name: str, top_k: int
+) -> list[list[Prediction]]:
+    """One request with one binary input tensor, answered through the classification extension."""
+    binary = {"binary_data": True} if triton.protocol == "http" else {}  # gRPC tensors are always binary
+    model_input = triton.module.InferInput(input_name, list(data.shape), datatype)
+    model_input.set_data_from_numpy(data, **binary)
+    output = triton.module.InferRequestedOutput(output_name, class_count=top_k, **binary)
+    rows = triton.infer(model, [model_input], output).as_numpy(output_name)
+    return [[_parse_classification(entry) for entry in row] for row in rows.reshape(len(data), top_k)]
 
 
-def _parse_rows(rows: np.ndarray, count: int, top_k: int) -> list[list[Prediction]]:
-    return [[_parse_classification(entry) for entry in row] for row in rows.reshape(count, top_k)]
+def is_refusal(exc: Exception) -> bool:
+    """The server answered that this request is bad (HTTP 400, gRPC INVALID_ARGUMENT):
+    retrying it cannot help, and the message says why."""
+    return isinstance(exc, InferenceServerException) and str(exc.status()) in {
+        "400",
+        "StatusCode.INVALID_ARGUMENT",
+    }
 
 
 def _parse_classification(entry: bytes) -> Prediction:

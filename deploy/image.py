@@ -79,6 +79,5 @@ def upload_build_context(version: RepositoryVersion, bucket_uri: str, registry: 
     digest = hashlib.sha256(archive).hexdigest()
     tag = f"v{version.version}-{digest[:12]}"
     context_uri = join_uri(bucket_uri, "images", f"{IMAGE_NAME}-{tag}.tar.gz")
-    if not storage.exists(context_uri):
-        storage.write_bytes(context_uri, archive)
+    storage.create(context_uri, archive)  # a retried task finds the same bytes already there
     return ImageBuild(context_uri, f"{registry.rstrip('/')}/{IMAGE_NAME}:{tag}", digest)

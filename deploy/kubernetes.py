@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.settings import Environment
+from pipeline.settings import Environment, gpu_node_labels
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 # Prometheus-adapter metric (see README): Triton's queue time per request, averaged
@@ -26,7 +26,7 @@ class ServingSpec:
     replicas: int
     max_replicas: int  # > replicas adds a HorizontalPodAutoscaler
     queue_time_target_us: int
-    gpu_node_selector: str
+    gpu_node_labels: dict[str, str]
     model_name: str
     model_version: int
 
@@ -41,7 +41,7 @@ class ServingSpec:
             replicas=environment.serving_replicas,
             max_replicas=environment.serving_max_replicas,
             queue_time_target_us=environment.serving_queue_time_target_us,
-            gpu_node_selector=environment.gpu_node_selector,
+            gpu_node_labels=gpu_node_labels(environment),
             model_name=model_name,
             model_version=model_version,
         )
@@ -65,7 +65,6 @@ def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
 
 
 def deployment(spec: ServingSpec) -> dict[str, Any]:
-    selector_key, _, selector_value = spec.gpu_node_selector.partition("=")
     container = {
         "name": "triton",
         "image": spec.image,
@@ -131,7 +130,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
                         "fsGroup": 10001,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "nodeSelector": {selector_key: selector_value},
+                    "nodeSelector": spec.gpu_node_labels,
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                     # Let in-flight requests finish when a pod is replaced.
                     "terminationGracePeriodSeconds": 60,

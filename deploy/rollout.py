@@ -9,11 +9,12 @@ apps/v1, since no API server runs here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -180,9 +181,6 @@ class RolloutResult:
     namespace: str
     message: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def roll_out(
     api: ClusterApi,
@@ -255,7 +253,8 @@ def deploy_to_kubernetes(
     service_host = f"{spec.name}.{spec.namespace}.svc.cluster.local"
     url = environment.serving_url or f"{service_host}:{HTTP_PORT}"
     grpc_url = "" if environment.serving_url else f"{service_host}:{GRPC_PORT}"
-    images = [storage.read_bytes(uri) for uri in sorted(storage.list_files(smoke_images_uri))[:smoke_images]]
+    first_files = itertools.islice(storage.iter_files(smoke_images_uri), smoke_images)
+    images = [storage.read_bytes(uri) for uri in first_files]
     if not images:
         raise DeploymentFailed(f"no images under {smoke_images_uri} to smoke-test with; nothing was applied")
     result = roll_out(

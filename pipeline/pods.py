@@ -12,17 +12,31 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
-from pipeline.settings import Environment
+from pipeline.settings import Environment, gpu_node_labels
 
 BUILDKIT_UID = 1000  # the `user` account of moby/buildkit's rootless image
+AS_BUILDKIT_USER = {"run_as_user": BUILDKIT_UID, "run_as_group": BUILDKIT_UID}
 
 
-def _gpu_node_placement(environment: Environment) -> dict[str, Any]:
-    """Land on GPU nodes, and tolerate the taint GKE puts on them."""
-    selector_key, _, selector_value = environment.gpu_node_selector.partition("=")
+def _pod_defaults(environment: Environment, component: str) -> dict[str, Any]:
+    """What every pod of ours needs, whatever it runs."""
     return {
-        "node_selector": {selector_key: selector_value},
-        "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        "namespace": environment.namespace,
+        "kubernetes_conn_id": environment.kubernetes_conn_id,
+        # Workload Identity: the pod reads and writes the bucket as this account,
+        # so no key file is mounted.
+        "service_account_name": environment.service_account,
+        # Stream the pod's log into the Airflow task log, and on failure let
+        # Kubernetes put the log's tail in the termination message, which the
+        # operator includes in the task's error.
+        "get_logs": True,
+        "termination_message_policy": "FallbackToLogsOnError",
+        # Delete the pod when done, but keep its events in the log on failure.
+        "on_finish_action": "delete_pod",
+        "log_events_on_failure": True,
+        # A retried task reattaches to a pod still running instead of starting another.
+        "reattach_on_restart": True,
+        "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": component},
     }
 
 
@@ -34,9 +48,8 @@ class TrainingPodOperator(KubernetesPodOperator):
 
     def __init__(self, *, environment: Environment, **kwargs: Any) -> None:
         defaults: dict[str, Any] = {
+            **_pod_defaults(environment, "training"),
             "name": "dogs-cats-train",
-            "namespace": environment.namespace,
-            "kubernetes_conn_id": environment.kubernetes_conn_id,
             "image": environment.training_image,
             "cmds": ["python", "-m", "training", "train"],
             # The GPU is a limit (Kubernetes schedules extended resources by limits);
@@ -45,24 +58,12 @@ class TrainingPodOperator(KubernetesPodOperator):
                 requests={"cpu": "4", "memory": "16Gi"},
                 limits={"nvidia.com/gpu": "1", "memory": "24Gi"},
             ),
-            **_gpu_node_placement(environment),
+            # Land on GPU nodes, and tolerate the taint GKE puts on them.
+            "node_selector": gpu_node_labels(environment),
+            "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
             # A GPU node pool scaled to zero takes minutes to add a node and pull
             # the multi-GB TensorFlow image; the default 120 s would fail the task.
             "startup_timeout_seconds": 1200,
-            # Workload Identity: the pod reads and writes the bucket as this account,
-            # so no key file is mounted.
-            "service_account_name": environment.service_account,
-            # Stream the training log into the Airflow task log, and on failure let
-            # Kubernetes put the log's tail in the termination message, which the
-            # operator includes in the task's error.
-            "get_logs": True,
-            "termination_message_policy": "FallbackToLogsOnError",
-            # Delete the pod when done, but keep its events in the log on failure.
-            "on_finish_action": "delete_pod",
-            "log_events_on_failure": True,
-            # A retried task reattaches to a pod still running instead of starting another.
-            "reattach_on_restart": True,
-            "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": "training"},
         }
         super().__init__(**{**defaults, **kwargs})
 
@@ -81,11 +82,9 @@ class ImageBuildPodOperator(KubernetesPodOperator):
         self.environment = environment
         self.context_uri = context_uri
         self.image_ref = image_ref
-        as_buildkit_user = {"run_as_user": BUILDKIT_UID, "run_as_group": BUILDKIT_UID}
         defaults: dict[str, Any] = {
+            **_pod_defaults(environment, "image-build"),
             "name": "dogs-cats-build",
-            "namespace": environment.namespace,
-            "kubernetes_conn_id": environment.kubernetes_conn_id,
             "image": environment.builder_image,
             "cmds": ["buildctl-daemonless.sh"],
             # Rootless BuildKit cannot create the nested process sandbox inside a pod.
@@ -98,7 +97,7 @@ class ImageBuildPodOperator(KubernetesPodOperator):
             "container_security_context": k8s.V1SecurityContext(
                 seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
                 app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"),
-                **as_buildkit_user,
+                **AS_BUILDKIT_USER,
             ),
             # The NGC base image is ~10 GB: BuildKit pulls, unpacks and pushes it.
             "container_resources": k8s.V1ResourceRequirements(
@@ -124,17 +123,9 @@ class ImageBuildPodOperator(KubernetesPodOperator):
                     name="registry-credentials", mount_path="/home/user/.docker", read_only=True
                 ),
             ],
-            # Workload Identity lets the init container read the bucket without a key file.
-            "service_account_name": environment.service_account,
             # Pulling a 10 GB base image on a fresh node takes minutes.
             "startup_timeout_seconds": 900,
-            "get_logs": True,
             "init_container_logs": True,
-            "termination_message_policy": "FallbackToLogsOnError",
-            "on_finish_action": "delete_pod",
-            "log_events_on_failure": True,
-            "reattach_on_restart": True,
-            "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": "image-build"},
         }
         super().__init__(**{**defaults, **kwargs})
 
@@ -159,8 +150,7 @@ class ImageBuildPodOperator(KubernetesPodOperator):
                 ],
                 env=[k8s.V1EnvVar(name="CONTEXT_URI", value=self.context_uri)],
                 security_context=k8s.V1SecurityContext(
-                    run_as_user=BUILDKIT_UID,
-                    run_as_group=BUILDKIT_UID,
+                    **AS_BUILDKIT_USER,
                     run_as_non_root=True,
                     allow_privilege_escalation=False,
                 ),

@@ -134,10 +134,6 @@ class Environment(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DOGS_CATS_", frozen=True)
 
-    tensorrt_fp16: bool = Field(
-        default=False,
-        description="Kubernetes only: serve through TensorRT in FP16 (built when the server starts).",
-    )
     platform: PlatformName = Field(default="local", description="Default for the per-run `platform` Param.")
     state_dir: Path = Field(
         default=Path.home() / ".local" / "state" / "dogs-cats-triton",
@@ -184,6 +180,12 @@ class Environment(BaseSettings):
         description="host:port the deploy and inference tasks call; empty uses the Service's DNS name.",
     )
     rollout_timeout_s: float = 900.0
+
+
+def gpu_node_labels(environment: Environment) -> dict[str, str]:
+    """`key=value` of DOGS_CATS_GPU_NODE_SELECTOR as the nodeSelector every GPU pod uses."""
+    key, _, value = environment.gpu_node_selector.partition("=")
+    return {key: value}
 
 
 def ort_threads_per_instance(environment: Environment) -> int:

@@ -47,6 +47,10 @@ class Storage(Protocol):
 
     def upload_file(self, path: Path, uri: str) -> None: ...
 
+    def open_writer(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """Write a large object bit by bit; it appears whole when the block ends, or not at all."""
+        ...
+
     def delete(self, uri: str) -> None:
         """Remove one object; a missing one is not an error."""
         ...
@@ -107,8 +111,11 @@ class LocalStorage:
         shutil.copyfile(self._path(uri), path)
 
     def upload_file(self, path: Path, uri: str) -> None:
-        with path.open("rb") as source, _replaced_atomically(self._path(uri)) as out:
+        with path.open("rb") as source, self.open_writer(uri) as out:
             shutil.copyfileobj(source, out)
+
+    def open_writer(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return _replaced_atomically(self._path(uri))
 
     def delete(self, uri: str) -> None:
         self._path(uri).unlink(missing_ok=True)
@@ -190,6 +197,14 @@ class GCSStorage:
     def upload_file(self, path: Path, uri: str) -> None:
         self._blob(uri).upload_from_filename(str(path), retry=DEFAULT_RETRY)
 
+    @contextlib.contextmanager
+    def open_writer(self, uri: str) -> Iterator[IO[bytes]]:
+        # Spooled to a local temp file, then one upload: GCS shows the object only when complete.
+        with tempfile.NamedTemporaryFile(prefix="dogs-cats-", suffix=".part") as tmp:
+            yield tmp
+            tmp.flush()
+            self.upload_file(Path(tmp.name), uri)
+
     def delete(self, uri: str) -> None:
         from google.api_core.exceptions import NotFound
 
@@ -257,13 +272,8 @@ def download_file(uri: str, path: Path) -> None:
     storage_for(uri).download_file(uri, path)
 
 
-@contextlib.contextmanager
-def open_writer(uri: str) -> Iterator[IO[bytes]]:
-    """Write a large object bit by bit; it appears whole when the block ends, or not at all."""
-    with tempfile.NamedTemporaryFile(prefix="dogs-cats-", suffix=".part") as tmp:
-        yield tmp
-        tmp.flush()
-        upload_file(Path(tmp.name), uri)
+def open_writer(uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+    return storage_for(uri).open_writer(uri)
 
 
 def upload_file(path: Path, uri: str) -> None:
