@@ -73,11 +73,11 @@ def deterministic_targz(files: dict[str, bytes]) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def upload_build_context(version: RepositoryVersion, bucket_uri: str, registry: str) -> ImageBuild:
-    """Write the context to `{bucket}/images/` and name the image it will become."""
+def upload_build_context(version: RepositoryVersion, images_uri: str, registry: str) -> ImageBuild:
+    """Write the context into `images_uri` (the plan's `{bucket}/images`); name the image it becomes."""
     archive = deterministic_targz(context_files(version))
     digest = hashlib.sha256(archive).hexdigest()
     tag = f"v{version.version}-{digest[:12]}"
-    context_uri = join_uri(bucket_uri, "images", f"{IMAGE_NAME}-{tag}.tar.gz")
+    context_uri = join_uri(images_uri, f"{IMAGE_NAME}-{tag}.tar.gz")
     storage.create(context_uri, archive)  # a retried task finds the same bytes already there
     return ImageBuild(context_uri, f"{registry.rstrip('/')}/{IMAGE_NAME}:{tag}", digest)

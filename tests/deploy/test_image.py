@@ -82,6 +82,7 @@ def test_image_tag_is_the_version_and_the_content_digest(tmp_path: Path, package
     bucket = tmp_path / "bucket"
     build = upload_build_context(version, str(bucket / "images"), "registry.example/team/")
     assert build.image == f"registry.example/team/dogs-cats-triton:v2-{build.digest[:12]}"
+    assert build.context_uri == str(bucket / "images" / f"dogs-cats-triton-v2-{build.digest[:12]}.tar.gz")
     assert Path(build.context_uri).read_bytes()[:2] == b"\x1f\x8b"
     again = upload_build_context(version, str(bucket / "images"), "registry.example/team")
     assert again == build, "a retried task builds the same tag"
