@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,14 @@ from client.batch import (
     write_shards,
 )
 from pipeline.images import decode_rgb
-from tests.conftest import IMAGE_KINDS, REPO_ROOT, free_port, write_image_kinds, write_images
+from tests.conftest import (
+    IMAGE_KINDS,
+    REPO_ROOT,
+    free_port,
+    serving_model_folder,
+    write_image_kinds,
+    write_images,
+)
 
 QUICK = RetryPolicy(attempts=2, first_delay_s=0.001)
 
@@ -184,6 +192,13 @@ def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "cannot reach Triton" in result.stderr
+    batch = subprocess.run(
+        [sys.executable, "-m", "client", "--url", f"127.0.0.1:{free_port()}", "batch", "--input",
+         str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--retries", "2", "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert batch.returncode == 2
+    assert "is unavailable" in batch.stderr
 
 
 @pytest.mark.faults
@@ -217,27 +232,33 @@ def test_a_client_killed_mid_run_resumes_with_every_image_exactly_once(
 @pytest.mark.faults
 @pytest.mark.integration
 def test_a_server_that_stays_down_ends_the_run_clearly_and_keeps_finished_parts(
-    served_model: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_model: str, tmp_path: Path
 ) -> None:
-    import client.batch as batch
-
-    images = write_images(tmp_path / "in", per_class=20, size=40)  # 40 images: 5 parts of 8
+    """A real tritonserver (and its python-backend stubs) killed mid-batch and never restarted."""
+    images = write_images(tmp_path / "in", per_class=200, size=40)
     output = tmp_path / "out"
-    real_classify = batch.classify
-    calls = {"n": 0}
+    with serving_model_folder(trained_model, tmp_path) as (server, _):
+        state = server.state()
+        assert state is not None
 
-    def server_dies_after_three(*args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise ConnectionRefusedError("connection refused")
-        return real_classify(*args, **kwargs)  # type: ignore[arg-type]
+        def kill_once_parts_appear() -> None:
+            while not (output / "parts" / "part-00002.json").exists():
+                time.sleep(0.01)
+            machine = psutil.Process(state.pid)
+            for process in [*machine.children(recursive=True), machine]:
+                process.kill()
 
-    monkeypatch.setattr(batch, "classify", server_dies_after_three)
-    options = BatchOptions(concurrency=1, retry=QUICK, part_size=8)
-    with pytest.raises(TritonUnavailable, match=r"failed 2 times.*3 parts are saved under .*rerun"):
-        run_batch(served_model["url"], str(images), str(output), options)
+        killer = threading.Thread(target=kill_once_parts_appear, daemon=True)
+        killer.start()
+        options = BatchOptions(concurrency=1, batch_size=2, retry=QUICK, part_size=8)
+        expected = r"failed 2 times.*; (\d+) parts are saved under .*rerun"
+        with pytest.raises(TritonUnavailable, match=expected) as raised:
+            run_batch(state.http_url, str(images), str(output), options)
+        killer.join(timeout=60)
+    saved = int(re.search(r"; (\d+) parts are saved", str(raised.value)).group(1))  # type: ignore[union-attr]
+    assert saved >= 3
+    assert len(list((output / "parts").iterdir())) == saved, "every finished part kept, nothing partial"
     assert not (output / "predictions.jsonl").exists()
-    assert len(list((output / "parts").iterdir())) == 3
 
 
 def test_a_server_that_never_answers_ends_the_run_clearly(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from deploy.rollout import DeploymentFailed, RolloutFailed, deploy_to_kubernetes, smoke_test
 from model_repository.repository import RepositoryVersion
+from pipeline.images import ImageDecodeError
 from pipeline.settings import Environment
 from tests.deploy.test_rollout import FakeCluster
 
@@ -29,7 +30,7 @@ def test_smoke_test_fails_when_another_version_answers(served_model: dict, sessi
 
 
 def test_smoke_test_fails_on_an_image_the_server_cannot_decode(served_model: dict) -> None:
-    with pytest.raises(Exception, match="image"):
+    with pytest.raises(ImageDecodeError, match="not an image Pillow can read"):
         smoke_test(served_model["url"], "dogs_cats", 1, [b"not an image"])
 
 
