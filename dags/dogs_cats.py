@@ -22,7 +22,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pipeline.platforms import platform_for
-from pipeline.settings import MODEL_NAME, Environment, ort_threads_per_instance, param_specs
+from pipeline.settings import MODEL_NAME, Environment, param_specs
 
 ENVIRONMENT = Environment()
 PLATFORM = platform_for(ENVIRONMENT)
@@ -71,8 +71,7 @@ def package(config: dict[str, Any], model_uri: str, repository_uri: str) -> dict
         model_name=MODEL_NAME,
         max_batch_size=config["max_batch_size"],
         tensorrt_fp16=config["tensorrt_fp16"],
-        instances=ENVIRONMENT.triton_instances,
-        ort_threads=ort_threads_per_instance(ENVIRONMENT),
+        **PLATFORM.instance_options(),
     )
     return version.to_dict()
 

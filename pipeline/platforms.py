@@ -25,7 +25,7 @@ from airflow.sdk import task
 
 from model_repository import Flavour
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.settings import Environment, PlatformName, training_python
+from pipeline.settings import Environment, PlatformName, ort_threads_per_instance, training_python
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 class Platform(Protocol):
     name: PlatformName
     serving_flavour: Flavour
+
+    def instance_options(self) -> dict[str, int]:
+        """Model instances and ONNX Runtime threads for the served config.pbtxt."""
+        ...
 
     def train_task(self, training_args: Any) -> Any:
         """A task that runs `python -m training train *training_args`."""
@@ -78,6 +82,13 @@ class LocalPlatform:
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
 
+    def instance_options(self) -> dict[str, int]:
+        """The local server shares this machine's cores among its instances."""
+        return {
+            "instances": self.environment.triton_instances,
+            "ort_threads": ort_threads_per_instance(self.environment),
+        }
+
     def train_task(self, training_args: Any) -> Any:
         python = training_python(self.environment)
 
@@ -106,6 +117,10 @@ class KubernetesPlatform:
 
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
+
+    def instance_options(self) -> dict[str, int]:
+        """One instance on the pod's GPU; the Airflow worker's cores say nothing about that node."""
+        return {}
 
     def train_task(self, training_args: Any) -> Any:
         return TrainingPodOperator(task_id="train", environment=self.environment, arguments=training_args)

@@ -16,6 +16,15 @@ from pipeline.platforms import (
 from pipeline.settings import Environment
 
 
+def test_only_the_local_server_takes_this_machine_s_instances_and_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    environment = Environment(triton_instances=2)
+    assert LocalPlatform(environment).instance_options() == {"instances": 2, "ort_threads": 4}
+    assert KubernetesPlatform(environment).instance_options() == {}
+
+
 def test_platform_is_chosen_by_the_environment() -> None:
     assert isinstance(platform_for(Environment(platform="local")), LocalPlatform)
     chosen = platform_for(Environment(platform="kubernetes"))
