@@ -108,7 +108,10 @@ class LocalTriton:
     def ensure_running(self, repository: Path, timeout_s: float) -> ServerState:
         """Reuse the server already serving `repository`, else (re)start one."""
         state = self.state()
-        if state and Path(state.repository) == repository.resolve() and _ready(state.http_url):
+        # A busy server can miss one 2-second health probe; restarting it would drop
+        # the version it serves, so a live server gets the whole timeout to answer.
+        same_repository = state is not None and Path(state.repository) == repository.resolve()
+        if state and same_repository and _ready_within(state.http_url, timeout_s):
             return state
         if state:
             log.info("restarting tritonserver (pid %d) on %s", state.pid, repository)
@@ -208,6 +211,7 @@ class LocalTriton:
             time.sleep(0.2)
         if _alive(state.pid):
             os.kill(state.pid, signal.SIGKILL)
+            _stop_orphaned_stubs(self.state_dir / "backends")  # SIGKILL leaves them running
         self.state_file.unlink(missing_ok=True)
         log.info("stopped tritonserver pid %d", state.pid)
         return True
@@ -254,6 +258,15 @@ def _ready(http_url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+def _ready_within(http_url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not _ready(http_url):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _tail(log_file: Path, lines: int = 30) -> str:
