@@ -109,9 +109,10 @@ class LocalTriton:
         """Reuse the server already serving `repository`, else (re)start one."""
         state = self.state()
         # A busy server can miss one 2-second health probe; restarting it would drop
-        # the version it serves, so a live server gets the whole timeout to answer.
+        # the version it serves, so a live server gets the whole timeout to answer
+        # (and one that dies meanwhile is restarted at once).
         same_repository = state is not None and Path(state.repository) == repository.resolve()
-        if state and same_repository and _ready_within(state.http_url, timeout_s):
+        if state and same_repository and _ready_while_alive(state, timeout_s):
             return state
         if state:
             log.info("restarting tritonserver (pid %d) on %s", state.pid, repository)
@@ -260,10 +261,12 @@ def _ready(http_url: str) -> bool:
         return False
 
 
-def _ready_within(http_url: str, timeout_s: float) -> bool:
+def _ready_while_alive(state: ServerState, timeout_s: float) -> bool:
+    """Whether the server answers ready within `timeout_s`; False as soon as its process
+    is gone (a SIGKILLed server's pid outlives the signal for a moment)."""
     deadline = time.monotonic() + timeout_s
-    while not _ready(http_url):
-        if time.monotonic() > deadline:
+    while not _ready(state.http_url):
+        if time.monotonic() > deadline or not _alive(state.pid):
             return False
         time.sleep(0.5)
     return True

@@ -293,8 +293,9 @@ def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -
     state = server.ensure_running(repository, timeout_s=60)
     server.load(state, "dogs_cats", timeout_s=120)
     images = write_images(tmp_path / "in", per_class=200, size=40)
+    # ~90 s of retries, one a second: room for a restart on a loaded CI machine.
     patient = BatchOptions(
-        concurrency=2, batch_size=2, part_size=8, retry=RetryPolicy(attempts=40, max_delay_s=1.0)
+        concurrency=2, batch_size=2, part_size=8, retry=RetryPolicy(attempts=90, max_delay_s=1.0)
     )
     outage: dict[str, float] = {}
 

@@ -35,25 +35,42 @@ def test_backend_folder_links_this_pythons_stub(tmp_path: Path) -> None:
     prepare_backends(tmp_path / "backends")  # idempotent: relinks in place
 
 
+def _record_server(server: LocalTriton, pid: int, repository: Path) -> None:
+    """Write the state file a started server leaves behind."""
+    server.state_dir.mkdir(parents=True, exist_ok=True)
+    state = {"pid": pid, "repository": str(repository), "log_file": "/l"}
+    state |= {f"{kind}_port": port for kind, port in server.ports.items()}
+    server.state_file.write_text(json.dumps(state))
+
+
 def test_state_of_a_dead_server_is_cleared(tmp_path: Path) -> None:
     server = LocalTriton(tmp_path, http_port=1, grpc_port=2, metrics_port=3)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    server.state_file.write_text(
-        json.dumps(
-            {
-                "pid": dead.pid,
-                "repository": "/r",
-                "http_port": 1,
-                "grpc_port": 2,
-                "metrics_port": 3,
-                "log_file": "/l",
-            }
-        )
-    )
+    _record_server(server, dead.pid, Path("/r"))
     assert server.state() is None
     assert not server.state_file.exists()
     assert server.stop() is False
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_server_that_dies_while_probed_is_restarted_at_once(
+    tmp_path: Path, server_ports: dict[str, int]
+) -> None:
+    """A SIGKILLed server's pid outlives the signal for a moment: ensure_running must not
+    spend its whole ready timeout (600 s here) probing a process that is gone."""
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    server = LocalTriton(tmp_path / "state", **server_ports)
+    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])  # never answers
+    _record_server(server, dying.pid, repository)
+    try:
+        state = server.ensure_running(repository, timeout_s=600)
+        assert state.pid != dying.pid
+        assert httpclient.InferenceServerClient(state.http_url).is_server_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture
