@@ -204,3 +204,9 @@ def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
         del served["spec"]["replicas"]
         manifests.append(horizontal_pod_autoscaler(spec))
     return manifests
+
+
+def retired_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
+    """What an earlier deploy may have left that this spec no longer wants: the HPA once
+    autoscaling is turned off (left in place it would keep resizing the Deployment)."""
+    return [] if spec.max_replicas > spec.replicas else [horizontal_pod_autoscaler(spec)]

@@ -1,7 +1,7 @@
 """Cluster path, stage 4: apply, wait like `kubectl rollout status`, smoke-test,
 and roll back like `kubectl rollout undo` when any of it fails.
 
-The logic speaks to the API server through `ClusterApi` (four calls, kubectl's
+The logic speaks to the API server through `ClusterApi` (five calls, kubectl's
 JSON shapes); `KubernetesApi` is the real one over the official client. Tests
 drive the logic with a fake that plays the Deployment status transitions of
 apps/v1, since no API server runs here.
@@ -13,14 +13,14 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from deploy import Endpoint
-from deploy.kubernetes import GRPC_PORT, HTTP_PORT, ServingSpec, serving_manifests
+from deploy.kubernetes import GRPC_PORT, HTTP_PORT, ServingSpec, retired_manifests, serving_manifests
 from model_repository.repository import RepositoryVersion
 from pipeline import storage
 from pipeline.settings import Environment
@@ -42,6 +42,10 @@ class DeploymentFailed(RuntimeError):
 class ClusterApi(Protocol):
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply: create or update, owned by FIELD_MANAGER."""
+        ...
+
+    def delete(self, manifest: dict[str, Any]) -> bool:
+        """Delete the object `manifest` names; False when there was none."""
         ...
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
@@ -82,6 +86,24 @@ class KubernetesApi:
             _return_http_data_only=True,
         )
         return response
+
+    def delete(self, manifest: dict[str, Any]) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api_client.call_api(
+                _plural_path(manifest),
+                "DELETE",
+                header_params={"Accept": "application/json"},
+                response_types_map={200: "object", 202: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         deployment = self.apps.read_namespaced_deployment(name, namespace)
@@ -187,14 +209,19 @@ def roll_out(
     manifests: list[dict[str, Any]],
     smoke_test: Callable[[], None],
     *,
+    retired: Sequence[dict[str, Any]] = (),
     timeout_s: float,
     poll_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> RolloutResult:
-    """Apply the manifests, wait for the Deployment, smoke-test it; undo on any failure."""
+    """Delete what is `retired`, apply the manifests, wait for the Deployment, smoke-test
+    it; undo on any failure."""
     (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
     namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+    for manifest in retired:
+        if api.delete(manifest):
+            log.info("deleted %s/%s", manifest["kind"], manifest["metadata"]["name"])
     for manifest in manifests:
         api.apply(manifest)
         log.info("applied %s/%s", manifest["kind"], manifest["metadata"]["name"])
@@ -261,6 +288,7 @@ def deploy_to_kubernetes(
         api,
         serving_manifests(spec),
         lambda: smoke_test(url, version.model_name, version.version, images),
+        retired=retired_manifests(spec),
         timeout_s=environment.rollout_timeout_s,
     )
     log.info("%s", result.message)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pytest
 from kubernetes import client as k8s_client
 
-from deploy.kubernetes import ServingSpec, serving_manifests
+from deploy.kubernetes import ServingSpec, retired_manifests, serving_manifests
 from deploy.rollout import (
     FIELD_MANAGER,
     DeploymentFailed,
@@ -39,6 +39,7 @@ class FakeCluster:
     def __init__(self, behaviour: Behaviour = "healthy") -> None:
         self.behaviour = behaviour
         self.applied: list[dict[str, Any]] = []
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.deployment: dict[str, Any] | None = None
         self.replica_sets: list[dict[str, Any]] = []
         self.reads_since_change = 0
@@ -47,9 +48,13 @@ class FakeCluster:
     # ClusterApi
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(copy.deepcopy(manifest))
+        self.objects[manifest["kind"], manifest["metadata"]["name"]] = copy.deepcopy(manifest)
         if manifest["kind"] == "Deployment":
             self._set_template(manifest["spec"]["template"], manifest)
         return manifest
+
+    def delete(self, manifest: dict[str, Any]) -> bool:
+        return self.objects.pop((manifest["kind"], manifest["metadata"]["name"]), None) is not None
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         assert self.deployment is not None
@@ -126,22 +131,27 @@ class FakeTime:
         return self.now
 
 
-def _manifests(version: int) -> list[dict[str, Any]]:
-    spec = ServingSpec.from_environment(
-        Environment(platform="kubernetes"),
+def _spec(version: int, max_replicas: int = 0) -> ServingSpec:
+    return ServingSpec.from_environment(
+        Environment(platform="kubernetes", serving_max_replicas=max_replicas),
         image=f"r/dogs-cats-triton:v{version}",
         model_name="m",
         model_version=version,
     )
-    return serving_manifests(spec)
 
 
-def _roll_out(cluster: FakeCluster, version: int, smoke: Any = None) -> Any:
+def _manifests(version: int) -> list[dict[str, Any]]:
+    return serving_manifests(_spec(version))
+
+
+def _roll_out(cluster: FakeCluster, version: int, smoke: Any = None, max_replicas: int = 0) -> Any:
     time = FakeTime()
+    spec = _spec(version, max_replicas)
     return roll_out(
         cluster,
-        _manifests(version),
+        serving_manifests(spec),
         smoke or (lambda: None),
+        retired=retired_manifests(spec),
         timeout_s=5,
         poll_s=1,
         sleep=time.sleep,
@@ -169,6 +179,16 @@ def test_rerunning_the_same_deploy_changes_nothing() -> None:
     assert cluster.deployment is not None
     assert cluster.deployment["metadata"]["generation"] == 1
     assert len(cluster.replica_sets) == 1
+
+
+def test_turning_autoscaling_off_deletes_the_hpa_and_restores_the_replica_count() -> None:
+    cluster = FakeCluster()
+    _roll_out(cluster, 1, max_replicas=4)
+    assert ("HorizontalPodAutoscaler", "dogs-cats-triton") in cluster.objects
+    assert "replicas" not in cluster.objects["Deployment", "dogs-cats-triton"]["spec"], "the HPA owns it"
+    _roll_out(cluster, 2)
+    assert ("HorizontalPodAutoscaler", "dogs-cats-triton") not in cluster.objects
+    assert cluster.objects["Deployment", "dogs-cats-triton"]["spec"]["replicas"] == 2
 
 
 def test_a_stuck_rollout_times_out_and_rolls_back() -> None:
@@ -251,6 +271,16 @@ class _Recorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply)
 
+    def do_DELETE(self) -> None:
+        _Recorder.requests.append({"path": self.path, "method": "DELETE"})
+        found = "missing" not in self.path
+        reply = json.dumps({"kind": "Status", "code": 200 if found else 404}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -293,3 +323,15 @@ def test_undo_sends_a_json_patch_of_the_template(api_server: str) -> None:
     assert request["path"] == "/apis/apps/v1/namespaces/ns/deployments/d"
     assert request["content_type"] == "application/json-patch+json"
     assert request["body"] == [{"op": "replace", "path": "/spec/template", "value": template}]
+
+
+def test_delete_removes_the_named_object_and_tolerates_its_absence(api_server: str) -> None:
+    api = _api(api_server)
+    (hpa,) = retired_manifests(_spec(1))
+    assert api.delete(hpa) is True
+    missing = {**hpa, "metadata": {**hpa["metadata"], "name": "missing"}}
+    assert api.delete(missing) is False
+    assert [request["path"] for request in _Recorder.requests] == [
+        "/apis/autoscaling/v2/namespaces/dogs-cats/horizontalpodautoscalers/dogs-cats-triton",
+        "/apis/autoscaling/v2/namespaces/dogs-cats/horizontalpodautoscalers/missing",
+    ]
