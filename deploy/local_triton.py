@@ -32,6 +32,8 @@ from pipeline.settings import Environment
 log = logging.getLogger(__name__)
 
 STATE_FILE = "triton.json"
+SHM_FOLDER = Path("/dev/shm")
+SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
 PYTHON_STUB_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -219,8 +221,9 @@ class LocalTriton:
 
 
 def _stop_orphaned_stubs(backends: Path) -> None:
-    """A tritonserver killed with SIGKILL leaves its python-backend stubs running
-    (each holds a model in memory); end those of this state folder before starting anew."""
+    """A tritonserver killed with SIGKILL leaves its python-backend stubs running (each
+    holds a model in memory) and their shared-memory regions in /dev/shm; end and remove
+    those of this state folder before starting anew."""
     import psutil
 
     stub = str(backends / "python" / "triton_python_backend_stub")
@@ -236,6 +239,9 @@ def _stop_orphaned_stubs(backends: Path) -> None:
             log.warning("stopping python-backend stub %d left by a killed tritonserver", process.pid)
             with contextlib.suppress(psutil.Error):
                 process.kill()
+            # The stub's second argument names its region (triton_python_backend_shm_region_<uuid>).
+            if len(cmdline) > 2 and cmdline[2].startswith(SHM_REGION_PREFIX):
+                (SHM_FOLDER / cmdline[2]).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

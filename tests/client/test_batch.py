@@ -298,10 +298,12 @@ def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -
         concurrency=2, batch_size=2, part_size=8, retry=RetryPolicy(attempts=90, max_delay_s=1.0)
     )
     outage: dict[str, float] = {}
+    regions: list[str] = []  # the stubs' shared-memory regions, named in their command lines
 
     def restart_once_parts_appear() -> None:
         while not (tmp_path / "restarted" / "parts" / "part-00002.json").exists():
             time.sleep(0.01)
+        regions.extend(p.cmdline()[2] for p in psutil.Process(state.pid).children())
         outage["down"] = time.time()
         os.kill(state.pid, signal.SIGKILL)  # no graceful drain: requests fail until it is back
         restarted = server.ensure_running(repository, timeout_s=60)
@@ -321,6 +323,9 @@ def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -
         p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
     ]
     assert stubs == [], "the killed server's python-backend stubs were stopped on restart"
+    assert regions
+    assert all(name.startswith("triton_python_backend_shm_region_") for name in regions)
+    assert [name for name in regions if (Path("/dev/shm") / name).exists()] == [], "and their memory freed"
     assert report["failed"] == 0
     parts = [json.loads(p.read_text()) for p in sorted((tmp_path / "restarted" / "parts").iterdir())]
     assert min(part["finished"] for part in parts) < outage["down"], "parts finished before the outage"
