@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from deploy.local_triton import LocalTriton
@@ -179,3 +180,98 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
     assert (status, xcom["value"]) == (200, "local")
     (report,) = (bucket / "predictions").glob("*/report.json")
     assert json.loads(report.read_text())["failed"] == 0
+
+
+def _kill_task_process(standalone: Standalone, run_id: str, task: str) -> int:
+    """SIGKILL the process Airflow runs the task in (titled `airflow worker -- <ti id>`),
+    as the OOM killer would; its supervisor then reports the try as failed."""
+    ti_path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}"
+    _, instance = standalone.request("GET", ti_path)
+    title = f"airflow worker -- {instance['id']}"
+    (worker,) = [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+    worker.kill()
+    return int(instance["try_number"])
+
+
+def _xcom(standalone: Standalone, run_id: str, key: str) -> Any:
+    """The plan task's XCom `key`, or None while the plan has not run."""
+    path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/plan/xcomEntries/{key}?deserialize=true"
+    status, entry = standalone.request("GET", path)
+    return entry["value"] if status == 200 else None
+
+
+@pytest.mark.faults
+def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_result(
+    standalone: Standalone, tmp_path: Path
+) -> None:
+    """Under the real scheduler: the task process of stage_data, then of classify_shard,
+    is killed midway; each retry finishes, and the outputs equal a clean run's."""
+    from client.batch import BatchOptions, run_batch
+    from pipeline import storage
+    from training.staging import StagingOptions, stage_dataset
+
+    _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
+    source = write_images(tmp_path / "source", per_class=300, size=64)
+    inference_input = write_images(tmp_path / "to-classify", per_class=2000, size=64)
+    conf = {
+        "data_bucket": str(tmp_path / "bucket"),
+        "source": str(source),
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 32,
+        "max_batch_size": 8,
+        "inference_input": str(inference_input),
+        "images_per_shard": 4000,  # one shard: one task to kill
+    }
+    status, run = standalone.request(
+        "POST", "/api/v2/dags/dogs_cats/dagRuns", {"logical_date": None, "conf": conf}
+    )
+    assert status == 200, run
+    run_id = run["dag_run_id"]
+
+    dataset = Path(_wait("the plan", lambda: _xcom(standalone, run_id, "dataset_uri"), 180, interval_s=1))
+    _wait("staging to be midway", lambda: sum(1 for _ in dataset.rglob("*.jpg")) >= 50, 300, interval_s=0.01)
+    assert _kill_task_process(standalone, run_id, "stage_data") == 1
+    assert not (dataset / "manifest.json").exists(), "killed before staging finished"
+
+    predictions = Path(_xcom(standalone, run_id, "predictions_uri"))
+    first_part = predictions / "shards" / "shard-00000" / "parts" / "part-00000.json"
+    _wait("inference to be midway", first_part.exists, 600, interval_s=0.01)
+    assert _kill_task_process(standalone, run_id, "classify_shard/0") == 1
+    assert not (predictions / "predictions.jsonl").exists(), "killed before inference finished"
+
+    def finished() -> dict | None:
+        _, found = standalone.request("GET", f"/api/v2/dags/dogs_cats/dagRuns/{run_id}")
+        return found if found["state"] in ("success", "failed") else None
+
+    assert _wait("the run to finish", finished, 600, interval_s=5)["state"] == "success"
+    for task in ("stage_data", "classify_shard/0"):
+        _, instance = standalone.request(
+            "GET", f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}"
+        )
+        assert instance["try_number"] == 2, (task, instance["state"])
+
+    # The same staging done cleanly, in this process: same files, nothing left over.
+    clean = tmp_path / "clean-dataset"
+    options = StagingOptions.from_mapping(_xcom(standalone, run_id, "config"))
+    stage_dataset(str(source), str(clean), options, cache_dir=tmp_path / "cache")
+    assert _manifest_files(dataset) == _manifest_files(clean)
+    assert [uri.removeprefix(str(dataset)) for uri in storage.list_files(str(dataset))] == [
+        uri.removeprefix(str(clean)) for uri in storage.list_files(str(clean))
+    ]
+    # The same batch done cleanly against the model the run deployed.
+    http_port = standalone.env["DOGS_CATS_TRITON_HTTP_PORT"]
+    report = run_batch(
+        f"127.0.0.1:{http_port}", str(inference_input), str(tmp_path / "clean"), BatchOptions()
+    )
+    assert report["succeeded"] == 4000
+    assert _lines(predictions) == _lines(tmp_path / "clean")
+
+
+def _manifest_files(dataset: Path) -> list[dict]:
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    return sorted(manifest["files"], key=lambda entry: entry["path"])
+
+
+def _lines(output: Path) -> list[str]:
+    return sorted((output / "predictions.jsonl").read_text().splitlines())
