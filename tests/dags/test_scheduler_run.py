@@ -182,15 +182,21 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
     assert json.loads(report.read_text())["failed"] == 0
 
 
-def _kill_task_process(standalone: Standalone, run_id: str, task: str) -> int:
-    """SIGKILL the process Airflow runs the task in (titled `airflow worker -- <ti id>`),
-    as the OOM killer would; its supervisor then reports the try as failed."""
+def _task_process(standalone: Standalone, run_id: str, task: str) -> psutil.Process:
+    """The process Airflow runs the task's current try in (titled `airflow worker -- <ti id>`),
+    found as soon as it starts, so the kill itself can land at the exact moment wanted."""
     ti_path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}"
-    _, instance = standalone.request("GET", ti_path)
-    title = f"airflow worker -- {instance['id']}"
-    (worker,) = [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
-    worker.kill()
-    return int(instance["try_number"])
+
+    def running() -> psutil.Process | None:
+        status, instance = standalone.request("GET", ti_path)
+        if status != 200 or instance["state"] != "running":
+            return None
+        title = f"airflow worker -- {instance['id']}"
+        found = [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+        return found[0] if found else None
+
+    found: psutil.Process = _wait(f"{task} to start", running, 600, interval_s=0.05)
+    return found
 
 
 def _xcom(standalone: Standalone, run_id: str, key: str) -> Any:
@@ -211,7 +217,7 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     from training.staging import StagingOptions, stage_dataset
 
     _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
-    source = write_images(tmp_path / "source", per_class=300, size=64)
+    source = write_images(tmp_path / "source", per_class=300, size=128)
     inference_input = write_images(tmp_path / "to-classify", per_class=2000, size=64)
     conf = {
         "data_bucket": str(tmp_path / "bucket"),
@@ -230,14 +236,16 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     run_id = run["dag_run_id"]
 
     dataset = Path(_wait("the plan", lambda: _xcom(standalone, run_id, "dataset_uri"), 180, interval_s=1))
+    staging = _task_process(standalone, run_id, "stage_data")
     _wait("staging to be midway", lambda: sum(1 for _ in dataset.rglob("*.jpg")) >= 50, 300, interval_s=0.01)
-    assert _kill_task_process(standalone, run_id, "stage_data") == 1
+    staging.kill()  # as the OOM killer would: its supervisor reports the try as failed
     assert not (dataset / "manifest.json").exists(), "killed before staging finished"
 
     predictions = Path(_xcom(standalone, run_id, "predictions_uri"))
     first_part = predictions / "shards" / "shard-00000" / "parts" / "part-00000.json"
+    inference = _task_process(standalone, run_id, "classify_shard/0")
     _wait("inference to be midway", first_part.exists, 600, interval_s=0.01)
-    assert _kill_task_process(standalone, run_id, "classify_shard/0") == 1
+    inference.kill()
     assert not (predictions / "predictions.jsonl").exists(), "killed before inference finished"
 
     def finished() -> dict | None:
