@@ -27,8 +27,9 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -215,38 +216,45 @@ def classify_parts(
         progress.advance(len(outcome.predictions), len(outcome.failures))
         return outcome
 
+    # The next part's requests are queued before this one's answers are awaited, so the
+    # workers never idle at a part boundary; parts are still written in order.
+    in_flight: deque[_PartInFlight] = deque()
+
+    def finish_oldest() -> int:
+        part = in_flight.popleft()
+        outcome = Outcome()
+        try:
+            for future in part.futures:
+                outcome.add(future.result())
+        except TritonUnavailable as exc:
+            raise TritonUnavailable(
+                f"{exc}; {part.index} parts are saved under {output_uri}: rerun the same command to resume"
+            ) from exc
+        _write_part(_part_uri(output_uri, part.index), part, outcome)
+        return len(part.images)
+
     try:
         with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-            parts = _chunked(itertools.chain([first], stream), options.part_size)
-            for index, part_images in enumerate(parts):
-                count = index + 1
-                part_uri = _part_uri(output_uri, index)
-                if storage.exists(part_uri):
-                    _check_part(part_uri, part_images)
-                    progress.skip(len(part_images))
-                    resumed += 1
-                    continue
-                part_started = time.time()
-                outcome = Outcome()
-                try:
-                    for result in pool.map(work, _chunked(part_images, batch_size)):
-                        outcome.add(result)
-                except TritonUnavailable as exc:
-                    raise TritonUnavailable(
-                        f"{exc}; {index} parts are saved under {output_uri}: rerun the same command to resume"
-                    ) from exc
-                part = {
-                    "first": part_images[0],
-                    "last": part_images[-1],
-                    "count": len(part_images),
-                    "started": part_started,
-                    "finished": time.time(),
-                    **asdict(outcome),
-                }
-                if not storage.create(part_uri, json.dumps(part).encode()):
-                    # Another attempt (a zombie task, a second client) finished it first: keep theirs.
-                    log.warning("%s was written by another run meanwhile; keeping that one", part_uri)
-                processed += len(part_images)
+            try:
+                parts = _chunked(itertools.chain([first], stream), options.part_size)
+                for index, part_images in enumerate(parts):
+                    count = index + 1
+                    part_uri = _part_uri(output_uri, index)
+                    if storage.exists(part_uri):
+                        _check_part(part_uri, part_images)
+                        progress.skip(len(part_images))
+                        resumed += 1
+                        continue
+                    futures = [pool.submit(work, chunk) for chunk in _chunked(part_images, batch_size)]
+                    in_flight.append(_PartInFlight(index, part_images, time.time(), futures))
+                    if len(in_flight) > 1:
+                        processed += finish_oldest()
+                while in_flight:
+                    processed += finish_oldest()
+            finally:
+                for part in in_flight:  # after a failure: do not wait for requests nobody will keep
+                    for future in part.futures:
+                        future.cancel()
     finally:
         progress.close()
         connections.close()
@@ -260,6 +268,28 @@ def classify_parts(
         "seconds": round(seconds, 3),
         "images_per_second": round(processed / seconds, 1) if seconds > 0 else 0.0,
     }
+
+
+@dataclass
+class _PartInFlight:
+    index: int
+    images: list[str]
+    started: float
+    futures: list[Future[Outcome]]
+
+
+def _write_part(part_uri: str, part: _PartInFlight, outcome: Outcome) -> None:
+    record = {
+        "first": part.images[0],
+        "last": part.images[-1],
+        "count": len(part.images),
+        "started": part.started,
+        "finished": time.time(),
+        **asdict(outcome),
+    }
+    if not storage.create(part_uri, json.dumps(record).encode()):
+        # Another attempt (a zombie task, a second client) finished it first: keep theirs.
+        log.warning("%s was written by another run meanwhile; keeping that one", part_uri)
 
 
 def _record_inputs(output_uri: str, input_uri: str, part_size: int) -> None:
