@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,11 +41,12 @@ import onnxruntime as ort
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
 from client.triton import PROTOCOLS
-from deploy.local_triton import LocalTriton, pytriton_root
+from deploy.local_triton import LocalTriton, ServerState, pytriton_root
 from pipeline.images import decode_rgb
 from tests.conftest import free_port, serving_model_folder
 
 IMAGE_SIZE = 180
+ROUNDS = 3  # head-to-head reruns of the best settings
 Row = dict[str, Any]
 
 
@@ -107,6 +109,7 @@ def ort_ceiling(files: list[Path], onnx: Path, batch: int, workers: int, threads
         "img_s": len(files) / seconds,
         "p50_ms": p50,
         "p99_ms": p99,
+        "setting": (batch, workers, threads),
     }
 
 
@@ -116,6 +119,19 @@ def triton_serving(model_dir: Path, work: Path, instances: int, threads: int) ->
         str(model_dir), work, max_batch_size=32, instances=instances, ort_threads=threads
     ) as (server, _):
         yield server
+
+
+@contextmanager
+def served_small_model(
+    source: Path, count: int, work: Path
+) -> Iterator[tuple[list[Path], Path, ServerState]]:
+    """`count` real JPEGs and the small model served at its best setting (2 instances x 1 thread)."""
+    files = sorted(link_images(source, work / "images", count).rglob("*.jpg"))
+    model_dir = export_model("small", work / "small")
+    with triton_serving(model_dir, work, 2, 1) as server:
+        state = server.state()
+        assert state is not None
+        yield files, model_dir, state
 
 
 def triton_client(server: LocalTriton, folder: Path, work: Path, options: BatchOptions) -> Row:
@@ -186,6 +202,7 @@ def peer_service(files: list[Path], onnx: Path, workers: int, threads: int, conc
         "img_s": len(files) / seconds,
         "p50_ms": p50,
         "p99_ms": p99,
+        "setting": (workers, threads, concurrency),
     }
 
 
@@ -386,6 +403,17 @@ def benchmark_model(
         )
         if full:
             extra["perf_analyzer"] = perf_analyzer(server, work)
+        # The sweeps ran minutes apart, and this machine drifts by 10 % in minutes: the
+        # ratios come from the best settings rerun side by side, round after round.
+        extra["rounds"] = [
+            {
+                "ceiling": ort_ceiling(files, onnx, *ceiling["setting"])["img_s"],
+                "triton": triton_client(server, folder, work, triton["options"])["img_s"],
+                "peer": peer_service(files, onnx, *peer["setting"])["img_s"],
+                "end_to_end": dag_batch_stage(server, folder, work, 500, triton["options"])["img_s"],
+            }
+            for _ in range(ROUNDS)
+        ]
     return {
         "ceiling": ceiling,
         "triton": triton,
@@ -430,6 +458,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def print_rounds(rounds: list[dict[str, float]]) -> None:
+    """The best settings side by side, round after round: each ratio within its own round."""
+    ratios = {
+        "(2) / (1)": ("triton", "ceiling"),
+        "(2) / (3)": ("triton", "peer"),
+        "(4) / (1)": ("end_to_end", "ceiling"),
+    }
+    print(f"\nhead to head, {len(rounds)} rounds of the best settings (img/s per round):\n")
+    print("| round | (1) | (2) | (3) | (4) | " + " | ".join(ratios) + " |")
+    print("|---" * (5 + len(ratios)) + "|")
+    for number, figures in enumerate(rounds, 1):
+        speeds = " | ".join(f"{figures[key]:.0f}" for key in ("ceiling", "triton", "peer", "end_to_end"))
+        quotients = " | ".join(f"{figures[a] / figures[b]:.2f}" for a, b in ratios.values())
+        print(f"| {number} | {speeds} | {quotients} |")
+    medians = " | ".join(
+        f"**{statistics.median(r[a] / r[b] for r in rounds):.2f}**" for a, b in ratios.values()
+    )
+    print(f"| median | | | | | {medians} |")
+
+
 def print_tables(results: dict[str, Any]) -> None:
     for architecture in ("small", "xception"):
         if architecture not in results:
@@ -451,6 +499,7 @@ def print_tables(results: dict[str, Any]) -> None:
                 f"| {row['img_s'] / ceiling:.2f} |"
             )
         print(f"\n(2) / best (3): {figures['triton']['img_s'] / figures['peer']['img_s']:.2f}")
+        print_rounds(figures["rounds"])
         for row in figures.get("perf_analyzer", []):
             print(f"- {row['config']}: {row['img_s']:.0f} img/s, p99 {row['p99_ms']} ms")
         for key, rows in figures["all"].items():

@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 
-from benchmarks.inference import IMAGE_SIZE, export_model, link_images, ort_ceiling, triton_serving
+from benchmarks.inference import IMAGE_SIZE, ort_ceiling, served_small_model
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.triton import PROTOCOLS, Protocol
 from pipeline.images import decode_rgb
@@ -110,30 +110,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ratios: dict[str, list[float]] = {}
     speeds: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-shm-") as tmp:
-        work = Path(tmp)
-        files = sorted(link_images(args.source, work / "images", args.images).rglob("*.jpg"))
-        model_dir = export_model("small", work / "small")
-        with triton_serving(model_dir, work, 2, 1) as server:
-            state = server.state()
-            assert state is not None
-            urls = {"http": state.http_url, "grpc": f"127.0.0.1:{state.grpc_port}"}
-            for round_number in range(args.rounds):
-                ceiling = ort_ceiling(files, model_dir / "model.onnx", BATCH, 2, 1)["img_s"]
-                speeds.setdefault("ceiling (in-process ORT)", []).append(ceiling)
-                for protocol in PROTOCOLS:
-                    for use_shm in (False, True):
-                        for concurrency in (4, 8):
-                            carried = "shared memory" if use_shm else "tensor on the wire"
-                            name = f"{protocol}, {carried}, {concurrency} in flight"
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-shm-") as tmp,
+        served_small_model(args.source, args.images, Path(tmp)) as (files, model_dir, state),
+    ):
+        urls = {"http": state.http_url, "grpc": f"127.0.0.1:{state.grpc_port}"}
+        for round_number in range(args.rounds):
+            ceiling = ort_ceiling(files, model_dir / "model.onnx", BATCH, 2, 1)["img_s"]
+            speeds.setdefault("ceiling (in-process ORT)", []).append(ceiling)
+            for protocol in PROTOCOLS:
+                for use_shm in (False, True):
+                    for concurrency in (4, 8):
+                        carried = "shared memory" if use_shm else "tensor on the wire"
+                        name = f"{protocol}, {carried}, {concurrency} in flight"
 
-                            def worker(protocol: Protocol = protocol, use_shm: bool = use_shm) -> _Worker:
-                                return _Worker(urls[protocol], protocol, use_shm)
+                        def worker(protocol: Protocol = protocol, use_shm: bool = use_shm) -> _Worker:
+                            return _Worker(urls[protocol], protocol, use_shm)
 
-                            speed = images_per_second(files, worker, concurrency, urls["http"])
-                            speeds.setdefault(name, []).append(speed)
-                            ratios.setdefault(name, []).append(speed / ceiling)
-                            print(f"round {round_number + 1}: {name}: {speed:.0f} img/s", file=sys.stderr)
+                        speed = images_per_second(files, worker, concurrency, urls["http"])
+                        speeds.setdefault(name, []).append(speed)
+                        ratios.setdefault(name, []).append(speed / ceiling)
+                        print(f"round {round_number + 1}: {name}: {speed:.0f} img/s", file=sys.stderr)
     print(
         f"| client ({len(files)} real JPEGs, bs {BATCH}) | img/s (median, min-max) | vs ceiling, same round |"
     )

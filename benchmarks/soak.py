@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks.inference import export_model, link_images, triton_serving
+from benchmarks.inference import served_small_model
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.triton import Triton, classify, model_info
 from pipeline.images import decode_rgb
@@ -44,56 +44,53 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):
         return 0
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        work = Path(tmp)
-        files = sorted(link_images(args.source, work / "images", args.images).rglob("*.jpg"))
-        model_dir = export_model("small", work / "small")
-        with triton_serving(model_dir, work, 2, 1) as server:
-            state = server.state()
-            assert state is not None
-            counts = {"requests": 0, "images": 0, "errors": 0}
-            lock, stop = threading.Lock(), threading.Event()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp,
+        served_small_model(args.source, args.images, Path(tmp)) as (files, _, state),
+    ):
+        counts = {"requests": 0, "images": 0, "errors": 0}
+        lock, stop = threading.Lock(), threading.Event()
 
-            def worker(offset: int) -> None:
-                triton = Triton(state.http_url, "http", timeout_s=30)
-                info = model_info(triton)
-                chunks = itertools.cycle(range(offset * args.batch, len(files), args.batch * args.threads))
-                while not stop.is_set():
-                    start = next(chunks)
-                    batch = files[start : start + args.batch]
-                    try:
-                        images = np.stack([decode_rgb(path.read_bytes(), info.image_size) for path in batch])
-                        classify(triton, info, images)
-                        with lock:
-                            counts["requests"] += 1
-                            counts["images"] += len(batch)
-                    except Exception as exc:
-                        with lock:
-                            counts["errors"] += 1
-                        print(f"error: {exc}", file=sys.stderr)
+        def worker(offset: int) -> None:
+            triton = Triton(state.http_url, "http", timeout_s=30)
+            info = model_info(triton)
+            chunks = itertools.cycle(range(offset * args.batch, len(files), args.batch * args.threads))
+            while not stop.is_set():
+                start = next(chunks)
+                batch = files[start : start + args.batch]
+                try:
+                    images = np.stack([decode_rgb(path.read_bytes(), info.image_size) for path in batch])
+                    classify(triton, info, images)
+                    with lock:
+                        counts["requests"] += 1
+                        counts["images"] += len(batch)
+                except Exception as exc:
+                    with lock:
+                        counts["errors"] += 1
+                    print(f"error: {exc}", file=sys.stderr)
 
-            workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(args.threads)]
-            for thread in workers:
-                thread.start()
-            server_process, client_process = psutil.Process(state.pid), psutil.Process()
-            samples = []
-            started = time.monotonic()
-            while (elapsed := time.monotonic() - started) < args.minutes * 60:
-                time.sleep(min(args.sample_s, max(args.minutes * 60 - elapsed, 0.1)))
-                with lock:
-                    snapshot = dict(counts)
-                samples.append(
-                    (
-                        time.monotonic() - started,
-                        snapshot,
-                        _rss_mib(server_process, True),
-                        _rss_mib(client_process, False),
-                    )
+        workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(args.threads)]
+        for thread in workers:
+            thread.start()
+        server_process, client_process = psutil.Process(state.pid), psutil.Process()
+        samples = []
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < args.minutes * 60:
+            time.sleep(min(args.sample_s, max(args.minutes * 60 - elapsed, 0.1)))
+            with lock:
+                snapshot = dict(counts)
+            samples.append(
+                (
+                    time.monotonic() - started,
+                    snapshot,
+                    _rss_mib(server_process, True),
+                    _rss_mib(client_process, False),
                 )
-                print(f"{samples[-1][0]:.0f} s: {snapshot}", file=sys.stderr, flush=True)
-            stop.set()
-            for thread in workers:
-                thread.join(timeout=60)
+            )
+            print(f"{samples[-1][0]:.0f} s: {snapshot}", file=sys.stderr, flush=True)
+        stop.set()
+        for thread in workers:
+            thread.join(timeout=60)
     print("| minute | requests | images | errors | img/s (since last) | server RSS MiB | client RSS MiB |")
     print("|---|---|---|---|---|---|---|")
     previous_images, previous_t = 0, 0.0
