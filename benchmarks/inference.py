@@ -46,7 +46,7 @@ from pipeline.images import decode_rgb
 from tests.conftest import free_port, serving_model_folder
 
 IMAGE_SIZE = 180
-ROUNDS = 3  # head-to-head reruns of the best settings
+ROUNDS = 5  # head-to-head reruns of the best settings
 Row = dict[str, Any]
 
 
@@ -224,7 +224,7 @@ def dag_batch_stage(
     (the local executor's parallelism on 2 cores), files in a local bucket to report."""
     state = server.state()
     assert state is not None
-    output = str(work / f"dag-predictions-{folder.name}")
+    output = tempfile.mkdtemp(dir=work)  # a fresh bucket folder: a rerun must not resume
     started = time.perf_counter()
     shards = write_shards(str(folder), f"{output}/shards", images_per_shard)
 
@@ -238,6 +238,7 @@ def dag_batch_stage(
         outputs = list(pool.map(classify, shards))
     report = merge_outputs(outputs, output, input_uri=str(folder), options=options)
     seconds = time.perf_counter() - started
+    shutil.rmtree(output)
     return {
         "config": f"{len(shards)} shards of {images_per_shard}, 2 at a time, {options.protocol} bs "
         f"{options.batch_size}, {options.concurrency} in flight each",
