@@ -108,7 +108,9 @@ def merge_predictions(
     from pipeline.settings import join_uri
 
     merge_outputs(
-        list(shard_outputs),
+        # One slice request; iterating asks past the end, which the Task SDK logs as an
+        # "XCom not found" ERROR in a task that succeeds (apache/airflow#73175).
+        list(shard_outputs[:]),
         output_uri,
         input_uri=input_uri,
         options=BatchOptions(model_name=endpoint["model_name"], **batch_options),
