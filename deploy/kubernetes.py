@@ -24,7 +24,7 @@ class ServingSpec:
     namespace: str
     image: str
     replicas: int
-    max_replicas: int  # > replicas adds a HorizontalPodAutoscaler
+    max_replicas: int  # > replicas: autoscaled
     queue_time_target_us: int
     gpu_node_labels: dict[str, str]
     model_name: str
@@ -45,6 +45,11 @@ class ServingSpec:
             model_name=model_name,
             model_version=model_version,
         )
+
+    @property
+    def autoscaled(self) -> bool:
+        """A HorizontalPodAutoscaler owns the replica count between the two bounds."""
+        return self.max_replicas > self.replicas
 
     @property
     def selector(self) -> dict[str, str]:
@@ -198,7 +203,7 @@ def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
     """Everything `deploy` applies, in apply order."""
     served = deployment(spec)
     manifests = [service(spec), pod_disruption_budget(spec), served]
-    if spec.max_replicas > spec.replicas:
+    if spec.autoscaled:
         # The HPA owns the replica count: a count in the applied manifest would
         # reset it on every deploy.
         del served["spec"]["replicas"]
@@ -209,4 +214,4 @@ def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
 def retired_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
     """What an earlier deploy may have left that this spec no longer wants: the HPA once
     autoscaling is turned off (left in place it would keep resizing the Deployment)."""
-    return [] if spec.max_replicas > spec.replicas else [horizontal_pod_autoscaler(spec)]
+    return [] if spec.autoscaled else [horizontal_pod_autoscaler(spec)]

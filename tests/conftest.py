@@ -6,6 +6,7 @@ needs is set here, before any test module imports it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -168,3 +169,16 @@ def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -
             "version": version,
             "server": server,
         }
+
+
+def manifest_files(dataset: Path) -> list[dict]:
+    """A staged dataset's manifest entries, in path order."""
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    return sorted(manifest["files"], key=lambda entry: entry["path"])
+
+
+def relative_files(root: Path) -> list[str]:
+    """Every file under `root` as the storage layer lists it, relative to `root`."""
+    from pipeline import storage
+
+    return [uri.removeprefix(str(root)) for uri in storage.list_files(str(root))]

@@ -30,6 +30,7 @@ from client.batch import (
     shard_images,
     write_shards,
 )
+from deploy.local_triton import SHM_FOLDER, SHM_REGION_PREFIX
 from pipeline.images import decode_rgb
 from tests.conftest import (
     IMAGE_KINDS,
@@ -251,7 +252,7 @@ def test_a_server_that_stays_down_ends_the_run_clearly_and_keeps_finished_parts(
                 process.kill()
             # Nothing is left to free the stubs' shared memory: this test does, not to leak it.
             for region in regions:
-                (Path("/dev/shm") / region).unlink(missing_ok=True)
+                (SHM_FOLDER / region).unlink(missing_ok=True)
 
         killer = threading.Thread(target=kill_once_parts_appear, daemon=True)
         killer.start()
@@ -329,8 +330,8 @@ def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -
     ]
     assert stubs == [], "the killed server's python-backend stubs were stopped on restart"
     assert regions
-    assert all(name.startswith("triton_python_backend_shm_region_") for name in regions)
-    assert [name for name in regions if (Path("/dev/shm") / name).exists()] == [], "and their memory freed"
+    assert all(name.startswith(SHM_REGION_PREFIX) for name in regions)
+    assert [name for name in regions if (SHM_FOLDER / name).exists()] == [], "and their memory freed"
     assert report["failed"] == 0
     parts = [json.loads(p.read_text()) for p in sorted((tmp_path / "restarted" / "parts").iterdir())]
     assert min(part["finished"] for part in parts) < outage["down"], "parts finished before the outage"

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from deploy.local_triton import LocalTriton
-from tests.conftest import REPO_ROOT, free_port, write_images
+from tests.conftest import REPO_ROOT, free_port, manifest_files, relative_files, write_images
 
 pytestmark = pytest.mark.integration
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -213,7 +213,6 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     """Under the real scheduler: the task process of stage_data, then of classify_shard,
     is killed midway; each retry finishes, and the outputs equal a clean run's."""
     from client.batch import BatchOptions, run_batch
-    from pipeline import storage
     from training.staging import StagingOptions, stage_dataset
 
     _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
@@ -263,10 +262,8 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     clean = tmp_path / "clean-dataset"
     options = StagingOptions.from_mapping(_xcom(standalone, run_id, "config"))
     stage_dataset(str(source), str(clean), options, cache_dir=tmp_path / "cache")
-    assert _manifest_files(dataset) == _manifest_files(clean)
-    assert [uri.removeprefix(str(dataset)) for uri in storage.list_files(str(dataset))] == [
-        uri.removeprefix(str(clean)) for uri in storage.list_files(str(clean))
-    ]
+    assert manifest_files(dataset) == manifest_files(clean)
+    assert relative_files(dataset) == relative_files(clean)
     # The same batch done cleanly against the model the run deployed.
     http_port = standalone.env["DOGS_CATS_TRITON_HTTP_PORT"]
     report = run_batch(
@@ -274,11 +271,6 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     )
     assert report["succeeded"] == 4000
     assert _lines(predictions) == _lines(tmp_path / "clean")
-
-
-def _manifest_files(dataset: Path) -> list[dict]:
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    return sorted(manifest["files"], key=lambda entry: entry["path"])
 
 
 def _lines(output: Path) -> list[str]:

@@ -24,18 +24,20 @@ from client.batch import BatchOptions, run_batch
 from client.triton import Triton, classify_encoded
 from pipeline import storage
 from pipeline.images import ImageDecodeError, decode_rgb
-from tests.conftest import REPO_ROOT, free_port, write_image_kinds, write_images
+from tests.conftest import (
+    REPO_ROOT,
+    free_port,
+    manifest_files,
+    relative_files,
+    write_image_kinds,
+    write_images,
+)
 from tests.gcs_emulator import emulated_gcs_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 FUZZ_EXAMPLES = {"client": 400, "server": 150}
 SLOW_OK = [HealthCheck.too_slow]
-
-
-def _manifest_files(dataset: Path) -> list[dict]:
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    return sorted(manifest["files"], key=lambda entry: entry["path"])
 
 
 def test_staging_killed_midway_then_retried_matches_a_clean_run(tmp_path: Path) -> None:
@@ -58,12 +60,9 @@ def test_staging_killed_midway_then_retried_matches_a_clean_run(tmp_path: Path) 
 
     retry = subprocess.run([*command, "--dataset-uri", str(killed)], env=env, capture_output=True, text=True)
     assert retry.returncode == 0, retry.stderr[-2000:]
-    assert _manifest_files(killed) == _manifest_files(clean)
+    assert manifest_files(killed) == manifest_files(clean)
     # A write cut by SIGKILL leaves at most a hidden temp file, which nothing lists.
-    assert storage.list_files(str(killed)) == [
-        uri.replace(str(tmp_path / "clean"), str(killed))
-        for uri in storage.list_files(str(tmp_path / "clean"))
-    ], "no leftover or missing file after the retry"
+    assert relative_files(killed) == relative_files(clean), "no leftover or missing file after the retry"
 
 
 def test_batch_into_gcs_rides_out_a_storage_outage(served_model: dict, tmp_path: Path) -> None:
