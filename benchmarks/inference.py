@@ -33,7 +33,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -41,9 +41,10 @@ import onnxruntime as ort
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
 from client.triton import PROTOCOLS
+from core.images import decode_rgb
+from core.settings import ModelChoice
 from deploy.local_triton import LocalTriton, ServerState, pytriton_root
-from pipeline.images import decode_rgb
-from tests.conftest import free_port, serving_model_folder
+from harness.serving import free_port, serving_model_folder
 
 IMAGE_SIZE = 180
 ROUNDS = 5  # head-to-head reruns of the best settings
@@ -60,7 +61,7 @@ def link_images(source: Path, target: Path, count: int) -> Path:
     return target
 
 
-def export_model(architecture: str, folder: Path) -> Path:
+def export_model(model: ModelChoice, folder: Path) -> Path:
     """A model folder as training writes it (model.onnx, labels.txt, metrics.json)."""
     import keras
 
@@ -69,7 +70,7 @@ def export_model(architecture: str, folder: Path) -> Path:
 
     keras.utils.set_random_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(build_model(architecture, IMAGE_SIZE, 2), IMAGE_SIZE, folder / "model.onnx")
+    export_onnx(build_model(model, IMAGE_SIZE, 2), IMAGE_SIZE, folder / "model.onnx")
     (folder / "labels.txt").write_text("Cat\nDog\n")
     (folder / "metrics.json").write_text(json.dumps({"image_size": IMAGE_SIZE, "labels": ["Cat", "Dog"]}))
     return folder
@@ -368,9 +369,9 @@ def sweep(name: str, rows: list[Row], results: dict[str, list[Row]]) -> Row:
 
 
 def benchmark_model(
-    architecture: str, files: list[Path], folder: Path, work: Path, full: bool
+    model: ModelChoice, files: list[Path], folder: Path, work: Path, full: bool
 ) -> dict[str, Any]:
-    model_dir = export_model(architecture, work / architecture)
+    model_dir = export_model(model, work / model)
     onnx = model_dir / "model.onnx"
     results: dict[str, list[Row]] = {}
     batches = (1, 8, 32) if full else (8, 32)
@@ -439,15 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         work = Path(tmp)
-        for architecture in args.models.split(","):
-            count = args.images if architecture == "small" else args.xception_images
-            folder = link_images(args.source, work / f"images-{architecture}", count)
+        wanted = args.models.split(",")
+        for model in [choice for choice in get_args(ModelChoice) if choice in wanted]:
+            count = args.images if model == "small" else args.xception_images
+            folder = link_images(args.source, work / f"images-{model}", count)
             files = sorted(folder.rglob("*.jpg"))
-            print(f"{architecture}: {len(files)} images", file=sys.stderr, flush=True)
-            results[architecture] = benchmark_model(
-                architecture, files, folder, work, architecture == "small"
-            )
-            results[architecture]["images"] = len(files)
+            print(f"{model}: {len(files)} images", file=sys.stderr, flush=True)
+            results[model] = benchmark_model(model, files, folder, work, model == "small")
+            results[model]["images"] = len(files)
         model_dir = work / "small"
         with triton_serving(model_dir, work, 2, 1) as server:
             results["rss_mib"] = {
@@ -480,12 +480,12 @@ def print_rounds(rounds: list[dict[str, float]]) -> None:
 
 
 def print_tables(results: dict[str, Any]) -> None:
-    for architecture in ("small", "xception"):
-        if architecture not in results:
+    for model in ("small", "xception"):
+        if model not in results:
             continue
-        figures = results[architecture]
+        figures = results[model]
         ceiling = figures["ceiling"]["img_s"]
-        print(f"\n{architecture}, {figures['images']} images\n")
+        print(f"\n{model}, {figures['images']} images\n")
         print("| path | best configuration | img/s | p50 ms | p99 ms | vs ceiling |")
         print("|---|---|---|---|---|---|")
         for key, name in (

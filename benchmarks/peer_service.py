@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, HTTPException, UploadFile
 
-from pipeline.images import ImageDecodeError, decode_rgb
+from core.images import ImageDecodeError, decode_rgb
 
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(os.environ.get("PEER_THREADS", "0"))

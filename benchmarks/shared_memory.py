@@ -31,8 +31,8 @@ import tritonclient.utils.shared_memory as shm
 
 from benchmarks.inference import IMAGE_SIZE, ort_ceiling, served_small_model
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
-from client.triton import PROTOCOLS, Protocol
-from pipeline.images import decode_rgb
+from client.triton import PROTOCOLS, InferenceProtocol
+from core.images import decode_rgb
 
 BATCH = 8
 
@@ -40,7 +40,7 @@ BATCH = 8
 class _Worker:
     """One connection per thread; with `use_shm`, one registered region per thread too."""
 
-    def __init__(self, url: str, protocol: Protocol, use_shm: bool) -> None:
+    def __init__(self, url: str, protocol: InferenceProtocol, use_shm: bool) -> None:
         self.module: Any = httpclient if protocol == "http" else grpcclient
         self.client = self.module.InferenceServerClient(url)
         self.binary = {"binary_data": True} if protocol == "http" else {}
@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                         carried = "shared memory" if use_shm else "tensor on the wire"
                         name = f"{protocol}, {carried}, {concurrency} in flight"
 
-                        def worker(protocol: Protocol = protocol, use_shm: bool = use_shm) -> _Worker:
+                        def worker(
+                            protocol: InferenceProtocol = protocol, use_shm: bool = use_shm
+                        ) -> _Worker:
                             return _Worker(urls[protocol], protocol, use_shm)
 
                         speed = images_per_second(files, worker, concurrency, urls["http"])

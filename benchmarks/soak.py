@@ -25,7 +25,7 @@ import psutil
 from benchmarks.inference import served_small_model
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.triton import Triton, classify, model_info
-from pipeline.images import decode_rgb
+from core.images import decode_rgb
 
 
 def _rss_mib(process: psutil.Process, with_children: bool) -> float:

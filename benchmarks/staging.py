@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
-from tests.gcs_emulator import emulated_gcs
+from harness.gcs import emulated_gcs
+from harness.serving import free_port
 from training.staging import StagingOptions, stage_dataset
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "petimages-180"

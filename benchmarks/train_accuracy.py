@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = stage_dataset(str(args.source), dataset, StagingOptions(), cache_dir=args.bucket / "cache")
     output = args.bucket.resolve() / "models" / f"{args.model}-{args.image_size}-{int(time.time())}"
     job = TrainingJob(
-        dataset,
-        str(output),
-        args.model,
+        dataset_uri=dataset,
+        output_uri=str(output),
+        model=args.model,
         image_size=args.image_size,
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -24,7 +24,7 @@ import tensorflow as tf
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
-from training.train import _compiled_model, configure_devices, make_dataset
+from training.train import compiled_model, configure_devices, make_dataset
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -55,7 +55,7 @@ def tutorial_dataset(folder: Path, image_size: int, batch_size: int) -> tf.data.
 def _interleaved(datasets: dict[str, tf.data.Dataset], job: TrainingJob, images: int, rounds: int) -> dict:
     """One epoch of each pipeline in turn, `rounds` times: drift in the machine's
     speed (other tenants, clocks) hits both alike instead of one."""
-    models = {name: _compiled_model(job, ["Cat", "Dog"], jit_compile=False) for name in datasets}
+    models = {name: compiled_model(job, ["Cat", "Dog"], jit_compile=False) for name in datasets}
     timers = {name: EpochTimer() for name in datasets}
     for _ in range(rounds):
         for name, dataset in datasets.items():
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.bucket / "cache",
     )
     train_files = [f for f in manifest["files"] if f["split"] == "train"]
-    job = TrainingJob(dataset_uri, "", image_size=args.image_size)
+    job = TrainingJob(dataset_uri=dataset_uri, output_uri="", image_size=args.image_size)
     ours = make_dataset(Path(dataset_uri), train_files, manifest["classes"], job, training=True)
     tutorial = tutorial_dataset(Path(dataset_uri) / "train", args.image_size, job.batch_size)
     tutorial_name = "tutorial pipeline (image_dataset_from_directory)"

@@ -16,8 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from client.batch import BatchOptions, InputChanged, RetryPolicy, TritonUnavailable, run_batch
 from client.triton import (
-    DEFAULT_MODEL,
     DEFAULT_PORTS,
+    MODEL_NAME,
     PROTOCOLS,
     Triton,
     classify,
@@ -25,14 +25,14 @@ from client.triton import (
     is_refusal,
     model_info,
 )
-from pipeline.images import ImageDecodeError, decode_rgb
+from core.images import ImageDecodeError, decode_rgb
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client")
     parser.add_argument("--url", help="Triton host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="http")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--timeout", type=float, default=60.0, help="connection and network timeout, seconds")
     parser.add_argument(
         "--encoded", action="store_true", help="send file bytes to the <model>_jpeg ensemble (server decodes)"

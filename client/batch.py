@@ -40,19 +40,19 @@ from tritonclient.utils import InferenceServerException
 from client.progress import Progress
 from client.report import ReportBuilder, render_html
 from client.triton import (
-    DEFAULT_MODEL,
+    MODEL_NAME,
+    InferenceProtocol,
     ModelInfo,
-    Protocol,
     Triton,
     classify,
     classify_encoded,
     is_refusal,
     model_info,
 )
-from model_repository import ensemble_name
-from pipeline import storage
-from pipeline.images import IMAGE_SUFFIXES, ImageDecodeError, decode_rgb
-from pipeline.settings import join_uri
+from core import storage
+from core.constants import ensemble_name
+from core.images import IMAGE_SUFFIXES, ImageDecodeError, decode_rgb
+from core.settings import join_uri
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ def retryable(exc: Exception) -> bool:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    model_name: str = DEFAULT_MODEL
-    protocol: Protocol = "http"
+    model_name: str = MODEL_NAME
+    protocol: InferenceProtocol = "http"
     encoded: bool = False  # send file bytes to the <model>_jpeg ensemble instead of tensors
     concurrency: int = 4
     batch_size: int = 0  # images per request; 0 takes the model's max_batch_size

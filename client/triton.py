@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from model_repository import ENCODED_INPUT_NAME, OUTPUT_NAME, ensemble_name
+from core.constants import ENCODED_INPUT_NAME, GRPC_PORT, HTTP_PORT, MODEL_NAME, OUTPUT_NAME, ensemble_name
+from core.settings import InferenceProtocol
 
-DEFAULT_MODEL = "dogs_cats"
-Protocol = Literal["http", "grpc"]
-PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
-DEFAULT_PORTS: dict[Protocol, int] = {"http": 8000, "grpc": 8001}
+PROTOCOLS: tuple[InferenceProtocol, ...] = get_args(InferenceProtocol)
+DEFAULT_PORTS: dict[InferenceProtocol, int] = {"http": HTTP_PORT, "grpc": GRPC_PORT}
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Prediction:
 class Triton:
     """A tritonclient connection of either protocol, with explicit timeouts."""
 
-    def __init__(self, url: str, protocol: Protocol = "http", timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, protocol: InferenceProtocol = "http", timeout_s: float = 60.0) -> None:
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
         self.module: Any = httpclient if protocol == "http" else grpcclient
         if protocol == "http":
@@ -85,7 +84,7 @@ class Triton:
         self.client.close()
 
 
-def model_info(triton: Triton, model_name: str = DEFAULT_MODEL) -> ModelInfo:
+def model_info(triton: Triton, model_name: str = MODEL_NAME) -> ModelInfo:
     """Read tensor names, image size and batch limit from the served config."""
     config = triton.model_config(model_name)
     model_input, model_output = config["input"][0], config["output"][0]

@@ -20,103 +20,105 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.serde import allow_class
 
+from core.constants import MODEL_NAME
+from core.settings import Environment, param_specs
+from deploy import Endpoint
+from model_repository.repository import RepositoryVersion
+from pipeline.plan import RunPlan
 from pipeline.platforms import platform_for
-from pipeline.settings import MODEL_NAME, Environment, param_specs
 
 ENVIRONMENT = Environment()
 PLATFORM = platform_for(ENVIRONMENT)
+# Tasks pass these typed objects; Airflow deserialises XCom only into classes it allows.
+for xcom_class in (RunPlan, RepositoryVersion, Endpoint):
+    allow_class(xcom_class)
 
 
-@task(multiple_outputs=True)
-def plan() -> dict[str, Any]:
+@task(task_id="plan")
+def plan_run() -> RunPlan:
     """Validate the conf once and decide every URI of this run."""
+    from core.settings import run_config_from_params
     from pipeline.plan import make_plan
-    from pipeline.settings import run_config_from_params
 
     context = get_current_context()
     return make_plan(run_config_from_params(dict(context["params"])), context["run_id"])
 
 
 @task
-def stage_data(config: dict[str, Any], dataset_uri: str) -> dict[str, Any]:
+def stage_data(plan: RunPlan) -> dict[str, Any]:
+    from core.settings import options_of
     from training.staging import StagingOptions, stage_dataset
 
-    manifest = stage_dataset(
-        config["source"],
-        dataset_uri,
-        StagingOptions.from_mapping(config),
-        cache_dir=ENVIRONMENT.cache_dir,
-    )
-    return {"dataset_uri": dataset_uri, "classes": manifest["classes"], "counts": manifest["counts"]}
+    options = options_of(StagingOptions, plan.config)
+    manifest = stage_dataset(plan.config.source, plan.dataset_uri, options, cache_dir=ENVIRONMENT.cache_dir)
+    return {"dataset_uri": plan.dataset_uri, "classes": manifest["classes"], "counts": manifest["counts"]}
 
 
 @task
-def quality_gate(config: dict[str, Any], model_uri: str) -> None:
+def quality_gate(plan: RunPlan) -> None:
     """Skip packaging and deployment of a model under min_val_accuracy, saying why."""
     from training.evaluate import model_gate_reason
 
-    if reason := model_gate_reason(model_uri, config["min_val_accuracy"]):
+    if reason := model_gate_reason(plan.model_uri, plan.config.min_val_accuracy):
         raise AirflowSkipException(reason)
 
 
 @task
-def package(config: dict[str, Any], model_uri: str, repository_uri: str) -> dict[str, Any]:
+def package(plan: RunPlan) -> RepositoryVersion:
     from model_repository.repository import package_model
 
-    version = package_model(
-        model_uri,
-        repository_uri,
+    return package_model(
+        plan.model_uri,
+        plan.repository_uri,
         flavour=PLATFORM.serving_flavour,
         model_name=MODEL_NAME,
-        max_batch_size=config["max_batch_size"],
-        tensorrt_fp16=config["tensorrt_fp16"],
+        max_batch_size=plan.config.max_batch_size,
+        tensorrt_fp16=plan.config.tensorrt_fp16,
         **PLATFORM.instance_options(),
     )
-    return version.to_dict()
 
 
 @task
-def list_shards(input_uri: str, shards_uri: str, images_per_shard: int) -> list[str]:
+def list_shards(plan: RunPlan) -> list[str]:
     """Stream the input listing into shard files; one mapped task per shard follows."""
     from client.batch import write_shards
 
-    return write_shards(input_uri, shards_uri, images_per_shard)
+    return write_shards(plan.inference_input, plan.shards_uri, plan.config.images_per_shard)
 
 
 @task(max_active_tis_per_dagrun=4)
-def classify_shard(
-    shard_uri: str, endpoint: dict[str, Any], batch_options: dict[str, Any], output_uri: str
-) -> str:
+def classify_shard(shard_uri: str, endpoint: Endpoint, plan: RunPlan) -> str:
     """One shard through Triton; resumable, so a retried shard finishes what it started."""
-    from client.batch import BatchOptions, run_batch, shard_images, shard_output
+    from client.batch import run_batch, shard_images, shard_output
 
-    options = BatchOptions(model_name=endpoint["model_name"], **batch_options)
-    url = endpoint["grpc_url"] if options.protocol == "grpc" else endpoint["url"]
-    shard_out = shard_output(output_uri, shard_uri)
+    options = plan.batch_options(endpoint.model_name)
+    url = endpoint.grpc_url if options.protocol == "grpc" else endpoint.url
+    shard_out = shard_output(plan.predictions_uri, shard_uri)
     run_batch(url, shard_uri, shard_out, options, images=shard_images(shard_uri))
     return shard_out
 
 
 @task
 def merge_predictions(
-    shard_outputs: list[str], endpoint: dict[str, Any], staged: dict[str, Any], batch_options: dict[str, Any],
-    input_uri: str, output_uri: str,
-) -> dict[str, str]:  # fmt: skip
+    shard_outputs: list[str], endpoint: Endpoint, staged: dict[str, Any], plan: RunPlan
+) -> dict[str, str]:
     """All shards' predictions and one report (JSON and HTML) for the run."""
-    from client.batch import BatchOptions, merge_outputs
-    from pipeline.settings import join_uri
+    from client.batch import merge_outputs
+    from core.settings import join_uri
 
     merge_outputs(
         # One slice request; iterating asks past the end, which the Task SDK logs as an
         # "XCom not found" ERROR in a task that succeeds (apache/airflow#73175).
         list(shard_outputs[:]),
-        output_uri,
-        input_uri=input_uri,
-        options=BatchOptions(model_name=endpoint["model_name"], **batch_options),
+        plan.predictions_uri,
+        input_uri=plan.inference_input,
+        options=plan.batch_options(endpoint.model_name),
         class_names=staged["classes"],
     )
-    return {name: join_uri(output_uri, name) for name in ("predictions.jsonl", "report.json", "report.html")}
+    names = ("predictions.jsonl", "report.json", "report.html")
+    return {name: join_uri(plan.predictions_uri, name) for name in names}
 
 
 @dag(
@@ -131,24 +133,19 @@ def merge_predictions(
     default_args={"owner": "dogs-cats-triton", "retries": 1, "retry_delay": timedelta(seconds=30)},
 )
 def dogs_cats() -> None:
-    # Outputs of TaskFlow calls are XComArgs: indexable and passable at parse time,
-    # which the decorators' type hints do not express.
-    run: Any = plan()
-    staged: Any = stage_data(run["config"], run["dataset_uri"])
-    trained = PLATFORM.train_task(run["training_args"])
+    # TaskFlow calls return XComArgs, which the decorators' type hints do not express;
+    # each task body is typed against the objects they resolve to.
+    plan: Any = plan_run()
+    staged: Any = stage_data(plan)
+    trained = PLATFORM.train_task(plan)
     staged >> trained
-    gate = quality_gate(run["config"], run["model_uri"])
-    version: Any = package(run["config"], run["model_uri"], run["repository_uri"])
-    trained >> gate >> version
-    endpoint = PLATFORM.deploy_task(version, run)
-    shards = list_shards(run["inference_input"], run["shards_uri"], run["images_per_shard"])
+    version: Any = package(plan)
+    trained >> quality_gate(plan) >> version
+    endpoint: Any = PLATFORM.deploy_task(version, plan)
+    shards: Any = list_shards(plan)
     endpoint >> shards
-    classified: Any = classify_shard.partial(
-        endpoint=endpoint, batch_options=run["batch_options"], output_uri=run["predictions_uri"]
-    ).expand(shard_uri=shards)
-    merge_predictions(
-        classified, endpoint, staged, run["batch_options"], run["inference_input"], run["predictions_uri"]
-    )
+    classified: Any = classify_shard.partial(endpoint=endpoint, plan=plan).expand(shard_uri=shards)
+    merge_predictions(classified, endpoint, staged, plan)
 
 
 dogs_cats()

@@ -8,8 +8,8 @@ import logging
 import sys
 from dataclasses import asdict
 
+from core.settings import Environment
 from deploy.local_triton import server_from_environment
-from pipeline.settings import Environment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,10 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from model_repository import ensemble_name, preprocess_name
+from core import storage
+from core.constants import ensemble_name, preprocess_name
+from core.settings import join_uri
 from model_repository.repository import RepositoryVersion
-from pipeline import storage
-from pipeline.settings import join_uri
 
 DOCKERFILE = Path(__file__).resolve().parents[1] / "packaging" / "Dockerfile"
 IMAGE_NAME = "dogs-cats-triton"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.settings import Environment, gpu_node_labels
+from core.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from core.settings import Environment, gpu_node_labels
 
-HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 # Prometheus-adapter metric (see README): Triton's queue time per request, averaged
 # over the last minute, from nv_inference_queue_duration_us / nv_inference_request_success.
 QUEUE_TIME_METRIC = "triton_queue_time_per_request_us"

@@ -23,11 +23,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core import storage
+from core.constants import ensemble_name
+from core.settings import Environment
 from deploy import Endpoint
-from model_repository import ensemble_name
 from model_repository.repository import RepositoryVersion
-from pipeline import storage
-from pipeline.settings import Environment
 
 log = logging.getLogger(__name__)
 

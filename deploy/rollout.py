@@ -19,11 +19,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core import storage
+from core.constants import GRPC_PORT, HTTP_PORT
+from core.settings import Environment
 from deploy import Endpoint
-from deploy.kubernetes import GRPC_PORT, HTTP_PORT, ServingSpec, retired_manifests, serving_manifests
+from deploy.kubernetes import ServingSpec, retired_manifests, serving_manifests
 from model_repository.repository import RepositoryVersion
-from pipeline import storage
-from pipeline.settings import Environment
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def smoke_test(url: str, model_name: str, version: int, images: list[bytes], tim
     from tritonclient.utils import InferenceServerException
 
     from client.triton import Triton, classify, classify_encoded, model_info
-    from pipeline.images import decode_rgb
+    from core.images import decode_rgb
 
     triton = Triton(url, "http", timeout_s)
     try:

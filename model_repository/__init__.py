@@ -12,6 +12,10 @@ Both declare the same tensors, so a client cannot tell them apart. Beside the
 classifier sit a python-backend preprocessing model and the ensemble
 `<model>_jpeg` that chains them, so clients may send encoded JPEG/PNG bytes
 instead of decoded tensors.
+
+Every config.pbtxt is a `ModelConfig`, Triton's own protobuf schema (shipped in
+tritonclient), written in protobuf's text format: a misspelt field fails here,
+when the config is built, not when Triton loads it.
 """
 
 from __future__ import annotations
@@ -19,46 +23,30 @@ from __future__ import annotations
 from importlib import resources
 from typing import Literal
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from core.constants import (
+    ENCODED_INPUT_NAME,
+    INPUT_NAME,
+    LABELS_FILE,
+    OUTPUT_NAME,
+    ensemble_name,
+    preprocess_name,
+)
+
 Flavour = Literal["python", "onnxruntime"]
 
-INPUT_NAME = "image"
-ENCODED_INPUT_NAME = "image_bytes"
-OUTPUT_NAME = "probabilities"
-LABELS_FILE = "labels.txt"
-DECODE_MODULE = "images.py"  # pipeline/images.py, copied beside the preprocessing model
-
-_HEADS: dict[str, str] = {
-    "python": 'backend: "python"',
-    "onnxruntime": 'platform: "onnxruntime_onnx"',
+_INSTANCE_KINDS: dict[str, int] = {
+    "python": pb.ModelInstanceGroup.KIND_CPU,
+    "onnxruntime": pb.ModelInstanceGroup.KIND_GPU,
 }
-_INSTANCE_KINDS: dict[str, str] = {"python": "KIND_CPU", "onnxruntime": "KIND_GPU"}
 # ONNX Runtime's intra-op threads per instance: Triton's backend parameter, or ours for model.py.
-_ORT_THREADS: dict[str, str] = {
-    "python": 'parameters {{ key: "intra_op_threads" value: {{ string_value: "{threads}" }} }}\n',
-    "onnxruntime": 'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n',
+_ORT_THREADS_PARAMETER: dict[str, str] = {
+    "python": "intra_op_threads",
+    "onnxruntime": "intra_op_thread_count",
 }
-# TensorRT builds an FP16 engine from the ONNX graph at load time (minutes, once
-# per pod start); ONNX Runtime falls back to CUDA for anything TensorRT rejects.
-_TENSORRT_FP16 = """optimization {
-  execution_accelerators {
-    gpu_execution_accelerator: [
-      {
-        name: "tensorrt"
-        parameters { key: "precision_mode" value: "FP16" }
-        parameters { key: "max_workspace_size_bytes" value: "1073741824" }
-      }
-    ]
-  }
-}
-"""
-
-
-def ensemble_name(model_name: str) -> str:
-    return f"{model_name}_jpeg"
-
-
-def preprocess_name(model_name: str) -> str:
-    return f"{model_name}_preprocess"
+TENSORRT_WORKSPACE_BYTES = 1 << 30
 
 
 def preferred_batch_sizes(max_batch_size: int) -> list[int]:
@@ -71,24 +59,35 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted(sizes | {max_batch_size})
 
 
-def _dynamic_batching(max_batch_size: int, queue_delay_us: int) -> str:
-    sizes = ", ".join(str(size) for size in preferred_batch_sizes(max_batch_size))
-    return f"""dynamic_batching {{
-  preferred_batch_size: [ {sizes} ]
-  max_queue_delay_microseconds: {queue_delay_us}
-}}"""
+def _batched_config(name: str, max_batch_size: int) -> pb.ModelConfig:
+    return pb.ModelConfig(name=name, max_batch_size=max_batch_size)
 
 
-def _tensor(section: str, name: str, data_type: str, dims: str, labelled: bool = False) -> str:
-    """One `input [...]` or `output [...]` block of a config.pbtxt."""
-    label = f'\n    label_filename: "{LABELS_FILE}"' if labelled else ""
-    return f"""{section} [
-  {{
-    name: "{name}"
-    data_type: {data_type}
-    dims: [ {dims} ]{label}
-  }}
-]"""
+def _dynamic_batching(config: pb.ModelConfig, queue_delay_us: int) -> None:
+    config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(config.max_batch_size))
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+
+
+def _image_tensor(image_size: int) -> dict:
+    return {"name": INPUT_NAME, "data_type": pb.TYPE_UINT8, "dims": [image_size, image_size, 3]}
+
+
+def _encoded_tensor() -> dict:
+    return {"name": ENCODED_INPUT_NAME, "data_type": pb.TYPE_STRING, "dims": [1]}
+
+
+def _probabilities_tensor(num_classes: int) -> dict:
+    """Names labels.txt, so Triton's classification extension answers top-k labels (`class_count`)."""
+    return {
+        "name": OUTPUT_NAME,
+        "data_type": pb.TYPE_FP32,
+        "dims": [num_classes],
+        "label_filename": LABELS_FILE,
+    }
+
+
+def _text(config: pb.ModelConfig) -> str:
+    return text_format.MessageToString(config)
 
 
 def config_pbtxt(
@@ -102,8 +101,7 @@ def config_pbtxt(
     instances: int = 1,
     ort_threads: int = 0,
 ) -> str:
-    """The classifier's config.pbtxt; the output names labels.txt so Triton's
-    classification extension can answer top-k labels (`class_count`).
+    """The classifier's config.pbtxt.
 
     `instances` x `ort_threads` should match the cores: on a CPU, two instances
     of one thread each may beat one of two (benchmarks/README.md); 0 threads
@@ -111,21 +109,26 @@ def config_pbtxt(
     """
     if tensorrt_fp16 and flavour != "onnxruntime":
         raise ValueError("TensorRT FP16 needs the onnxruntime flavour (a GPU server)")
-    threads = _ORT_THREADS[flavour].format(threads=ort_threads) if ort_threads else ""
-    return f"""name: "{model_name}"
-{_HEADS[flavour]}
-max_batch_size: {max_batch_size}
-{_tensor("input", INPUT_NAME, "TYPE_UINT8", f"{image_size}, {image_size}, 3")}
-{_tensor("output", OUTPUT_NAME, "TYPE_FP32", str(num_classes), labelled=True)}
-{_dynamic_batching(max_batch_size, 2000)}
-instance_group [
-  {{
-    count: {instances}
-    kind: {_INSTANCE_KINDS[flavour]}
-  }}
-]
-{threads}{_TENSORRT_FP16 if tensorrt_fp16 else ""}version_policy: {{ latest: {{ num_versions: 1 }} }}
-"""
+    config = _batched_config(model_name, max_batch_size)
+    if flavour == "python":
+        config.backend = "python"
+    else:
+        config.platform = "onnxruntime_onnx"
+    config.input.add(**_image_tensor(image_size))
+    config.output.add(**_probabilities_tensor(num_classes))
+    _dynamic_batching(config, queue_delay_us=2000)
+    config.instance_group.add(count=instances, kind=_INSTANCE_KINDS[flavour])
+    if ort_threads:
+        config.parameters[_ORT_THREADS_PARAMETER[flavour]].string_value = str(ort_threads)
+    if tensorrt_fp16:
+        # TensorRT builds an FP16 engine from the ONNX graph at load time (minutes, once
+        # per pod start); ONNX Runtime falls back to CUDA for anything TensorRT rejects.
+        config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt",
+            parameters={"precision_mode": "FP16", "max_workspace_size_bytes": str(TENSORRT_WORKSPACE_BYTES)},
+        )
+    config.version_policy.latest.num_versions = 1
+    return _text(config)
 
 
 def preprocess_config_pbtxt(*, model_name: str, image_size: int, max_batch_size: int) -> str:
@@ -134,45 +137,35 @@ def preprocess_config_pbtxt(*, model_name: str, image_size: int, max_batch_size:
     It always runs on CPU: decoding is Pillow's work, and two instances let one
     decode while the other hands a batch on.
     """
-    return f"""name: "{preprocess_name(model_name)}"
-backend: "python"
-max_batch_size: {max_batch_size}
-{_tensor("input", ENCODED_INPUT_NAME, "TYPE_STRING", "1")}
-{_tensor("output", INPUT_NAME, "TYPE_UINT8", f"{image_size}, {image_size}, 3")}
-{_dynamic_batching(max_batch_size, 1000)}
-instance_group [
-  {{
-    count: 2
-    kind: KIND_CPU
-  }}
-]
-"""
+    config = _batched_config(preprocess_name(model_name), max_batch_size)
+    config.backend = "python"
+    config.input.add(**_encoded_tensor())
+    config.output.add(**_image_tensor(image_size))
+    _dynamic_batching(config, queue_delay_us=1000)
+    config.instance_group.add(count=2, kind=pb.ModelInstanceGroup.KIND_CPU)
+    return _text(config)
 
 
 def ensemble_config_pbtxt(*, model_name: str, num_classes: int, max_batch_size: int) -> str:
     """`<model>_jpeg`: preprocess then classify, one request from the client's side."""
-    return f"""name: "{ensemble_name(model_name)}"
-platform: "ensemble"
-max_batch_size: {max_batch_size}
-{_tensor("input", ENCODED_INPUT_NAME, "TYPE_STRING", "1")}
-{_tensor("output", OUTPUT_NAME, "TYPE_FP32", str(num_classes), labelled=True)}
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "{preprocess_name(model_name)}"
-      model_version: -1
-      input_map {{ key: "{ENCODED_INPUT_NAME}" value: "{ENCODED_INPUT_NAME}" }}
-      output_map {{ key: "{INPUT_NAME}" value: "decoded_image" }}
-    }},
-    {{
-      model_name: "{model_name}"
-      model_version: -1
-      input_map {{ key: "{INPUT_NAME}" value: "decoded_image" }}
-      output_map {{ key: "{OUTPUT_NAME}" value: "{OUTPUT_NAME}" }}
-    }}
-  ]
-}}
-"""
+    config = _batched_config(ensemble_name(model_name), max_batch_size)
+    config.platform = "ensemble"
+    config.input.add(**_encoded_tensor())
+    config.output.add(**_probabilities_tensor(num_classes))
+    decoded = "decoded_image"
+    config.ensemble_scheduling.step.add(
+        model_name=preprocess_name(model_name),
+        model_version=-1,
+        input_map={ENCODED_INPUT_NAME: ENCODED_INPUT_NAME},
+        output_map={INPUT_NAME: decoded},
+    )
+    config.ensemble_scheduling.step.add(
+        model_name=model_name,
+        model_version=-1,
+        input_map={INPUT_NAME: decoded},
+        output_map={OUTPUT_NAME: OUTPUT_NAME},
+    )
+    return _text(config)
 
 
 def _package_file(*parts: str) -> bytes:
@@ -189,6 +182,8 @@ def preprocess_model() -> bytes:
     return _package_file("preprocess", "model.py")
 
 
-def decode_module() -> bytes:
-    """pipeline/images.py: the server decodes exactly as the client and staging do."""
-    return resources.files("pipeline").joinpath("images.py").read_bytes()
+def preprocess_imports() -> dict[str, bytes]:
+    """The package the preprocessing model imports (`from core.images import ...`), by path
+    relative to its version folder, so the server decodes exactly as the client and staging do."""
+    core = resources.files("core")
+    return {f"core/{name}": core.joinpath(name).read_bytes() for name in ("__init__.py", "images.py")}

@@ -13,22 +13,20 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from core import storage
+from core.constants import LABELS_FILE, ensemble_name, preprocess_name
+from core.settings import join_uri
 from model_repository import (
-    DECODE_MODULE,
-    LABELS_FILE,
     Flavour,
     config_pbtxt,
-    decode_module,
     ensemble_config_pbtxt,
-    ensemble_name,
     preprocess_config_pbtxt,
+    preprocess_imports,
     preprocess_model,
-    preprocess_name,
     python_backend_model,
 )
-from pipeline import storage
-from pipeline.settings import join_uri
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class RepositoryVersion:
     max_batch_size: int
     image_size: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -115,7 +113,8 @@ def _write_jpeg_ensemble(
     """The preprocessing model and the ensemble; rewritten each time, as the image size may change."""
     preprocess_dir = join_uri(repository_uri, preprocess_name(model_name))
     storage.write_bytes(join_uri(preprocess_dir, "1", "model.py"), preprocess_model())
-    storage.write_bytes(join_uri(preprocess_dir, "1", DECODE_MODULE), decode_module())
+    for path, source in preprocess_imports().items():
+        storage.write_bytes(join_uri(preprocess_dir, "1", path), source)
     storage.write_text(
         join_uri(preprocess_dir, "config.pbtxt"),
         preprocess_config_pbtxt(model_name=model_name, image_size=image_size, max_batch_size=max_batch_size),

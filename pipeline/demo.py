@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.settings import Environment, join_uri
+from core.settings import Environment, join_uri
 
 
 def main(argv: list[str] | None = None) -> int:

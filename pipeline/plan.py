@@ -9,41 +9,63 @@ the bucket documented by code:
     {bucket}/images/                                     Triton image build contexts (kubernetes)
     {bucket}/predictions/<run>/                         predictions.jsonl, report.json, report.html,
                                                         shards/ (listing + one output folder per shard)
+
+The plan is a frozen pydantic model: it crosses XCom whole, through Airflow's
+pydantic serialiser (`model_dump` out, `model_validate` back in), so every task
+reads typed fields and a renamed field fails in mypy rather than in a task.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pipeline.settings import RunConfig, join_uri
+from pydantic import BaseModel, ConfigDict
+
+from core.settings import RunConfig, join_uri, options_of
 from training.job import TrainingJob
 
+if TYPE_CHECKING:
+    from client.batch import BatchOptions
 
-def make_plan(config: RunConfig, run_id: str) -> dict[str, Any]:
+
+class RunPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: RunConfig
+    dataset_uri: str
+    model_uri: str
+    repository_uri: str
+    images_uri: str
+    smoke_images_uri: str
+    predictions_uri: str
+    shards_uri: str
+    inference_input: str
+    training: TrainingJob
+
+    def batch_options(self, model_name: str) -> BatchOptions:
+        """How the batch stage calls the served model, as the run's conf asks."""
+        from client.batch import BatchOptions  # tritonclient: only the tasks that call Triton load it
+
+        return BatchOptions(
+            model_name=model_name,
+            protocol=self.config.inference_protocol,
+            encoded=self.config.inference_encoded,
+        )
+
+
+def make_plan(config: RunConfig, run_id: str) -> RunPlan:
     dataset_uri = config.dataset_uri()
     model_uri = config.run_uri("models", run_id)
-    job = TrainingJob(
+    predictions_uri = config.run_uri("predictions", run_id)
+    return RunPlan(
+        config=config,
         dataset_uri=dataset_uri,
-        output_uri=model_uri,
-        architecture=config.model,
-        image_size=config.image_size,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        patience=config.early_stopping_patience,
+        model_uri=model_uri,
+        repository_uri=join_uri(config.data_bucket, "model_repository", config.platform),
+        images_uri=join_uri(config.data_bucket, "images"),
+        smoke_images_uri=join_uri(dataset_uri, "val"),
+        predictions_uri=predictions_uri,
+        shards_uri=join_uri(predictions_uri, "shards"),
+        inference_input=config.inference_input or join_uri(dataset_uri, "val"),
+        training=options_of(TrainingJob, config, dataset_uri=dataset_uri, output_uri=model_uri),
     )
-    return {
-        "platform": config.platform,
-        "config": config.model_dump(),
-        "dataset_uri": dataset_uri,
-        "model_uri": model_uri,
-        "repository_uri": join_uri(config.data_bucket, "model_repository", config.platform),
-        "images_uri": join_uri(config.data_bucket, "images"),
-        "smoke_images_uri": join_uri(dataset_uri, "val"),
-        "predictions_uri": config.run_uri("predictions", run_id),
-        "shards_uri": join_uri(config.run_uri("predictions", run_id), "shards"),
-        "images_per_shard": config.images_per_shard,
-        "batch_options": {"protocol": config.inference_protocol, "encoded": config.inference_encoded},
-        "inference_input": config.inference_input or join_uri(dataset_uri, "val"),
-        "training_args": job.to_args(),
-    }

@@ -4,9 +4,9 @@ Everything that differs between one machine and a Kubernetes cluster lives
 here, behind two task factories the DAG calls without knowing which platform
 it got:
 
-* `train_task(training_args)`: local, a `python -m training train` process;
+* `train_task(plan)`: local, a `python -m training train` process;
   kubernetes, the same command in a GPU pod (KubernetesPodOperator).
-* `deploy_task(version, run)`: local, the bundled tritonserver loads the new
+* `deploy_task(version, plan)`: local, the bundled tritonserver loads the new
   version while the old one serves; kubernetes, a BuildKit pod builds the
   Triton image, then a Deployment rollout with a smoke test and rollback.
 
@@ -21,11 +21,14 @@ import logging
 import subprocess
 from typing import Any, Protocol
 
-from airflow.sdk import task
+from airflow.sdk import BaseOperator, XComArg, task
 
+from core.settings import Environment, PlatformName, ort_threads_per_instance, to_arguments, training_python
+from deploy import Endpoint
 from model_repository import Flavour
+from model_repository.repository import RepositoryVersion
+from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.settings import Environment, PlatformName, ort_threads_per_instance, training_python
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,12 @@ class Platform(Protocol):
         """Model instances and ONNX Runtime threads for the served config.pbtxt."""
         ...
 
-    def train_task(self, training_args: Any) -> Any:
-        """A task that runs `python -m training train *training_args`."""
+    def train_task(self, plan: XComArg) -> XComArg | BaseOperator:
+        """A task that runs `python -m training train` with the plan's training job."""
         ...
 
-    def deploy_task(self, version: Any, run: Any) -> Any:
-        """Tasks that serve a repository version; the last returns its Endpoint as a dict.
-
-        `run` is the plan (URIs of this run)."""
+    def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
+        """Tasks that serve a RepositoryVersion; the last returns its Endpoint."""
         ...
 
 
@@ -89,26 +90,29 @@ class LocalPlatform:
             "ort_threads": ort_threads_per_instance(self.environment),
         }
 
-    def train_task(self, training_args: Any) -> Any:
+    def train_task(self, plan: XComArg) -> XComArg:
         python = training_python(self.environment)
+        # At parse time a task's input is an XComArg, resolved to the typed value when the
+        # task runs; TaskFlow's type hints cannot say so (the DAG file does the same).
+        planned: Any = plan
 
         @task(task_id="train")
-        def train(args: list[str]) -> None:
-            run_training_process(args, python)
+        def train(plan: RunPlan) -> None:
+            run_training_process(to_arguments(plan.training), python)
 
-        return train(training_args)
+        return train(planned)
 
-    def deploy_task(self, version: Any, run: Any) -> Any:
+    def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         environment = self.environment
 
         @task(task_id="deploy")
-        def deploy(version: dict[str, Any]) -> dict[str, Any]:
+        def deploy(version: RepositoryVersion) -> Endpoint:
             from deploy.local_triton import deploy_version
-            from model_repository.repository import RepositoryVersion
 
-            return deploy_version(RepositoryVersion(**version), environment).to_dict()
+            return deploy_version(version, environment)
 
-        return deploy(version)
+        packaged: Any = version  # an XComArg, resolved when the task runs
+        return deploy(packaged)
 
 
 class KubernetesPlatform:
@@ -122,42 +126,38 @@ class KubernetesPlatform:
         """One instance on the pod's GPU; the Airflow worker's cores say nothing about that node."""
         return {}
 
-    def train_task(self, training_args: Any) -> Any:
-        return TrainingPodOperator(task_id="train", environment=self.environment, arguments=training_args)
+    def train_task(self, plan: XComArg) -> BaseOperator:
+        return TrainingPodOperator(task_id="train", environment=self.environment, plan=plan)
 
-    def deploy_task(self, version: Any, run: Any) -> Any:
+    def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         environment = self.environment
 
+        # A dict, so Airflow pushes one XCom per key for the pod's templated fields to pull.
         @task(task_id="build_context")
-        def build_context(version: dict[str, Any], images_uri: str) -> dict[str, Any]:
+        def build_context(version: RepositoryVersion, plan: RunPlan) -> dict[str, Any]:
             from deploy.image import upload_build_context
-            from model_repository.repository import RepositoryVersion
 
-            return upload_build_context(
-                RepositoryVersion(**version), images_uri, environment.registry
-            ).to_dict()
+            return upload_build_context(version, plan.images_uri, environment.registry).to_dict()
 
         @task(task_id="deploy")
-        def deploy(version: dict[str, Any], build: dict[str, Any], smoke_images_uri: str) -> dict[str, Any]:
+        def deploy(version: RepositoryVersion, build: dict[str, Any], plan: RunPlan) -> Endpoint:
             from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
             from deploy.rollout import KubernetesApi, deploy_to_kubernetes
-            from model_repository.repository import RepositoryVersion
 
             api = KubernetesApi(KubernetesHook(conn_id=environment.kubernetes_conn_id).api_client)
-            endpoint = deploy_to_kubernetes(
-                api, RepositoryVersion(**version), build["image"], smoke_images_uri, environment
-            )
-            return endpoint.to_dict()
+            return deploy_to_kubernetes(api, version, build["image"], plan.smoke_images_uri, environment)
 
-        build: Any = build_context(version, run["images_uri"])
+        packaged: Any = version  # XComArgs, resolved when the tasks run
+        planned: Any = plan
+        build: Any = build_context(packaged, planned)
         image = ImageBuildPodOperator(
             task_id="build_image",
             environment=environment,
             context_uri=build["context_uri"],
             image_ref=build["image"],
         )
-        endpoint = deploy(version, build, run["smoke_images_uri"])
+        endpoint = deploy(packaged, build, planned)
         image >> endpoint
         return endpoint
 

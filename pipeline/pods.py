@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk import XComArg
 from kubernetes.client import models as k8s
 
-from pipeline.settings import Environment, gpu_node_labels
+from core.settings import Environment, gpu_node_labels, to_arguments
+from pipeline.plan import RunPlan
 
 BUILDKIT_UID = 1000  # the `user` account of moby/buildkit's rootless image
 AS_BUILDKIT_USER = {"run_as_user": BUILDKIT_UID, "run_as_group": BUILDKIT_UID}
@@ -44,9 +46,14 @@ class TrainingPodOperator(KubernetesPodOperator):
     """`python -m training train` in a GPU pod, with defaults learnt the hard way.
 
     Each default below says why it is there; callers override by keyword.
+    `plan` is templated, so it may be the plan task's XCom; the pod's arguments
+    are its training job's.
     """
 
-    def __init__(self, *, environment: Environment, **kwargs: Any) -> None:
+    template_fields = (*KubernetesPodOperator.template_fields, "plan")
+
+    def __init__(self, *, environment: Environment, plan: RunPlan | XComArg, **kwargs: Any) -> None:
+        self.plan = plan
         defaults: dict[str, Any] = {
             **_pod_defaults(environment, "training"),
             "name": "dogs-cats-train",
@@ -66,6 +73,12 @@ class TrainingPodOperator(KubernetesPodOperator):
             "startup_timeout_seconds": 1200,
         }
         super().__init__(**{**defaults, **kwargs})
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        """The arguments come from the plan once templates (or XCom) have been rendered."""
+        assert isinstance(self.plan, RunPlan), f"the plan was not rendered: {self.plan!r}"
+        self.arguments = to_arguments(self.plan.training)
+        return super().build_pod_request_obj(context, dry_run=dry_run)
 
 
 class ImageBuildPodOperator(KubernetesPodOperator):

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from harness.data import REPO_ROOT
 
 pytestmark = pytest.mark.security
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import keras
 
-from pipeline import storage
-from pipeline.settings import join_uri
+from core import storage
+from core.settings import join_uri
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ STATE = "state.json"
 
 
 class BucketCheckpoint(keras.callbacks.Callback):
-    def __init__(self, uri: str, *, patience: int, monitor: str = "val_loss") -> None:
+    def __init__(self, uri: str, *, early_stopping_patience: int, monitor: str = "val_loss") -> None:
         super().__init__()
         self.uri = uri
-        self.patience = patience
+        self.early_stopping_patience = early_stopping_patience
         self.monitor = monitor
         self.state: dict[str, Any] = {
             "completed_epochs": 0,
@@ -81,12 +81,13 @@ class BucketCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{completed:03d}.keras"
         self._upload(name, self.model.save)
         self.state.update(completed_epochs=completed, checkpoint=name)
-        if self.state["wait"] >= self.patience:
+        if self.state["wait"] >= self.early_stopping_patience:
             self.state["stopped_early"] = True
             self.model.stop_training = True
             log.info(
                 "early stop after epoch %d: %s has not improved on %.4f (epoch %d) for %d epochs",
-                completed, self.monitor, self.state["best"], self.state["best_epoch"], self.patience,
+                completed, self.monitor, self.state["best"], self.state["best_epoch"],
+                self.early_stopping_patience,
             )  # fmt: skip
         # The state names only files already uploaded; what it no longer names goes after it.
         storage.write_text(join_uri(self.uri, STATE), json.dumps(self.state, indent=1))

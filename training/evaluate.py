@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.settings import join_uri
+from core import storage
+from core.settings import join_uri
 
 
 def classification_metrics(

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
+from core.constants import INPUT_NAME, OUTPUT_NAME
+
 PARITY_TOLERANCE = 1e-4
 
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from core.constants import INPUT_NAME, MODEL_NAME
+from core.settings import ModelChoice
+
 # Keras' default 0.99 needs hundreds of steps before the moving statistics used
 # at inference match the data: short runs on small datasets then evaluate as
 # chance (constant logits). 0.9 settles within a few dozen steps.
@@ -26,7 +29,7 @@ class Widths:
     exit: int
 
 
-ARCHITECTURES = {
+WIDTHS: dict[ModelChoice, Widths] = {
     # The tutorial's model: 2.7 M parameters, ~47 img/s inference on 2 CPU cores.
     "xception": Widths(entry=128, blocks=(256, 512, 728), exit=1024),
     # Same shape, narrow: ~86 k parameters, trains ~10x faster on a CPU.
@@ -34,12 +37,12 @@ ARCHITECTURES = {
 }
 
 
-def build_model(architecture: str, image_size: int, num_classes: int) -> keras.Model:
+def build_model(model: ModelChoice, image_size: int, num_classes: int) -> keras.Model:
     """Logits out: one for two classes, else one per class."""
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
-    widths = ARCHITECTURES[architecture]
-    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    widths = WIDTHS[model]
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
@@ -62,4 +65,4 @@ def build_model(architecture: str, image_size: int, num_classes: int) -> keras.M
     units = 1 if num_classes == 2 else num_classes
     # float32 logits even under mixed precision: a float16 sigmoid/softmax loses precision.
     outputs = layers.Dense(units, name="logits", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=f"dogs_cats_{architecture}")
+    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{model}")

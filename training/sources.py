@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from pipeline import storage
+from core import storage
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,13 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from pipeline import storage
-from pipeline.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
-from pipeline.settings import join_uri
+from core import storage
+from core.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
+from core.settings import StagingParams, join_uri
 from training.sources import DatasetError, local_source
 
 log = logging.getLogger(__name__)
@@ -34,26 +32,10 @@ SPLITS = ("train", "val", "test")
 UPLOAD_THREADS = 8  # object uploads are latency-bound: overlap them
 
 
-@dataclass(frozen=True)
-class StagingOptions:
-    max_images_per_class: int = 0
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    require_jfif: bool = False  # the Keras tutorial's filter for the Kaggle archive
+class StagingOptions(StagingParams):
+    """The run's staging choices, plus a pixel limit that only tests and operators change."""
+
     max_image_pixels: int = MAX_IMAGE_PIXELS
-    source_sha256: str = ""  # expected checksum of an archive source
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> StagingOptions:
-        """Options from a run config or CLI namespace: the fields of the same names."""
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-    def __post_init__(self) -> None:
-        if self.val_fraction <= 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
-            raise DatasetError(
-                f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) "
-                "must leave a share for training"
-            )
 
 
 @dataclass(frozen=True)
@@ -69,7 +51,7 @@ def stage_dataset(source: str, dataset_uri: str, options: StagingOptions, *, cac
 
     Downloads are kept in `cache_dir`, so an interrupted one resumes.
     """
-    params = asdict(options)
+    params = options.model_dump()
     manifest_uri = join_uri(dataset_uri, MANIFEST)
     if storage.exists(manifest_uri):
         existing = json.loads(storage.read_text(manifest_uri))

@@ -13,11 +13,10 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import storage
-from pipeline.settings import join_uri
+from core import storage
+from core.constants import INPUT_NAME, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
+from core.settings import join_uri
 from training.checkpoints import BucketCheckpoint
 from training.evaluate import classification_metrics, save_charts
 from training.export import (
-    OUTPUT_NAME,
     PARITY_TOLERANCE,
     export_onnx,
     export_saved_model,
@@ -63,12 +62,14 @@ def train(job: TrainingJob) -> dict[str, Any]:
     check_splits(splits, labels)
     weights = class_weights(splits["train"], labels)
     started = time.monotonic()
-    checkpoints = BucketCheckpoint(join_uri(job.output_uri, "checkpoints"), patience=job.patience)
+    checkpoints = BucketCheckpoint(
+        join_uri(job.output_uri, "checkpoints"), early_stopping_patience=job.early_stopping_patience
+    )
 
     with storage.local_tree(job.dataset_uri) as data_dir:
         train_ds = make_dataset(data_dir, splits["train"], labels, job, training=True)
         val_ds = make_dataset(data_dir, splits["val"], labels, job, training=False)
-        model = checkpoints.resume() or _compiled_model(job, labels, jit_compile=on_gpu)
+        model = checkpoints.resume() or compiled_model(job, labels, jit_compile=on_gpu)
         try:
             if checkpoints.finished or checkpoints.state["completed_epochs"] >= job.epochs:
                 log.info("training already finished (%d epochs)", checkpoints.state["completed_epochs"])
@@ -94,7 +95,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
 
     evaluation = classification_metrics(y_true, probabilities, labels)
     metrics: dict[str, Any] = {
-        "architecture": job.architecture,
+        "model": job.model,
         "image_size": job.image_size,
         "labels": labels,
         "epochs_trained": checkpoints.state["completed_epochs"],
@@ -120,7 +121,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 f"(tolerance {PARITY_TOLERANCE:.0e}); not publishing the model"
             )
         save_charts(metrics["history"], evaluation, out)
-        (out / "labels.txt").write_text("\n".join(labels) + "\n")
+        (out / LABELS_FILE).write_text("\n".join(labels) + "\n")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "model_card.json").write_text(json.dumps(model_card(job, manifest, metrics), indent=2))
         storage.upload_tree(out, job.output_uri)
@@ -207,8 +208,8 @@ def _to_uint8(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
 
 
-def _compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) -> keras.Model:
-    model = build_model(job.architecture, job.image_size, len(labels))
+def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) -> keras.Model:
+    model = build_model(job.model, job.image_size, len(labels))
     binary = len(labels) == 2
     model.compile(
         optimizer=keras.optimizers.Adam(job.learning_rate),
@@ -240,10 +241,10 @@ def model_card(job: TrainingJob, manifest: dict[str, Any], metrics: dict[str, An
     import tf2onnx
 
     return {
-        "model": f"dogs_cats {job.architecture}",
+        "model": f"{MODEL_NAME} {job.model}",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": {"image": f"uint8 [N, {job.image_size}, {job.image_size}, 3] RGB"},
-        "outputs": {"probabilities": f"float32 [N, {len(metrics['labels'])}] in labels.txt order"},
+        "inputs": {INPUT_NAME: f"uint8 [N, {job.image_size}, {job.image_size}, 3] RGB"},
+        "outputs": {OUTPUT_NAME: f"float32 [N, {len(metrics['labels'])}] in {LABELS_FILE} order"},
         "labels": metrics["labels"],
         "dataset": {
             "uri": job.dataset_uri,
@@ -251,7 +252,7 @@ def model_card(job: TrainingJob, manifest: dict[str, Any], metrics: dict[str, An
             "digest": manifest["digest"],
             "counts": manifest["counts"],
         },
-        "params": asdict(job),
+        "params": job.model_dump(),
         "metrics": {
             "val_accuracy": metrics["evaluation"]["accuracy"],
             "val_roc_auc": metrics["evaluation"]["roc_auc"],
@@ -260,7 +261,7 @@ def model_card(job: TrainingJob, manifest: dict[str, Any], metrics: dict[str, An
             "onnx_max_abs_difference": metrics["onnx_max_abs_difference"],
         },
         "versions": {
-            "python": platform.python_version(),
+            "python": sys.version.split()[0],
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "numpy": np.__version__,

@@ -1,28 +1,33 @@
 """Triton python-backend model: encoded JPEG/PNG bytes -> uint8 RGB tensor.
 
-Decodes with `images.py` (pipeline/images.py, copied beside this file), so the
-server's pixels match the client's. A request whose bytes do not decode gets
-its own error; the other requests in the batch are answered normally.
+Decodes with `core.images`, which packaging copies beside this file (the
+version folder is on the stub's import path), so the server's pixels match the
+client's. A request whose bytes do not decode gets its own error; the other
+requests in the batch are answered normally.
 """
 
+from __future__ import annotations
+
 import json
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from images import ImageDecodeError, decode_rgb
+
+from core.images import ImageDecodeError, decode_rgb
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.input_name: str = config["input"][0]["name"]
+        self.output_name: str = config["output"][0]["name"]
         self.image_size = int(config["output"][0]["dims"][0])
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         return [self._decode(request) for request in requests]
 
-    def _decode(self, request):
+    def _decode(self, request: Any) -> Any:
         encoded = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
         images = []
         for index, data in enumerate(encoded):

@@ -4,8 +4,11 @@ Used only by the local tritonserver (nvidia-pytriton ships no ONNX Runtime
 backend). Requests gathered by the dynamic batcher run as one ONNX call.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -13,17 +16,17 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.input_name: str = config["input"][0]["name"]
+        self.output_name: str = config["output"][0]["name"]
         model_file = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         options = ort.SessionOptions()
         threads = config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "0")
         options.intra_op_num_threads = int(threads)  # 0: one per core
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         images = [
             pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests
         ]

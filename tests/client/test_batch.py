@@ -30,16 +30,10 @@ from client.batch import (
     shard_images,
     write_shards,
 )
+from core.images import decode_rgb
 from deploy.local_triton import SHM_FOLDER, SHM_REGION_PREFIX
-from pipeline.images import decode_rgb
-from tests.conftest import (
-    IMAGE_KINDS,
-    REPO_ROOT,
-    free_port,
-    serving_model_folder,
-    write_image_kinds,
-    write_images,
-)
+from harness.data import IMAGE_KINDS, REPO_ROOT, write_image_kinds, write_images
+from harness.serving import free_port, serving_model_folder
 
 QUICK = RetryPolicy(attempts=2, first_delay_s=0.001)
 

@@ -9,9 +9,9 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import ParamValidationError
 
+from core.settings import RunConfig
+from harness.data import REPO_ROOT
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.settings import RunConfig
-from tests.conftest import REPO_ROOT
 
 DAGS = REPO_ROOT / "dags"
 

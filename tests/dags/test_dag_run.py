@@ -13,9 +13,10 @@ import onnxruntime as ort
 import pytest
 from airflow.models.dagrun import DagRun
 
+from core.images import decode_rgb
 from deploy.local_triton import LocalTriton
-from pipeline.images import decode_rgb
-from tests.conftest import REPO_ROOT, free_port, write_images
+from harness.data import REPO_ROOT, write_images
+from harness.serving import free_port
 
 pytestmark = pytest.mark.integration
 

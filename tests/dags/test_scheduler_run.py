@@ -22,8 +22,11 @@ from typing import Any
 import psutil
 import pytest
 
+from core.settings import options_of
 from deploy.local_triton import LocalTriton
-from tests.conftest import REPO_ROOT, free_port, manifest_files, relative_files, write_images
+from harness.data import REPO_ROOT, manifest_files, relative_files, write_images
+from harness.serving import free_port
+from pipeline.plan import RunPlan
 
 pytestmark = pytest.mark.integration
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -174,10 +177,9 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
     assert run["state"] == "success", states
     assert run["logical_date"] is None
     # The run records its platform where the UI shows it: the plan task's XCom.
-    status, xcom = standalone.request(
-        "GET", f"/api/v2/dags/dogs_cats/dagRuns/{run['dag_run_id']}/taskInstances/plan/xcomEntries/platform"
-    )
-    assert (status, xcom["value"]) == (200, "local")
+    plan = _plan(standalone, run["dag_run_id"])
+    assert plan is not None
+    assert plan.config.platform == "local"
     (report,) = (bucket / "predictions").glob("*/report.json")
     assert json.loads(report.read_text())["failed"] == 0
 
@@ -199,11 +201,15 @@ def _task_process(standalone: Standalone, run_id: str, task: str) -> psutil.Proc
     return found
 
 
-def _xcom(standalone: Standalone, run_id: str, key: str) -> Any:
-    """The plan task's XCom `key`, or None while the plan has not run."""
-    path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/plan/xcomEntries/{key}?deserialize=true"
+def _plan(standalone: Standalone, run_id: str) -> RunPlan | None:
+    """The run's plan as the plan task stored it, or None while the plan has not run."""
+    path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/plan/xcomEntries/return_value"
     status, entry = standalone.request("GET", path)
-    return entry["value"] if status == 200 else None
+    if status != 200:
+        return None
+    stored = json.loads(entry["value"]) if isinstance(entry["value"], str) else entry["value"]
+    assert stored["__classname__"] == "pipeline.plan.RunPlan", stored
+    return RunPlan.model_validate(stored["__data__"])
 
 
 @pytest.mark.faults
@@ -234,13 +240,14 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     assert status == 200, run
     run_id = run["dag_run_id"]
 
-    dataset = Path(_wait("the plan", lambda: _xcom(standalone, run_id, "dataset_uri"), 180, interval_s=1))
+    plan = _wait("the plan", lambda: _plan(standalone, run_id), 180, interval_s=1)
+    dataset = Path(plan.dataset_uri)
     staging = _task_process(standalone, run_id, "stage_data")
     _wait("staging to be midway", lambda: sum(1 for _ in dataset.rglob("*.jpg")) >= 50, 300, interval_s=0.01)
     staging.kill()  # as the OOM killer would: its supervisor reports the try as failed
     assert not (dataset / "manifest.json").exists(), "killed before staging finished"
 
-    predictions = Path(_xcom(standalone, run_id, "predictions_uri"))
+    predictions = Path(plan.predictions_uri)
     first_part = predictions / "shards" / "shard-00000" / "parts" / "part-00000.json"
     inference = _task_process(standalone, run_id, "classify_shard/0")
     _wait("inference to be midway", first_part.exists, 600, interval_s=0.01)
@@ -260,7 +267,7 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
 
     # The same staging done cleanly, in this process: same files, nothing left over.
     clean = tmp_path / "clean-dataset"
-    options = StagingOptions.from_mapping(_xcom(standalone, run_id, "config"))
+    options = options_of(StagingOptions, plan.config)
     stage_dataset(str(source), str(clean), options, cache_dir=tmp_path / "cache")
     assert manifest_files(dataset) == manifest_files(clean)
     assert relative_files(dataset) == relative_files(clean)

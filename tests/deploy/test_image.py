@@ -16,9 +16,9 @@ from deploy.image import (
     triton_base_image,
     upload_build_context,
 )
+from harness.data import fake_model
+from harness.tools import hadolint
 from model_repository.repository import RepositoryVersion, package_model
-from tests.model_repository.test_repository import fake_model
-from tests.training.test_dockerfile import hadolint
 
 
 def test_dockerfile_passes_hadolint() -> None:

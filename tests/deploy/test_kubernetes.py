@@ -5,8 +5,8 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
+from core.settings import Environment
 from deploy.kubernetes import ServingSpec, serving_manifests
-from pipeline.settings import Environment
 
 
 def _spec(**overrides: int) -> ServingSpec:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from core.settings import Environment
 from deploy.local_triton import (
     LocalTriton,
     TritonError,
@@ -20,10 +21,9 @@ from deploy.local_triton import (
     prepare_backends,
     server_from_environment,
 )
+from harness.data import REPO_ROOT
 from model_repository import INPUT_NAME
 from model_repository.repository import package_model
-from pipeline.settings import Environment
-from tests.conftest import REPO_ROOT
 
 
 def test_backend_folder_links_this_pythons_stub(tmp_path: Path) -> None:
@@ -209,8 +209,8 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path, server_ports
 
 @pytest.mark.integration
 def test_a_repository_on_gcs_is_mirrored_and_served(trained_model: str, environment: Environment) -> None:
-    from tests.conftest import free_port
-    from tests.gcs_emulator import emulated_gcs
+    from harness.gcs import emulated_gcs
+    from harness.serving import free_port
 
     with emulated_gcs("repo-test", free_port()) as bucket:
         version = package_model(

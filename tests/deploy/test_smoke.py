@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from core.images import ImageDecodeError
+from core.settings import Environment
 from deploy.rollout import DeploymentFailed, RolloutFailed, deploy_to_kubernetes, smoke_test
+from harness.fake_cluster import FakeCluster
 from model_repository.repository import RepositoryVersion
-from pipeline.images import ImageDecodeError
-from pipeline.settings import Environment
-from tests.deploy.test_rollout import FakeCluster
 
 pytestmark = pytest.mark.integration
 

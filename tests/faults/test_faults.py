@@ -22,17 +22,11 @@ from tritonclient.utils import InferenceServerException
 
 from client.batch import BatchOptions, run_batch
 from client.triton import Triton, classify_encoded
-from pipeline import storage
-from pipeline.images import ImageDecodeError, decode_rgb
-from tests.conftest import (
-    REPO_ROOT,
-    free_port,
-    manifest_files,
-    relative_files,
-    write_image_kinds,
-    write_images,
-)
-from tests.gcs_emulator import emulated_gcs_server
+from core import storage
+from core.images import ImageDecodeError, decode_rgb
+from harness.data import REPO_ROOT, manifest_files, relative_files, write_image_kinds, write_images
+from harness.gcs import emulated_gcs_server
+from harness.serving import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

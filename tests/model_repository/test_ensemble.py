@@ -11,7 +11,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from client.triton import Triton, classify, classify_encoded, model_info
-from pipeline.images import decode_rgb
+from core.images import decode_rgb
 
 pytestmark = pytest.mark.integration
 

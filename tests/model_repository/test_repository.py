@@ -1,26 +1,25 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
+from harness.data import fake_model
 from model_repository import (
     config_pbtxt,
-    decode_module,
     preferred_batch_sizes,
+    preprocess_imports,
     preprocess_model,
     python_backend_model,
 )
 from model_repository.repository import existing_versions, package_model
 
 
-def fake_model(folder: Path, image_size: int = 32) -> str:
-    folder.mkdir(parents=True)
-    (folder / "model.onnx").write_bytes(b"onnx-bytes")
-    (folder / "labels.txt").write_text("cat\ndog\n")
-    (folder / "metrics.json").write_text(json.dumps({"image_size": image_size, "labels": ["cat", "dog"]}))
-    return str(folder)
+def parsed(config_pbtxt: str) -> pb.ModelConfig:
+    """A config.pbtxt read back through Triton's schema: an unknown field fails here."""
+    return text_format.Parse(config_pbtxt, pb.ModelConfig())
 
 
 def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path) -> None:
@@ -34,11 +33,11 @@ def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path
     assert (model_dir / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
     assert (model_dir / "1" / "model.py").read_bytes() == python_backend_model()
     assert (model_dir / "labels.txt").read_text() == "cat\ndog\n"
-    config = (model_dir / "config.pbtxt").read_text()
-    assert 'backend: "python"' in config
-    assert "max_batch_size: 16" in config
-    assert "dims: [ 32, 32, 3 ]" in config
-    assert "dims: [ 2 ]" in config
+    config = parsed((model_dir / "config.pbtxt").read_text())
+    assert config.backend == "python"
+    assert config.max_batch_size == 16
+    assert list(config.input[0].dims) == [32, 32, 3]
+    assert list(config.output[0].dims) == [2]
 
 
 def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
@@ -65,22 +64,26 @@ def test_packaging_the_same_model_again_keeps_its_version(tmp_path: Path) -> Non
 
 
 def test_cluster_flavour_uses_the_onnxruntime_platform() -> None:
-    config = config_pbtxt(
+    text = config_pbtxt(
         "onnxruntime", model_name="dogs_cats", image_size=180, num_classes=2, max_batch_size=32
     )
-    assert 'platform: "onnxruntime_onnx"' in config
-    assert "kind: KIND_GPU" in config
-    assert 'label_filename: "labels.txt"' in config
-    assert "preferred_batch_size: [ 4, 8, 16, 32 ]" in config
-    assert "tensorrt" not in config
+    config = parsed(text)
+    assert config.platform == "onnxruntime_onnx"
+    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert config.output[0].label_filename == "labels.txt"
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
+    assert "tensorrt" not in text
 
 
 def test_tensorrt_fp16_is_a_switch_for_the_gpu_flavour_only() -> None:
-    config = config_pbtxt(
-        "onnxruntime", model_name="m", image_size=180, num_classes=2, max_batch_size=8, tensorrt_fp16=True
+    config = parsed(
+        config_pbtxt(
+            "onnxruntime", model_name="m", image_size=180, num_classes=2, max_batch_size=8, tensorrt_fp16=True
+        )
     )
-    assert 'name: "tensorrt"' in config
-    assert 'parameters { key: "precision_mode" value: "FP16" }' in config
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert accelerator.parameters["precision_mode"] == "FP16"
     with pytest.raises(ValueError, match="TensorRT FP16 needs the onnxruntime flavour"):
         config_pbtxt(
             "python", model_name="m", image_size=8, num_classes=2, max_batch_size=8, tensorrt_fp16=True
@@ -106,12 +109,15 @@ def test_the_jpeg_ensemble_is_packaged_beside_the_classifier(tmp_path: Path) -> 
     )
     preprocess = repository / "dogs_cats_preprocess"
     assert (preprocess / "1" / "model.py").read_bytes() == preprocess_model()
-    assert (preprocess / "1" / "images.py").read_bytes() == decode_module()
-    assert "dims: [ 64, 64, 3 ]" in (preprocess / "config.pbtxt").read_text()
-    ensemble = (repository / "dogs_cats_jpeg" / "config.pbtxt").read_text()
-    assert 'platform: "ensemble"' in ensemble
-    assert 'model_name: "dogs_cats_preprocess"' in ensemble
-    assert 'model_name: "dogs_cats"' in ensemble
+    shipped = preprocess_imports()
+    assert "core/images.py" in shipped, "the module preprocess/model.py imports"
+    for path, source in shipped.items():
+        assert (preprocess / "1" / path).read_bytes() == source
+    assert list(parsed((preprocess / "config.pbtxt").read_text()).output[0].dims) == [64, 64, 3]
+    ensemble = parsed((repository / "dogs_cats_jpeg" / "config.pbtxt").read_text())
+    assert ensemble.platform == "ensemble"
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    assert steps == ["dogs_cats_preprocess", "dogs_cats"]
     assert (repository / "dogs_cats_jpeg" / "1").is_dir()
     assert (repository / "dogs_cats_jpeg" / "labels.txt").read_text() == "cat\ndog\n"
 
@@ -126,3 +132,13 @@ def test_missing_model_files_fail_before_writing(tmp_path: Path) -> None:
             max_batch_size=8,
         )
     assert not (tmp_path / "repo").exists()
+
+
+def test_the_instance_and_thread_settings_reach_each_backend_by_its_own_parameter_name() -> None:
+    python = parsed(config_pbtxt("python", model_name="m", image_size=8, num_classes=2, max_batch_size=8,
+                                 instances=2, ort_threads=1))  # fmt: skip
+    assert python.instance_group[0].count == 2
+    assert python.parameters["intra_op_threads"].string_value == "1"
+    onnx = parsed(config_pbtxt("onnxruntime", model_name="m", image_size=8, num_classes=2, max_batch_size=8,
+                               ort_threads=3))  # fmt: skip
+    assert onnx.parameters["intra_op_thread_count"].string_value == "3"

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from core.settings import Environment
 from pipeline.platforms import (
     KubernetesPlatform,
     LocalPlatform,
@@ -13,7 +14,6 @@ from pipeline.platforms import (
     platform_for,
     run_training_process,
 )
-from pipeline.settings import Environment
 
 
 def test_only_the_local_server_takes_this_machine_s_instances_and_threads(

