@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-KAGGLE_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip
-DATA_SOURCE ?= $(KAGGLE_URL)
+# Empty: the `source` Param's default (core/settings.py), the Kaggle cats-vs-dogs zip.
+DATA_SOURCE ?=
 CONF ?= {}
 DEMO_DIR ?= $(CURDIR)/.demo
 PYTEST_ARGS ?=
@@ -35,7 +35,8 @@ browser:
 demo: install
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
 
-## Lint, type-check, then every test (unit and integration).
+## Lint, type-check, check the layers, then every test (unit and integration).
+## As root it installs Debian's Chromium first (for the HTML report test); else it asks you to.
 test: install lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -43,6 +44,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: install
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

@@ -42,11 +42,11 @@ from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
 from client.triton import PROTOCOLS
 from core.images import decode_rgb
-from core.settings import ModelChoice
+from core.settings import ModelChoice, TrainingParams
 from deploy.local_triton import LocalTriton, ServerState, pytriton_root
 from harness.serving import free_port, serving_model_folder
 
-IMAGE_SIZE = 180
+IMAGE_SIZE = TrainingParams().image_size
 ROUNDS = 5  # head-to-head reruns of the best settings
 Row = dict[str, Any]
 

@@ -13,21 +13,25 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
+from core.settings import ModelChoice, TrainingParams
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 from training.train import train
+
+DEFAULTS = TrainingParams()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--bucket", type=Path, default=Path(".bench/bucket"))
-    parser.add_argument("--model", default="small")
+    parser.add_argument("--model", default=DEFAULTS.model, choices=get_args(ModelChoice))
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):
         return 0

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
+from core.settings import TrainingParams
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 from training.train import compiled_model, configure_devices, make_dataset
@@ -42,7 +43,11 @@ class EpochTimer(keras.callbacks.Callback):
 def tutorial_dataset(folder: Path, image_size: int, batch_size: int) -> tf.data.Dataset:
     """The tutorial's input pipeline, verbatim but for the uint8 cast our model's input wants."""
     dataset = keras.utils.image_dataset_from_directory(
-        folder, image_size=(image_size, image_size), batch_size=batch_size, seed=1337, label_mode="binary"
+        folder,
+        image_size=(image_size, image_size),
+        batch_size=batch_size,
+        seed=TrainingJob.model_fields["seed"].default,
+        label_mode="binary",
     )
     augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)])
     dataset = dataset.map(
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--bucket", type=Path, default=Path(".bench/bucket"))
     parser.add_argument("--per-class", type=int, default=400)
-    parser.add_argument("--image-size", type=int, default=180)
+    parser.add_argument("--image-size", type=int, default=TrainingParams().image_size)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):

@@ -19,7 +19,11 @@ from core.settings import Environment, join_uri
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.demo")
-    parser.add_argument("--source", required=True, help="the dataset: http(s) zip, folder or gs:// prefix")
+    parser.add_argument(
+        "--source",
+        default="",
+        help="the dataset: http(s) zip, folder or gs:// prefix; empty: the Param's default",
+    )
     parser.add_argument("--bucket", required=True, help="default data_bucket")
     parser.add_argument("--conf", default="{}", help="other DAG params as JSON")
     args = parser.parse_args(argv)
@@ -29,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"CONF is not JSON: {exc}")
     if not isinstance(extra, dict):
         parser.error("CONF must be a JSON object, e.g. CONF='{\"max_images_per_class\": 500}'")
-    source = args.source if "://" in args.source else str(Path(args.source).resolve())
-    conf = {"data_bucket": args.bucket, "source": source, **extra}
+    conf = {"data_bucket": args.bucket, **extra}
+    if args.source:
+        conf["source"] = args.source if "://" in args.source else str(Path(args.source).resolve())
 
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
