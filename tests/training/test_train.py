@@ -72,7 +72,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     output = tmp_path / "bucket" / "models" / "m"
     command = [
         sys.executable, "-m", "training", "train", "--dataset-uri", dataset, "--output-uri", str(output),
-        "--image-size", "64", "--epochs", "6", "--batch-size", "4", "--patience", "99",
+        "--image-size", "64", "--epochs", "6", "--batch-size", "4", "--early-stopping-patience", "99",
     ]  # fmt: skip
     state = output / "checkpoints" / "state.json"
     first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
