@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.bucket / "cache",
     )
     train_files = [f for f in manifest["files"] if f["split"] == "train"]
-    job = TrainingJob(dataset_uri=dataset_uri, output_uri="", image_size=args.image_size)
+    job = TrainingJob(model="small", dataset_uri=dataset_uri, output_uri="", image_size=args.image_size)
     ours = make_dataset(Path(dataset_uri), train_files, manifest["classes"], job, training=True)
     tutorial = tutorial_dataset(Path(dataset_uri) / "train", args.image_size, job.batch_size)
     tutorial_name = "tutorial pipeline (image_dataset_from_directory)"

@@ -27,7 +27,7 @@ from core.constants import GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRI
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 PlatformName = Literal["local", "kubernetes"]
-ModelChoice = Literal["small", "xception"]
+ModelChoice = Literal["efficientnet_lite0", "small", "xception"]
 InferenceProtocol = Literal["http", "grpc"]
 
 
@@ -91,9 +91,11 @@ class TrainingParams(_Options):
         default=180, ge=16, le=512, description="Images are resized to image_size x image_size."
     )
     model: ModelChoice = Field(
-        default="small",
+        default="efficientnet_lite0",
         description=(
-            "small: a narrow CNN that trains in minutes on a CPU; xception: the Keras tutorial model."
+            "efficientnet_lite0: an ImageNet-pretrained EfficientNet-Lite0, frozen, with a new head "
+            "(98%+ on cats vs dogs in CPU minutes); small: a narrow CNN trained from scratch; "
+            "xception: the Keras tutorial's small Xception, from scratch."
         ),
     )
     epochs: int = Field(default=5, ge=1, le=500, description="Training epochs.")

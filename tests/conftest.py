@@ -55,7 +55,16 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, session_images: Path
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
     model_uri = str(bucket / "models" / "session")
-    train(TrainingJob(dataset_uri=dataset_uri, output_uri=model_uri, image_size=32, epochs=2, batch_size=8))
+    train(
+        TrainingJob(
+            model="small",
+            dataset_uri=dataset_uri,
+            output_uri=model_uri,
+            image_size=32,
+            epochs=2,
+            batch_size=8,
+        )
+    )
     return model_uri
 
 

@@ -1,9 +1,11 @@
-"""The Keras CNNs: the tutorial's small Xception and a narrow variant of it.
+"""The Keras classifiers: a pretrained EfficientNet-Lite0 with a new head (the default),
+and, trained from scratch, the tutorial's small Xception and a narrow variant of it.
 
-Both follow "Image classification from scratch" (keras.io): rescaling inside
-the model, an entry convolution, residual SeparableConv blocks, global pooling,
-dropout and a logit layer. They take uint8 images, so a client sends 1 byte per
-channel (a 180x180 RGB image is 97 KB) and no preprocessing lives outside.
+The two from scratch follow "Image classification from scratch" (keras.io):
+rescaling inside the model, an entry convolution, residual SeparableConv blocks,
+global pooling, dropout and a logit layer. All take uint8 images, so a client
+sends 1 byte per channel (a 180x180 RGB image is 97 KB) and no preprocessing
+lives outside the model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Widths:
     exit: int
 
 
-WIDTHS: dict[ModelChoice, Widths] = {
+WIDTHS: dict[str, Widths] = {
     # The tutorial's model: 2.7 M parameters, ~47 img/s inference on 2 CPU cores.
     "xception": Widths(entry=128, blocks=(256, 512, 728), exit=1024),
     # Same shape, narrow: ~86 k parameters, trains ~10x faster on a CPU.
@@ -41,8 +43,11 @@ def build_model(model: ModelChoice, image_size: int, num_classes: int) -> keras.
     """Logits out: one for two classes, else one per class."""
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
-    widths = WIDTHS[model]
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
+    units = 1 if num_classes == 2 else num_classes
+    if model == "efficientnet_lite0":
+        return _pretrained(inputs, image_size, units)
+    widths = WIDTHS[model]
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
@@ -62,7 +67,20 @@ def build_model(model: ModelChoice, image_size: int, num_classes: int) -> keras.
     x = layers.Activation("relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.25)(x)
-    units = 1 if num_classes == 2 else num_classes
     # float32 logits even under mixed precision: a float16 sigmoid/softmax loses precision.
     outputs = layers.Dense(units, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{model}")
+
+
+def _pretrained(inputs: keras.KerasTensor, image_size: int, units: int) -> keras.Model:
+    """The ImageNet backbone, frozen and always in inference mode (its BatchNorm statistics
+    stay ImageNet's, as the Keras transfer-learning guide advises), then dropout and logits."""
+    from training.efficientnet import pretrained_backbone
+    from training.pretrained import efficientnet_lite0_weights
+
+    backbone = pretrained_backbone(image_size, efficientnet_lite0_weights())
+    backbone.trainable = False
+    x = backbone(inputs, training=False)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(units, name="logits", dtype="float32")(x)  # float32 under mixed precision
+    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_efficientnet_lite0")

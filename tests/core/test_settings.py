@@ -46,7 +46,8 @@ def test_param_specs_mirror_the_model() -> None:
         "title": "epochs",
         "type": "integer",
     }
-    assert specs["model"]["enum"] == ["small", "xception"]
+    assert specs["model"]["enum"] == ["efficientnet_lite0", "small", "xception"]
+    assert specs["model"]["default"] == "efficientnet_lite0"
 
 
 def test_platform_param_offers_only_the_deployed_platform() -> None:

@@ -44,7 +44,7 @@ def _run_dag(tmp_path: Path, **conf: object) -> DagRun:
 
     source = write_images(tmp_path / "source", per_class=20, size=40, seed=3)
     dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags["dogs_cats"]
-    small = {"image_size": 32, "epochs": 2, "batch_size": 8, "max_batch_size": 8}
+    small = {"model": "small", "image_size": 32, "epochs": 2, "batch_size": 8, "max_batch_size": 8}
     return dag.test(
         run_conf={"data_bucket": str(tmp_path / "bucket"), "source": str(source), **small, **conf}
     )

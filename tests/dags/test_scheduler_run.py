@@ -156,6 +156,7 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
     conf = {
         "data_bucket": str(bucket),
         "source": str(write_images(tmp_path / "source", per_class=16, size=40)),
+        "model": "small",
         "image_size": 32,
         "epochs": 1,
         "batch_size": 8,
@@ -227,6 +228,7 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     conf = {
         "data_bucket": str(tmp_path / "bucket"),
         "source": str(source),
+        "model": "small",
         "image_size": 32,
         "epochs": 1,
         "batch_size": 32,

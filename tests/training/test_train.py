@@ -72,7 +72,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     output = tmp_path / "bucket" / "models" / "m"
     command = [
         sys.executable, "-m", "training", "train", "--dataset-uri", dataset, "--output-uri", str(output),
-        "--image-size", "64", "--epochs", "6", "--batch-size", "4", "--early-stopping-patience", "99",
+        "--model", "small", "--image-size", "64", "--epochs", "6", "--batch-size", "4",
+        "--early-stopping-patience", "99",
     ]  # fmt: skip
     state = output / "checkpoints" / "state.json"
     first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,6 +100,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     output = tmp_path / "bucket" / "models" / "m"
     metrics = train(
         TrainingJob(
+            model="small",
             dataset_uri=dataset,
             output_uri=str(output),
             image_size=32,
@@ -128,7 +130,9 @@ def test_three_classes_train_a_softmax_model(tmp_path: Path) -> None:
     stage_dataset(str(source), dataset, StagingOptions(val_fraction=0.3), cache_dir=tmp_path / "cache")
     output = tmp_path / "m"
     metrics = train(
-        TrainingJob(dataset_uri=dataset, output_uri=str(output), image_size=32, epochs=1, batch_size=8)
+        TrainingJob(
+            model="small", dataset_uri=dataset, output_uri=str(output), image_size=32, epochs=1, batch_size=8
+        )
     )
     assert metrics["labels"] == ["bird", "cat", "dog"]
     assert len(metrics["evaluation"]["confusion_matrix"]["rows_true_columns_predicted"]) == 3
@@ -146,7 +150,11 @@ def test_an_onnx_export_that_drifts_is_not_published(tmp_path: Path, monkeypatch
     with pytest.raises(
         module.ParityError, match=r"differs from the SavedModel by 3.00e-04 \(tolerance 1e-04\)"
     ):
-        train(TrainingJob(dataset_uri=dataset, output_uri=str(tmp_path / "m"), image_size=32, epochs=1))
+        train(
+            TrainingJob(
+                model="small", dataset_uri=dataset, output_uri=str(tmp_path / "m"), image_size=32, epochs=1
+            )
+        )
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checkpoints"], "no model published"
 
 
@@ -156,7 +164,15 @@ def test_a_split_missing_a_class_is_a_clear_error(tmp_path: Path) -> None:
     manifest["files"] = [f for f in manifest["files"] if not (f["split"] == "val" and f["label"] == "dog")]
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="the val split has no images of class dog"):
-        train(TrainingJob(dataset_uri=str(dataset), output_uri=str(tmp_path / "m"), image_size=32, epochs=1))
+        train(
+            TrainingJob(
+                model="small",
+                dataset_uri=str(dataset),
+                output_uri=str(tmp_path / "m"),
+                image_size=32,
+                epochs=1,
+            )
+        )
     assert not (tmp_path / "m").exists()
 
 
@@ -166,7 +182,15 @@ def test_an_empty_split_is_a_clear_error(tmp_path: Path) -> None:
     manifest["files"] = [f for f in manifest["files"] if f["split"] != "val"]
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="the val split is empty"):
-        train(TrainingJob(dataset_uri=str(dataset), output_uri=str(tmp_path / "m"), image_size=32, epochs=1))
+        train(
+            TrainingJob(
+                model="small",
+                dataset_uri=str(dataset),
+                output_uri=str(tmp_path / "m"),
+                image_size=32,
+                epochs=1,
+            )
+        )
 
 
 def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -176,6 +200,7 @@ def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingDataError, match=r"could not be decoded.*restage the dataset"):
         train(
             TrainingJob(
+                model="small",
                 dataset_uri=str(dataset),
                 output_uri=str(tmp_path / "m"),
                 image_size=32,
@@ -199,3 +224,21 @@ def test_training_cli_fails_clearly_without_a_staged_dataset(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "manifest.json" in result.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_the_pretrained_default_trains_its_head_and_exports_what_it_evaluated(tmp_path: Path) -> None:
+    """EfficientNet-Lite0 through the same loop: the resize to 224 and the input scaling live
+    inside the exported model, which takes the run's image_size in uint8 like every model."""
+    dataset = _staged(tmp_path, per_class=16, val_fraction=0.25)
+    output = tmp_path / "m"
+    metrics = train(
+        TrainingJob(dataset_uri=dataset, output_uri=str(output), image_size=40, epochs=2, batch_size=8)
+    )
+    assert metrics["model"] == "efficientnet_lite0"
+    assert metrics["onnx_max_abs_difference"] <= 1e-4
+    assert metrics["val_accuracy"] >= 0.9, metrics["history"]  # red cats, blue dogs
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(output / "model.onnx"), providers=["CPUExecutionProvider"])
+    (image,) = session.get_inputs()
+    assert (image.name, image.type, image.shape[1:]) == ("image", "tensor(uint8)", [40, 40, 3])

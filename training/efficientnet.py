@@ -1,0 +1,130 @@
+"""EfficientNet-Lite0 in Keras 3, every weight set from the ImageNet file of `training.pretrained`.
+
+Lite0 is EfficientNet-B0 made for CPUs and accelerators: ReLU6 instead of
+swish, no squeeze-and-excitation, a fixed stem and head. What made the
+converted ImageNet head agree with the original: TF "same" padding, BatchNorm
+epsilon 1e-3, and input scaled as (x - 127) / 128 on RGB 0-255. The input size
+and this scaling live inside the model, so clients keep sending uint8 RGB at the
+run's image_size and nothing outside the model changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import layers
+
+BACKBONE_SIZE = 224  # the resolution the ImageNet weights were trained at
+FEATURES = 1280
+IMAGENET_CLASSES = 1000
+BN_EPSILON = 1e-3
+BATCH_NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")  # Keras' gamma, beta, mean, variance
+
+
+@dataclass(frozen=True)
+class Stage:
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    filters: int
+
+
+STAGES = (
+    Stage(1, 3, 1, 1, 16),
+    Stage(2, 3, 2, 6, 24),
+    Stage(2, 5, 2, 6, 40),
+    Stage(3, 3, 2, 6, 80),
+    Stage(3, 5, 1, 6, 112),
+    Stage(4, 5, 2, 6, 192),
+    Stage(1, 3, 1, 6, 320),
+)
+STEM_FILTERS = 32
+
+
+class _Builder:
+    """Builds the layers in order and records which weights of the file each one takes."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[layers.Layer, str]] = []
+
+    def conv(
+        self, x: keras.KerasTensor, filters: int, kernel: int, stride: int, source: str
+    ) -> keras.KerasTensor:
+        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False)
+        self.sources.append((layer, source))
+        return layer(x)
+
+    def depthwise(self, x: keras.KerasTensor, kernel: int, stride: int, source: str) -> keras.KerasTensor:
+        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False)
+        self.sources.append((layer, source))
+        return layer(x)
+
+    def batch_norm(self, x: keras.KerasTensor, source: str, relu6: bool = True) -> keras.KerasTensor:
+        layer = layers.BatchNormalization(epsilon=BN_EPSILON)
+        self.sources.append((layer, source))
+        x = layer(x)
+        return layers.ReLU(6.0)(x) if relu6 else x
+
+
+def backbone(image_size: int) -> tuple[keras.Model, list[tuple[layers.Layer, str]]]:
+    """uint8 RGB [N, size, size, 3] -> pooled ImageNet features [N, 1280], and each layer's weight source."""
+    build = _Builder()
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8")
+    x = layers.Rescaling(1.0 / 128, offset=-127.0 / 128)(inputs)
+    if image_size != BACKBONE_SIZE:
+        x = layers.Resizing(BACKBONE_SIZE, BACKBONE_SIZE, interpolation="bilinear")(x)
+    x = build.batch_norm(build.conv(x, STEM_FILTERS, 3, 2, "_conv_stem"), "_bn0")
+    block, filters_in = 0, STEM_FILTERS
+    for stage in STAGES:
+        for repeat in range(stage.repeats):
+            stride = stage.stride if repeat == 0 else 1
+            name = f"_blocks.{block}."
+            shortcut = x
+            if stage.expand != 1:
+                x = build.conv(x, filters_in * stage.expand, 1, 1, name + "_expand_conv")
+                x = build.batch_norm(x, name + "_bn0")
+            x = build.batch_norm(
+                build.depthwise(x, stage.kernel, stride, name + "_depthwise_conv"), name + "_bn1"
+            )
+            x = build.conv(x, stage.filters, 1, 1, name + "_project_conv")
+            x = build.batch_norm(x, name + "_bn2", relu6=False)
+            if stride == 1 and filters_in == stage.filters:
+                x = layers.Add()([shortcut, x])
+            block, filters_in = block + 1, stage.filters
+    x = build.batch_norm(build.conv(x, FEATURES, 1, 1, "_conv_head"), "_bn1")
+    features = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, features, name="efficientnet_lite0"), build.sources
+
+
+def set_weights(sources: list[tuple[layers.Layer, str]], weights: dict[str, np.ndarray]) -> None:
+    """PyTorch layouts to Keras: conv [out, in, kh, kw] -> [kh, kw, in, out]; depthwise
+    [ch, 1, kh, kw] -> [kh, kw, ch, 1]; BatchNorm gamma, beta, mean, variance;
+    dense [out, in] -> [in, out]."""
+    for layer, source in sources:
+        if isinstance(layer, layers.DepthwiseConv2D):
+            values = [weights[f"{source}.weight"].transpose(2, 3, 0, 1)]
+        elif isinstance(layer, layers.Conv2D):
+            values = [weights[f"{source}.weight"].transpose(2, 3, 1, 0)]
+        elif isinstance(layer, layers.BatchNormalization):
+            values = [weights[f"{source}.{name}"] for name in BATCH_NORM_TENSORS]
+        else:
+            values = [weights[f"{source}.weight"].T, weights[f"{source}.bias"]]
+        layer.set_weights(values)
+
+
+def pretrained_backbone(image_size: int, weights: dict[str, np.ndarray]) -> keras.Model:
+    model, sources = backbone(image_size)
+    set_weights(sources, weights)
+    return model
+
+
+def imagenet_classifier(image_size: int, weights: dict[str, np.ndarray]) -> keras.Model:
+    """The whole converted network with its 1000-class ImageNet head: the proof the weights are right."""
+    model, sources = backbone(image_size)
+    head = layers.Dense(IMAGENET_CLASSES)
+    logits = head(model.output)
+    set_weights([*sources, (head, "_fc")], weights)
+    return keras.Model(model.input, logits, name="efficientnet_lite0_imagenet")
