@@ -38,7 +38,7 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from client.progress import Progress
-from client.report import ReportBuilder, render_html
+from client.report import ReportBuilder, gallery_images, render_html, thumbnail
 from client.triton import (
     MODEL_NAME,
     InferenceProtocol,
@@ -406,7 +406,8 @@ def merge_outputs(
     if this_run is not None:
         report["this_run"] = this_run
     storage.write_text(join_uri(output_uri, "report.json"), json.dumps(report, indent=2))
-    storage.write_text(join_uri(output_uri, "report.html"), render_html(report))
+    thumbnails = {uri: preview for uri in gallery_images(report) if (preview := _thumbnail(uri))}
+    storage.write_text(join_uri(output_uri, "report.html"), render_html(report, thumbnails))
     log.info(
         "%d predicted, %d failed (%.1f img/s over %.1f s); report at %s",
         report["succeeded"], report["failed"], report["images_per_second"], report["seconds"], output_uri,
@@ -443,3 +444,12 @@ def shard_images(shard_uri: str) -> list[str]:
 
 def shard_output(output_uri: str, shard_uri: str) -> str:
     return join_uri(output_uri, "shards", PurePosixPath(shard_uri).stem)
+
+
+def _thumbnail(uri: str) -> str | None:
+    """The gallery's preview of `uri`; an image that cannot be read is shown without one."""
+    try:
+        return thumbnail(storage.read_bytes(uri))
+    except OSError as exc:
+        log.warning("no thumbnail for %s: %s", uri, exc)
+        return None

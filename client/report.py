@@ -1,10 +1,20 @@
 """The batch report: built part by part (memory grows by a few bytes per image,
 not per prediction), then written as JSON and as one self-contained HTML page
-(inline SVG charts, no scripts, no external files) people can open anywhere."""
+(inline SVG charts and thumbnails, no scripts, no external files) people can
+open anywhere.
+
+When the input's folders are class names (the validation split, any labelled
+folder), each image's folder is its true label: the report then adds accuracy,
+the confusion matrix, per-class precision and recall, and a gallery of the
+misclassified and the least confident images.
+"""
 
 from __future__ import annotations
 
+import base64
+import heapq
 import html
+import io
 from array import array
 from collections import Counter
 from collections.abc import Collection
@@ -12,10 +22,16 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from core.images import ImageDecodeError, decode_rgb
+from core.metrics import confusion_figures
 
 HISTOGRAM_BINS = 20
 FAILURES_SHOWN = 200
 PERCENTILES = ("p50", "p95", "p99")
+GALLERY_SIZE = 24  # of each kind: kept in bounded heaps, so memory stays flat
+THUMBNAIL_PIXELS = 112
 
 
 class ReportBuilder:
@@ -24,6 +40,10 @@ class ReportBuilder:
         self.confidences = array("f")
         self.latencies_ms = array("f")
         self.labels: Counter[str] = Counter()
+        self.confusion: Counter[tuple[str, str]] = Counter()  # (true, predicted)
+        # Heaps of (key, tiebreak, entry): the most confident mistakes, the least confident predictions.
+        self.mistakes: list[tuple[float, str, dict[str, Any]]] = []
+        self.least_confident: list[tuple[float, str, dict[str, Any]]] = []
         self.failures: list[dict[str, str]] = []
         self.scored = self.correct = 0
         self.first_start: float | None = None
@@ -36,9 +56,15 @@ class ReportBuilder:
             self.confidences.append(prediction["confidence"])
             self.labels[prediction["label"]] += 1
             folder = PurePosixPath(prediction["image"]).parent.name
-            if folder in self.class_names:
+            truth = folder if folder in self.class_names else None
+            entry = {**prediction, "true_label": truth}
+            _keep(self.least_confident, -prediction["confidence"], entry)
+            if truth is not None:
                 self.scored += 1
-                self.correct += folder == prediction["label"]
+                self.correct += truth == prediction["label"]
+                self.confusion[truth, prediction["label"]] += 1
+                if truth != prediction["label"]:
+                    _keep(self.mistakes, prediction["confidence"], entry)
         self.failures += part["failures"]
         self.latencies_ms.extend(part.get("latencies_ms", []))
         self.first_start = min(part["started"], self.first_start or part["started"])
@@ -66,7 +92,46 @@ class ReportBuilder:
         }
         if self.scored:
             report["accuracy_by_folder"] = round(self.correct / self.scored, 4)
+            report["evaluation"] = self._evaluation()
+        report["gallery"] = {
+            "misclassified": _ranked(self.mistakes),
+            "least_confident": _ranked(self.least_confident),
+        }
         return report
+
+    def _evaluation(self) -> dict[str, Any]:
+        labels = sorted(self.class_names | {predicted for _, predicted in self.confusion})
+        matrix = np.zeros((len(labels), len(labels)), dtype=int)
+        for (truth, predicted), count in self.confusion.items():
+            matrix[labels.index(truth), labels.index(predicted)] = count
+        return confusion_figures(matrix, labels)
+
+
+def _keep(heap: list[tuple[float, str, dict[str, Any]]], key: float, entry: dict[str, Any]) -> None:
+    """Keep the GALLERY_SIZE entries of largest `key` (ties broken by path, for stable pages)."""
+    item = (key, entry["image"], entry)
+    if len(heap) < GALLERY_SIZE:
+        heapq.heappush(heap, item)
+    elif item[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, item)
+
+
+def _ranked(heap: list[tuple[float, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Largest key first: the most confident mistake, the least confident prediction."""
+    return [entry for _, _, entry in sorted(heap, key=lambda item: (-item[0], item[1]))]
+
+
+def thumbnail(data: bytes) -> str | None:
+    """A small JPEG as a data URI for the gallery, or None when the bytes do not decode."""
+    try:
+        pixels = decode_rgb(data)
+    except ImageDecodeError:
+        return None
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _confidence_stats(values: np.ndarray) -> dict[str, Any]:
@@ -95,31 +160,90 @@ def _latency_stats(values: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _bar_chart(title: str, items: list[tuple[str, int]], chart_id: str) -> str:
-    """Vertical bars as inline SVG; each bar carries its label and count as a tooltip."""
-    width, height, pad = 640, 220, 30
+def _bar_chart(title: str, items: list[tuple[str, int]], chart_id: str, x_title: str) -> str:
+    """Vertical bars as inline SVG, each with its count above it; axis titles on both axes."""
+    width, height, pad, bottom = 640, 240, 40, 50
     peak = max((count for _, count in items), default=0) or 1
     slot = (width - 2 * pad) / max(len(items), 1)
     bars = []
     for position, (label, count) in enumerate(items):
-        bar_height = (height - 2 * pad) * count / peak
-        x, y = pad + position * slot + slot * 0.1, height - pad - bar_height
-        text = html.escape(f"{label}: {count}")
+        bar_height = (height - pad - bottom) * count / peak
+        x, y = pad + position * slot + slot * 0.1, height - bottom - bar_height
+        middle = x + slot * 0.4
         bars.append(
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.8:.1f}" height="{bar_height:.1f}">'
-            f"<title>{text}</title></rect>"
+            f"<title>{html.escape(f'{label}: {count}')}</title></rect>"
+            f'<text class="count" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle">{count}</text>'
         )
         if len(items) <= 20:
             bars.append(
-                f'<text x="{x + slot * 0.4:.1f}" y="{height - pad + 14}" text-anchor="middle">'
+                f'<text x="{middle:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
                 f"{html.escape(label)}</text>"
             )
+    axis_y = height - bottom
     return (
         f"<figure><figcaption>{html.escape(title)}</figcaption>"
         f'<svg id="{chart_id}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">'
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#444"/>'
-        f"{''.join(bars)}</svg></figure>"
+        f'<line x1="{pad}" y1="{axis_y}" x2="{width - pad}" y2="{axis_y}" stroke="#444"/>'
+        f'<line x1="{pad}" y1="{pad - 10}" x2="{pad}" y2="{axis_y}" stroke="#444"/>'
+        f"{''.join(bars)}"
+        f'<text class="axis" x="{width / 2:.0f}" y="{height - 12}" text-anchor="middle">'
+        f"{html.escape(x_title)}</text>"
+        f'<text class="axis" x="12" y="{axis_y / 2:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {axis_y / 2:.0f})">images</text>'
+        "</svg></figure>"
     )
+
+
+def _evaluation_html(evaluation: dict[str, Any] | None) -> str:
+    """The confusion matrix (true label down, predicted across, with counts) and per-class figures."""
+    if not evaluation:
+        return ""
+    matrix = evaluation["confusion_matrix"]
+    labels, rows = matrix["labels"], matrix["rows_true_columns_predicted"]
+    peak = max((count for row in rows for count in row), default=0) or 1
+    header = "".join(f"<th>{html.escape(label)}</th>" for label in labels)
+    body = "".join(
+        f"<tr><th>{html.escape(label)}</th>"
+        + "".join(
+            f'<td class="{"hit" if i == j else "miss"}" style="opacity:{0.35 + 0.65 * count / peak:.2f}">'
+            f"{count}</td>"
+            for j, count in enumerate(row)
+        )
+        + "</tr>"
+        for i, (label, row) in enumerate(zip(labels, rows, strict=True))
+    )
+    per_class = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{f['precision']:.2%}</td><td>{f['recall']:.2%}</td>"
+        f"<td>{f['support']}</td></tr>"
+        for label, f in evaluation["per_class"].items()
+    )
+    right = f"{evaluation['accuracy']:.2%} of {evaluation['examples']} right"
+    per_class_header = "<tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>"
+    return f"""<h2>Against the folder labels: {right}</h2>
+<table id="confusion"><caption>Confusion matrix: true label (rows) by predicted label (columns)</caption>
+<tr><th>true / predicted</th>{header}</tr>{body}</table>
+<table id="per-class">{per_class_header}{per_class}</table>"""
+
+
+def _gallery_html(
+    title: str, gallery_id: str, entries: list[dict[str, Any]], thumbnails: dict[str, str]
+) -> str:
+    if not entries:
+        return ""
+    figures = []
+    for entry in entries:
+        source = thumbnails.get(entry["image"])
+        picture = f'<img src="{source}" alt="">' if source else '<div class="missing">no preview</div>'
+        truth = entry.get("true_label")
+        said = f"{html.escape(entry['label'])} ({entry['confidence']:.1%})"
+        caption = f"true {html.escape(truth)}, predicted {said}" if truth else f"predicted {said}"
+        figures.append(
+            f"<figure>{picture}<figcaption>{caption}<br><small>{html.escape(entry['image'])}</small>"
+            "</figcaption></figure>"
+        )
+    heading = f"<h2>{html.escape(title)} ({len(entries)})</h2>"
+    return f'{heading}<div class="gallery" id="{gallery_id}">{"".join(figures)}</div>'
 
 
 def _accuracy(report: dict[str, Any]) -> dict[str, str]:
@@ -128,8 +252,15 @@ def _accuracy(report: dict[str, Any]) -> dict[str, str]:
     return {"accuracy by folder": f"{report['accuracy_by_folder']:.2%}"}
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """One page: summary, label distribution, confidence histogram, latency, failures."""
+def gallery_images(report: dict[str, Any]) -> set[str]:
+    """Every image the report's galleries show, whose thumbnails the page embeds."""
+    return {entry["image"] for entries in report.get("gallery", {}).values() for entry in entries}
+
+
+def render_html(report: dict[str, Any], thumbnails: dict[str, str] | None = None) -> str:
+    """One page: summary, evaluation, label distribution, confidence histogram, galleries, failures.
+
+    `thumbnails` maps a gallery image to its data URI (see `thumbnail`)."""
     confidence = report.get("confidence") or {}
     histogram = confidence.get("histogram", {"counts": [], "bins": HISTOGRAM_BINS})
     step = 1.0 / histogram["bins"]
@@ -159,20 +290,38 @@ def render_html(report: dict[str, Any]) -> str:
     )
     hidden = len(failures) - FAILURES_SHOWN
     more = f"<p>{hidden} more in report.json.</p>" if hidden > 0 else ""
+    gallery = report.get("gallery", {})
+    galleries = _gallery_html(
+        "Misclassified, most confident first",
+        "misclassified",
+        gallery.get("misclassified", []),
+        thumbnails or {},
+    ) + _gallery_html(
+        "Least confident", "least-confident", gallery.get("least_confident", []), thumbnails or {}
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dogs_cats batch report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 th, td {{ text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; }}
+#confusion td {{ text-align: right; font-weight: 600; color: #fff; }}
+#confusion td.hit {{ background: #2e8540; }}
+#confusion td.miss {{ background: #c0392b; }}
 .bar {{ fill: #3b7dd8; }}
 svg text {{ font-size: 11px; fill: #333; }}
+svg text.axis {{ font-size: 12px; font-weight: 600; }}
 figcaption {{ font-weight: 600; margin: 1em 0 0.3em; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 0.8em; }}
+.gallery figure {{ width: {THUMBNAIL_PIXELS + 40}px; margin: 0; }}
+.gallery figcaption {{ font-weight: normal; font-size: 12px; margin: 0.2em 0; overflow-wrap: anywhere; }}
 </style></head><body>
 <h1>Batch inference report</h1>
 <table id="summary">{rows}</table>
-{_bar_chart("Label distribution", list(report["label_distribution"].items()), "labels")}
-{_bar_chart("Confidence of the top label", bins, "confidence")}
+{_evaluation_html(report.get("evaluation"))}
+{_bar_chart("Label distribution", list(report["label_distribution"].items()), "labels", "predicted label")}
+{_bar_chart("Confidence of the top label", bins, "confidence", "confidence (bin start)")}
+{galleries}
 <h2>Failures ({len(failures)})</h2>
 <table id="failures"><tr><th>image</th><th>reason</th></tr>{failure_rows}</table>{more}
 </body></html>

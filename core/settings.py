@@ -104,6 +104,24 @@ class TrainingParams(_Options):
     early_stopping_patience: int = Field(
         default=3, ge=1, description="Stop after this many epochs without a better validation loss."
     )
+    fine_tune_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "efficientnet_lite0 only: after the head, train the backbone's top blocks this many epochs "
+            "at fine_tune_learning_rate (BatchNorm stays frozen); 0 keeps the backbone frozen."
+        ),
+    )
+    fine_tune_learning_rate: float = Field(
+        default=1e-5, gt=0, lt=1, description="Adam learning rate while fine-tuning the backbone."
+    )
+
+    @model_validator(mode="after")
+    def _only_a_pretrained_backbone_is_fine_tuned(self) -> Self:
+        if self.fine_tune_epochs and self.model != "efficientnet_lite0":
+            raise ValueError(f"fine_tune_epochs needs the pretrained efficientnet_lite0, not {self.model}")
+        return self
 
 
 # Bases are listed last-first: pydantic orders fields from the last base on, which is

@@ -43,6 +43,7 @@ class BucketCheckpoint(keras.callbacks.Callback):
             "best_weights": None,
             "wait": 0,
             "stopped_early": False,
+            "fine_tune_from": None,  # the epoch after which the backbone's top blocks train
         }
 
     def resume(self) -> keras.Model | None:
@@ -61,6 +62,16 @@ class BucketCheckpoint(keras.callbacks.Callback):
     @property
     def finished(self) -> bool:
         return bool(self.state["stopped_early"])
+
+    @property
+    def fine_tuning(self) -> bool:
+        return self.state.get("fine_tune_from") is not None
+
+    def start_fine_tuning(self) -> None:
+        """A new phase: patience starts afresh; the best epoch so far stays the one to beat.
+
+        Recorded with the next epoch's state, so a crash before it resumes the head phase's end."""
+        self.state.update(fine_tune_from=self.state["completed_epochs"], wait=0, stopped_early=False)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}

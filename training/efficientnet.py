@@ -45,27 +45,35 @@ STEM_FILTERS = 32
 
 
 class _Builder:
-    """Builds the layers in order and records which weights of the file each one takes."""
+    """Builds the layers in order and records which weights of the file each one takes.
+
+    Each layer is named after its source (`_blocks.12._expand_conv` -> `blocks_12_expand_conv`),
+    so fine-tuning can find the top blocks by name.
+    """
 
     def __init__(self) -> None:
         self.sources: list[tuple[layers.Layer, str]] = []
 
+    def _record(self, layer: layers.Layer, source: str) -> layers.Layer:
+        self.sources.append((layer, source))
+        return layer
+
     def conv(
         self, x: keras.KerasTensor, filters: int, kernel: int, stride: int, source: str
     ) -> keras.KerasTensor:
-        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False)
-        self.sources.append((layer, source))
-        return layer(x)
+        layer = layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", use_bias=False, name=layer_name(source)
+        )
+        return self._record(layer, source)(x)
 
     def depthwise(self, x: keras.KerasTensor, kernel: int, stride: int, source: str) -> keras.KerasTensor:
-        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False)
-        self.sources.append((layer, source))
-        return layer(x)
+        layer = layers.DepthwiseConv2D(
+            kernel, strides=stride, padding="same", use_bias=False, name=layer_name(source)
+        )
+        return self._record(layer, source)(x)
 
     def batch_norm(self, x: keras.KerasTensor, source: str, relu6: bool = True) -> keras.KerasTensor:
-        layer = layers.BatchNormalization(epsilon=BN_EPSILON)
-        self.sources.append((layer, source))
-        x = layer(x)
+        x = self._record(layers.BatchNormalization(epsilon=BN_EPSILON, name=layer_name(source)), source)(x)
         return layers.ReLU(6.0)(x) if relu6 else x
 
 
@@ -97,6 +105,25 @@ def backbone(image_size: int) -> tuple[keras.Model, list[tuple[layers.Layer, str
     x = build.batch_norm(build.conv(x, FEATURES, 1, 1, "_conv_head"), "_bn1")
     features = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, features, name="efficientnet_lite0"), build.sources
+
+
+def layer_name(source: str) -> str:
+    """`_blocks.12._expand_conv` -> `blocks_12_expand_conv` (Keras names take no dots)."""
+    return source.replace("._", "_").replace(".", "_").strip("_")
+
+
+def unfreeze_top(backbone: keras.Model, blocks: int) -> None:
+    """Let the top `blocks` blocks and the head convolution train; BatchNorm layers stay frozen
+    (and the model calls the backbone in inference mode), so ImageNet's statistics are kept."""
+    total = sum(stage.repeats for stage in STAGES)
+    first = next(
+        index
+        for index, layer in enumerate(backbone.layers)
+        if layer.name.startswith(f"blocks_{total - blocks}_")
+    )
+    backbone.trainable = True
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index >= first and not isinstance(layer, layers.BatchNormalization)
 
 
 def set_weights(sources: list[tuple[layers.Layer, str]], weights: dict[str, np.ndarray]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from core import storage
+from core.metrics import confusion_figures
 from core.settings import join_uri
 
 
@@ -25,27 +26,11 @@ def classification_metrics(
     classes = len(labels)
     confusion = np.zeros((classes, classes), dtype=int)
     np.add.at(confusion, (y_true, predicted), 1)
-    per_class = {}
-    for index, label in enumerate(labels):
-        true_positive = confusion[index, index]
-        predicted_count = confusion[:, index].sum()
-        actual_count = confusion[index, :].sum()
-        per_class[label] = {
-            "precision": round(float(true_positive / predicted_count), 4) if predicted_count else 0.0,
-            "recall": round(float(true_positive / actual_count), 4) if actual_count else 0.0,
-            "support": int(actual_count),
-        }
     if classes == 2:
         auc = roc_auc(y_true == 1, probabilities[:, 1])
     else:
         auc = float(np.mean([roc_auc(y_true == c, probabilities[:, c]) for c in range(classes)]))
-    return {
-        "accuracy": round(float((predicted == y_true).mean()), 4),
-        "roc_auc": round(auc, 4),
-        "per_class": per_class,
-        "confusion_matrix": {"labels": labels, "rows_true_columns_predicted": confusion.tolist()},
-        "examples": len(y_true),
-    }
+    return {**confusion_figures(confusion, labels), "roc_auc": round(auc, 4)}
 
 
 def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:

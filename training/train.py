@@ -29,6 +29,7 @@ from core import storage
 from core.constants import INPUT_NAME, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
 from core.settings import join_uri
 from training.checkpoints import BucketCheckpoint
+from training.efficientnet import unfreeze_top
 from training.evaluate import classification_metrics, save_charts
 from training.export import (
     PARITY_TOLERANCE,
@@ -42,6 +43,10 @@ from training.models import build_model
 from training.staging import MANIFEST
 
 log = logging.getLogger(__name__)
+
+# EfficientNet-Lite0's top four blocks (three 192-wide, then the 320-wide last) and its head
+# convolution: the layers most specific to ImageNet's classes, fine-tuned first (Keras guide).
+FINE_TUNED_BLOCKS = 4
 
 
 class ParityError(RuntimeError):
@@ -70,20 +75,31 @@ def train(job: TrainingJob) -> dict[str, Any]:
         train_ds = make_dataset(data_dir, splits["train"], labels, job, training=True)
         val_ds = make_dataset(data_dir, splits["val"], labels, job, training=False)
         model = checkpoints.resume() or compiled_model(job, labels, jit_compile=on_gpu)
+
+        def fit_until(epochs: int) -> None:
+            completed = checkpoints.state["completed_epochs"]
+            if checkpoints.finished or completed >= epochs:
+                log.info("training already finished (%d epochs)", completed)
+                return
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                initial_epoch=completed,
+                callbacks=[checkpoints],
+                class_weight=weights,
+                shuffle=False,  # the tf.data pipeline already reshuffles every epoch
+                verbose=2,
+            )
+
         try:
-            if checkpoints.finished or checkpoints.state["completed_epochs"] >= job.epochs:
-                log.info("training already finished (%d epochs)", checkpoints.state["completed_epochs"])
-            else:
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=job.epochs,
-                    initial_epoch=checkpoints.state["completed_epochs"],
-                    callbacks=[checkpoints],
-                    class_weight=weights,
-                    shuffle=False,  # the tf.data pipeline already reshuffles every epoch
-                    verbose=2,
-                )
+            if not checkpoints.fine_tuning:
+                fit_until(job.epochs)
+            if job.fine_tune_epochs and not checkpoints.fine_tuning:
+                checkpoints.start_fine_tuning()
+                start_fine_tuning(model, job, on_gpu)
+            if checkpoints.fine_tuning:  # a resumed model is already unfrozen and recompiled
+                fit_until(checkpoints.state["fine_tune_from"] + job.fine_tune_epochs)
             checkpoints.restore_best(model)
             y_true = np.concatenate([np.asarray(y).reshape(-1) for _, y in val_ds]).astype(int)
             probabilities = _probabilities(model, val_ds, job.image_size)
@@ -99,6 +115,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
         "image_size": job.image_size,
         "labels": labels,
         "epochs_trained": checkpoints.state["completed_epochs"],
+        "fine_tune_from": checkpoints.state["fine_tune_from"],
         "best_epoch": checkpoints.state["best_epoch"],
         "stopped_early": checkpoints.state["stopped_early"],
         "history": checkpoints.state["history"],
@@ -210,9 +227,23 @@ def _to_uint8(images: tf.Tensor) -> tf.Tensor:
 
 def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) -> keras.Model:
     model = build_model(job.model, job.image_size, len(labels))
-    binary = len(labels) == 2
+    _compile(model, len(labels) == 2, job.learning_rate, jit_compile)
+    return model
+
+
+def start_fine_tuning(model: keras.Model, job: TrainingJob, jit_compile: bool) -> None:
+    """Unfreeze the backbone's top blocks and recompile at the low rate (a fresh optimizer:
+    Adam's moments from the head phase do not fit the new variables)."""
+    unfreeze_top(model.get_layer("efficientnet_lite0"), FINE_TUNED_BLOCKS)
+    _compile(model, model.output_shape[-1] == 1, job.fine_tune_learning_rate, jit_compile)
+    log.info(
+        "fine-tuning the top %d blocks at learning rate %g", FINE_TUNED_BLOCKS, job.fine_tune_learning_rate
+    )
+
+
+def _compile(model: keras.Model, binary: bool, learning_rate: float, jit_compile: bool) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(job.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=(
             keras.losses.BinaryCrossentropy(from_logits=True)
             if binary
@@ -225,7 +256,6 @@ def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) ->
         ],
         jit_compile=jit_compile,  # XLA fuses the convolutions on a GPU; on a CPU it was slower here
     )
-    return model
 
 
 def _probabilities(model: keras.Model, dataset: tf.data.Dataset, image_size: int) -> np.ndarray:

@@ -242,3 +242,38 @@ def test_the_pretrained_default_trains_its_head_and_exports_what_it_evaluated(tm
     session = ort.InferenceSession(str(output / "model.onnx"), providers=["CPUExecutionProvider"])
     (image,) = session.get_inputs()
     assert (image.name, image.type, image.shape[1:]) == ("image", "tensor(uint8)", [40, 40, 3])
+
+
+def test_fine_tuning_trains_only_the_top_blocks_after_the_head(tmp_path: Path) -> None:
+    """A second phase at a low rate: the top blocks move, the stem and every BatchNorm keep ImageNet's."""
+    import keras
+
+    from training.efficientnet import pretrained_backbone
+    from training.pretrained import efficientnet_lite0_weights
+
+    dataset = _staged(tmp_path, per_class=16, val_fraction=0.25)
+    output = tmp_path / "m"
+    job = TrainingJob(
+        dataset_uri=dataset, output_uri=str(output), image_size=40, epochs=1, batch_size=8,
+        fine_tune_epochs=1, fine_tune_learning_rate=1e-3,
+    )  # fmt: skip
+    metrics = train(job)
+    assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (1, 2)
+    trained = keras.models.load_model(output / "checkpoints" / "epoch-002.keras").get_layer(
+        "efficientnet_lite0"
+    )
+    imagenet = pretrained_backbone(40, efficientnet_lite0_weights())
+
+    def moved(name: str) -> bool:
+        before, after = imagenet.get_layer(name).get_weights(), trained.get_layer(name).get_weights()
+        return any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+
+    for tuned in ("blocks_15_project_conv", "blocks_12_expand_conv", "conv_head"):
+        assert moved(tuned), tuned
+    for kept in ("conv_stem", "blocks_11_project_conv", "bn1", "blocks_15_bn2"):
+        assert not moved(kept), kept
+
+
+def test_fine_tuning_is_refused_for_a_model_without_a_pretrained_backbone() -> None:
+    with pytest.raises(ValueError, match="fine_tune_epochs needs the pretrained efficientnet_lite0"):
+        TrainingJob(dataset_uri="/d", output_uri="/m", model="small", fine_tune_epochs=2)
