@@ -11,6 +11,7 @@ INPUT_NAME = "image"  # uint8 [N, size, size, 3] RGB
 ENCODED_INPUT_NAME = "image_bytes"  # the ensemble's input: encoded JPEG/PNG bytes
 OUTPUT_NAME = "probabilities"  # float32 [N, classes], in labels.txt order
 LABELS_FILE = "labels.txt"
+INT8_MODEL_FILE = "model.int8.onnx"  # training's INT8 twin of model.onnx, beside it
 
 # tritonserver's own defaults, kept on every platform so a client needs no port map.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002

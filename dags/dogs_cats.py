@@ -75,6 +75,7 @@ def package(plan: RunPlan) -> RepositoryVersion:
         flavour=PLATFORM.serving_flavour,
         model_name=MODEL_NAME,
         max_batch_size=plan.config.max_batch_size,
+        precision=plan.config.serving_precision,
         tensorrt_fp16=plan.config.tensorrt_fp16,
         **PLATFORM.instance_options(),
     )

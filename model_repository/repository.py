@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core import storage
-from core.constants import LABELS_FILE, ensemble_name, preprocess_name
-from core.settings import join_uri
+from core.constants import INT8_MODEL_FILE, LABELS_FILE, ensemble_name, preprocess_name
+from core.settings import Precision, join_uri
 from model_repository import (
     Flavour,
     config_pbtxt,
@@ -31,6 +31,7 @@ from model_repository import (
 log = logging.getLogger(__name__)
 
 SOURCE_FILE = "source.txt"  # in each version folder: the model folder it was packaged from
+ONNX_FILES: dict[Precision, str] = {"fp32": "model.onnx", "int8": INT8_MODEL_FILE}
 ENSEMBLE_MARKER = "ENSEMBLE"
 
 
@@ -64,27 +65,34 @@ def package_model(
     flavour: Flavour,
     model_name: str,
     max_batch_size: int,
+    precision: Precision = "fp32",
     tensorrt_fp16: bool = False,
     instances: int = 1,
     ort_threads: int = 0,
 ) -> RepositoryVersion:
     """Add the trained model at `model_uri` as the next version in the repository.
 
-    Idempotent: a model already packaged (a retried task) keeps its version.
+    Idempotent: a model already packaged at this precision (a retried task) keeps its version.
     """
     metrics = json.loads(storage.read_text(join_uri(model_uri, "metrics.json")))
     labels = storage.read_text(join_uri(model_uri, LABELS_FILE))
+    onnx_file = ONNX_FILES[precision]
+    if not storage.exists(join_uri(model_uri, onnx_file)):
+        raise FileNotFoundError(
+            f"{model_uri} has no {onnx_file}: serving_precision {precision} needs a model trained with int8"
+        )
     model_dir = join_uri(repository_uri, model_name)
-    version = packaged_version(repository_uri, model_name, model_uri)
+    source = _source_marker(model_uri, precision)
+    version = packaged_version(repository_uri, model_name, source)
     if version is None:
         version = max(existing_versions(repository_uri, model_name), default=0) + 1
         version_dir = join_uri(model_dir, str(version))
         storage.write_bytes(
-            join_uri(version_dir, "model.onnx"), storage.read_bytes(join_uri(model_uri, "model.onnx"))
+            join_uri(version_dir, "model.onnx"), storage.read_bytes(join_uri(model_uri, onnx_file))
         )
         if flavour == "python":
             storage.write_bytes(join_uri(version_dir, "model.py"), python_backend_model())
-        storage.write_text(join_uri(version_dir, SOURCE_FILE), model_uri)  # last: the version is whole
+        storage.write_text(join_uri(version_dir, SOURCE_FILE), source)  # last: the version is whole
         log.info("packaged %s as %s version %d (%s flavour)", model_uri, model_dir, version, flavour)
     else:
         log.info("%s is already version %d of %s", model_uri, version, model_dir)
@@ -129,10 +137,15 @@ def _write_jpeg_ensemble(
     )
 
 
-def packaged_version(repository_uri: str, model_name: str, model_uri: str) -> int | None:
-    """The version already holding `model_uri`, if any (its source.txt names it)."""
+def packaged_version(repository_uri: str, model_name: str, source: str) -> int | None:
+    """The version already holding `source` (a model folder, at a precision), if any."""
     for version in existing_versions(repository_uri, model_name):
         marker = join_uri(repository_uri, model_name, str(version), SOURCE_FILE)
-        if storage.exists(marker) and storage.read_text(marker) == model_uri:
+        if storage.exists(marker) and storage.read_text(marker) == source:
             return version
     return None
+
+
+def _source_marker(model_uri: str, precision: Precision) -> str:
+    """What source.txt says: the model folder, plus the precision when it is not FP32."""
+    return model_uri if precision == "fp32" else f"{model_uri} ({precision})"

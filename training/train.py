@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import storage
-from core.constants import INPUT_NAME, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
+from core.constants import INPUT_NAME, INT8_MODEL_FILE, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
 from core.settings import join_uri
 from training.checkpoints import BucketCheckpoint
 from training.efficientnet import unfreeze_top
@@ -40,6 +40,7 @@ from training.export import (
 )
 from training.job import TrainingJob
 from training.models import build_model
+from training.quantize import CALIBRATION_IMAGES, onnx_probabilities, quantize_int8
 from training.staging import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def train(job: TrainingJob) -> dict[str, Any]:
         join_uri(job.output_uri, "checkpoints"), early_stopping_patience=job.early_stopping_patience
     )
 
-    with storage.local_tree(job.dataset_uri) as data_dir:
+    with (
+        storage.local_tree(job.dataset_uri) as data_dir,
+        tempfile.TemporaryDirectory(prefix="dogs-cats-model-") as tmp,
+    ):
         train_ds = make_dataset(data_dir, splits["train"], labels, job, training=True)
         val_ds = make_dataset(data_dir, splits["val"], labels, job, training=False)
         model = checkpoints.resume() or compiled_model(job, labels, jit_compile=on_gpu)
@@ -109,24 +113,23 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 f"a staged image could not be decoded ({exc.message.splitlines()[0]}); restage the dataset"
             ) from exc
 
-    evaluation = classification_metrics(y_true, probabilities, labels)
-    metrics: dict[str, Any] = {
-        "model": job.model,
-        "image_size": job.image_size,
-        "labels": labels,
-        "epochs_trained": checkpoints.state["completed_epochs"],
-        "fine_tune_from": checkpoints.state["fine_tune_from"],
-        "best_epoch": checkpoints.state["best_epoch"],
-        "stopped_early": checkpoints.state["stopped_early"],
-        "history": checkpoints.state["history"],
-        "val_accuracy": evaluation["accuracy"],
-        "evaluation": evaluation,
-        "class_weights": weights,
-        "device": "gpu" if on_gpu else "cpu",
-        "train_seconds": round(time.monotonic() - started, 1),
-        "dataset_digest": manifest["digest"],
-    }
-    with tempfile.TemporaryDirectory(prefix="dogs-cats-model-") as tmp:
+        evaluation = classification_metrics(y_true, probabilities, labels)
+        metrics: dict[str, Any] = {
+            "model": job.model,
+            "image_size": job.image_size,
+            "labels": labels,
+            "epochs_trained": checkpoints.state["completed_epochs"],
+            "fine_tune_from": checkpoints.state["fine_tune_from"],
+            "best_epoch": checkpoints.state["best_epoch"],
+            "stopped_early": checkpoints.state["stopped_early"],
+            "history": checkpoints.state["history"],
+            "val_accuracy": evaluation["accuracy"],
+            "evaluation": evaluation,
+            "class_weights": weights,
+            "device": "gpu" if on_gpu else "cpu",
+            "train_seconds": round(time.monotonic() - started, 1),
+            "dataset_digest": manifest["digest"],
+        }
         out = Path(tmp)
         export_saved_model(model, job.image_size, out / "saved_model")
         export_onnx(model, job.image_size, out / "model.onnx")
@@ -137,6 +140,11 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 f"ONNX export differs from the SavedModel by {difference:.2e} "
                 f"(tolerance {PARITY_TOLERANCE:.0e}); not publishing the model"
             )
+        if job.int8:
+            calibration = make_dataset(
+                data_dir, splits["train"][:CALIBRATION_IMAGES], labels, job, training=False
+            )
+            metrics["int8"] = int8_twin(out, calibration, val_ds, y_true, evaluation)
         save_charts(metrics["history"], evaluation, out)
         (out / LABELS_FILE).write_text("\n".join(labels) + "\n")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -152,6 +160,28 @@ def train(job: TrainingJob) -> dict[str, Any]:
         metrics["best_epoch"], metrics["train_seconds"], job.output_uri,
     )  # fmt: skip
     return metrics
+
+
+def int8_twin(
+    out: Path, calibration: tf.data.Dataset, val_ds: tf.data.Dataset, y_true: np.ndarray, fp32: dict[str, Any]
+) -> dict[str, Any]:
+    """Quantize model.onnx and judge the twin on the same validation images as the FP32 model."""
+    started = time.monotonic()
+    quantize_int8(out / "model.onnx", out / INT8_MODEL_FILE, (images.numpy() for images, _ in calibration))
+    probabilities = onnx_probabilities(out / INT8_MODEL_FILE, (images.numpy() for images, _ in val_ds))
+    evaluation = classification_metrics(y_true, probabilities, fp32["confusion_matrix"]["labels"])
+    log.info(
+        "INT8 twin: validation accuracy %.2f%% (FP32 %.2f%%)",
+        100 * evaluation["accuracy"],
+        100 * fp32["accuracy"],
+    )
+    return {
+        "file": INT8_MODEL_FILE,
+        "val_accuracy": evaluation["accuracy"],
+        "accuracy_change_points": round(100 * (evaluation["accuracy"] - fp32["accuracy"]), 2),
+        "evaluation": evaluation,
+        "quantize_seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def configure_devices() -> bool:

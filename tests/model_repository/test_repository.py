@@ -142,3 +142,27 @@ def test_the_instance_and_thread_settings_reach_each_backend_by_its_own_paramete
     onnx = parsed(config_pbtxt("onnxruntime", model_name="m", image_size=8, num_classes=2, max_batch_size=8,
                                ort_threads=3))  # fmt: skip
     assert onnx.parameters["intra_op_thread_count"].string_value == "3"
+
+
+def test_int8_serves_the_twin_and_is_a_version_of_its_own(tmp_path: Path) -> None:
+    model_uri = fake_model(tmp_path / "model")
+    (tmp_path / "model" / "model.int8.onnx").write_bytes(b"int8-bytes")
+    repository = str(tmp_path / "repo")
+    fp32 = package_model(model_uri, repository, flavour="python", model_name="m", max_batch_size=8)
+    int8 = package_model(
+        model_uri, repository, flavour="python", model_name="m", max_batch_size=8, precision="int8"
+    )
+    assert (fp32.version, int8.version) == (1, 2)
+    assert (tmp_path / "repo" / "m" / "2" / "model.onnx").read_bytes() == b"int8-bytes"
+    again = package_model(
+        model_uri, repository, flavour="python", model_name="m", max_batch_size=8, precision="int8"
+    )
+    assert again.version == 2, "a retried int8 packaging keeps its version"
+
+
+def test_int8_without_a_twin_is_refused_before_writing(tmp_path: Path) -> None:
+    model_uri = fake_model(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match=r"has no model\.int8\.onnx: serving_precision int8"):
+        package_model(model_uri, str(tmp_path / "repo"), flavour="python", model_name="m", max_batch_size=8,
+                      precision="int8")  # fmt: skip
+    assert not (tmp_path / "repo").exists()

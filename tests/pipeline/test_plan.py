@@ -19,7 +19,7 @@ def test_plan_lays_out_the_bucket_per_run() -> None:
 
 
 def test_plan_training_args_round_trip_through_the_cli() -> None:
-    plan = make_plan(RunConfig(data_bucket="/b", model="xception", batch_size=7), "r1")
+    plan = make_plan(RunConfig(data_bucket="/b", model="xception", batch_size=7, int8=False), "r1")
     parser = argparse.ArgumentParser()
     add_arguments(parser, TrainingJob)
     job = options_from_namespace(parser, TrainingJob, parser.parse_args(to_arguments(plan.training)))
@@ -30,7 +30,9 @@ def test_plan_training_args_round_trip_through_the_cli() -> None:
         image_size=180,
         epochs=5,
         batch_size=7,
+        int8=False,
     )
+    assert "--no-int8" in to_arguments(plan.training)
 
 
 def test_explicit_inference_input_wins() -> None:
