@@ -5,13 +5,20 @@
 3. the peers' design: per-image FastAPI + ONNX Runtime under uvicorn (workers, threads and
    client concurrency swept, best kept);
 4. end to end: files in a bucket to report through the DAG's batch stage (shards, merge);
-plus Triton's perf_analyzer against the same server, and the client's peak RSS for 2k vs 20k images.
+plus, for the default model, its INT8 twin in-process beside FP32; Triton's own split of each
+request (queue, input, inference, output); perf_analyzer against the same server; and the
+client's peak RSS for 2k vs 20k images.
 
-    .venv/bin/python -m benchmarks.inference [--images 2000] [--xception-images 300]
+    .venv/bin/python -m benchmarks.inference [--images 2000] [--efficientnet-images 600]
 
-Models are built with fixed random weights and exported to ONNX as training does: the
-compute per image is what a trained model costs, and no benchmark depends on accuracy.
-Prints Markdown tables for benchmarks/README.md and writes the raw figures as JSON.
+Every measured path runs in a fresh interpreter of its own (`in_clean_process`), and so does
+every Keras export: this process loads neither TensorFlow nor ONNX Runtime. The earlier version
+measured the ceiling inside the process that had built the models with TensorFlow, whose thread
+pools shared the two cores with ONNX Runtime's: 327-409 img/s there, ~920 in a fresh process.
+Models are built with fixed random weights (the pretrained backbone with its real weights) and
+exported to ONNX as training does: the compute per image is what a trained model costs, and no
+benchmark depends on accuracy. Prints Markdown tables for benchmarks/README.md and writes the
+raw figures as JSON.
 """
 
 from __future__ import annotations
@@ -36,19 +43,35 @@ from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
-import onnxruntime as ort
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
 from client.triton import PROTOCOLS
+from core.constants import INPUT_NAME, INT8_MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from core.images import decode_rgb
 from core.settings import ModelChoice, TrainingParams
-from deploy.local_triton import LocalTriton, ServerState, pytriton_root
+from deploy.local_triton import ServerState, pytriton_root
 from harness.serving import free_port, serving_model_folder
 
 IMAGE_SIZE = TrainingParams().image_size
-ROUNDS = 5  # head-to-head reruns of the best settings
+ROUNDS = 3  # head-to-head reruns of the best settings, interleaved
 Row = dict[str, Any]
+
+
+def in_clean_process(function: str, **arguments: Any) -> Any:
+    """`function(**arguments)` of this module, run in a fresh interpreter; its JSON result.
+
+    Nothing this process has loaded or started shares the cores with the path measured."""
+    code = (
+        "import json, sys; from benchmarks import inference; "
+        f"print(json.dumps(inference.{function}(**json.loads(sys.argv[1])), default=str))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(arguments, default=str)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{function} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def link_images(source: Path, target: Path, count: int) -> Path:
@@ -61,19 +84,33 @@ def link_images(source: Path, target: Path, count: int) -> Path:
     return target
 
 
-def export_model(model: ModelChoice, folder: Path) -> Path:
-    """A model folder as training writes it (model.onnx, labels.txt, metrics.json)."""
+def _files(folder: str) -> list[Path]:
+    return sorted(Path(folder).rglob("*.jpg"))
+
+
+def export_model(model: ModelChoice, folder: str, calibration: str = "") -> str:
+    """A model folder as training writes it (model.onnx, labels.txt, metrics.json), plus the
+    INT8 twin when `calibration` names a folder of images to calibrate on."""
     import keras
 
     from training.export import export_onnx
     from training.models import build_model
 
+    out = Path(folder)
     keras.utils.set_random_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(build_model(model, IMAGE_SIZE, 2), IMAGE_SIZE, folder / "model.onnx")
-    (folder / "labels.txt").write_text("Cat\nDog\n")
-    (folder / "metrics.json").write_text(json.dumps({"image_size": IMAGE_SIZE, "labels": ["Cat", "Dog"]}))
-    return folder
+    out.mkdir(parents=True, exist_ok=True)
+    export_onnx(build_model(model, IMAGE_SIZE, 2), IMAGE_SIZE, out / "model.onnx")
+    (out / "labels.txt").write_text("Cat\nDog\n")
+    (out / "metrics.json").write_text(json.dumps({"image_size": IMAGE_SIZE, "labels": ["Cat", "Dog"]}))
+    if calibration:
+        from training.quantize import CALIBRATION_IMAGES, quantize_int8
+
+        images = [
+            decode_rgb(path.read_bytes(), IMAGE_SIZE) for path in _files(calibration)[:CALIBRATION_IMAGES]
+        ]
+        batches = [np.stack(images[i : i + 32]) for i in range(0, len(images), 32)]
+        quantize_int8(out / "model.onnx", out / INT8_MODEL_FILE, batches)
+    return str(out)
 
 
 def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
@@ -81,21 +118,24 @@ def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
     return round(float(p50), 1), round(float(p99), 1)
 
 
-def ort_ceiling(files: list[Path], onnx: Path, batch: int, workers: int, threads: int) -> Row:
+def ort_ceiling(folder: str, onnx: str, batch: int, workers: int, threads: int) -> Row:
     """Workers each with a session of `threads` intra-op threads; each reads, decodes and runs a batch."""
+    import onnxruntime as ort
+
+    files = _files(folder)
     local = threading.local()
 
     def session() -> ort.InferenceSession:
         if not hasattr(local, "session"):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
-            local.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+            local.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         return local.session
 
     def run(chunk: list[Path]) -> float:
         started = time.perf_counter()
         images = np.stack([decode_rgb(path.read_bytes(), IMAGE_SIZE) for path in chunk])
-        session().run(["probabilities"], {"image": images})
+        session().run([OUTPUT_NAME], {INPUT_NAME: images})
         return time.perf_counter() - started
 
     chunks = [files[i : i + batch] for i in range(0, len(files), batch)]
@@ -110,66 +150,83 @@ def ort_ceiling(files: list[Path], onnx: Path, batch: int, workers: int, threads
         "img_s": len(files) / seconds,
         "p50_ms": p50,
         "p99_ms": p99,
-        "setting": (batch, workers, threads),
+        "setting": [batch, workers, threads],
     }
 
 
 @contextmanager
-def triton_serving(model_dir: Path, work: Path, instances: int, threads: int) -> Iterator[LocalTriton]:
+def triton_serving(model_dir: str, work: Path, instances: int, threads: int) -> Iterator[ServerState]:
     with serving_model_folder(
-        str(model_dir), work, max_batch_size=32, instances=instances, ort_threads=threads
-    ) as (server, _):
-        yield server
+        model_dir, work, max_batch_size=32, instances=instances, ort_threads=threads
+    ) as (
+        server,
+        _,
+    ):
+        state = server.state()
+        assert state is not None
+        yield state
 
 
 @contextmanager
-def served_small_model(
-    source: Path, count: int, work: Path
-) -> Iterator[tuple[list[Path], Path, ServerState]]:
+def served_small_model(source: Path, count: int, work: Path) -> Iterator[tuple[list[Path], str, ServerState]]:
     """`count` real JPEGs and the small model served at its best setting (2 instances x 1 thread)."""
-    files = sorted(link_images(source, work / "images", count).rglob("*.jpg"))
-    model_dir = export_model("small", work / "small")
-    with triton_serving(model_dir, work, 2, 1) as server:
-        state = server.state()
-        assert state is not None
-        yield files, model_dir, state
+    folder = link_images(source, work / "images", count)
+    model_dir = in_clean_process("export_model", model="small", folder=str(work / "small"))
+    with triton_serving(model_dir, work, 2, 1) as state:
+        yield _files(str(folder)), model_dir, state
 
 
-def triton_client(server: LocalTriton, folder: Path, work: Path, options: BatchOptions) -> Row:
-    state = server.state()
-    assert state is not None
-    url = state.http_url if options.protocol == "http" else f"127.0.0.1:{state.grpc_port}"
+def _server_split(http_url: str) -> dict[str, float]:
+    """Triton's statistics extension: cumulative counts and nanoseconds per stage of dogs_cats."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{MODEL_NAME}/stats", timeout=10) as response:
+        stats = json.load(response)["model_stats"]
+    totals: dict[str, float] = {"requests": 0, "executions": 0}
+    for version in stats:
+        inference = version["inference_stats"]
+        totals["requests"] += inference["success"]["count"]
+        totals["executions"] += version["execution_count"]
+        for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+            totals[stage] = totals.get(stage, 0) + inference[stage]["ns"]
+    return totals
+
+
+def triton_client(http_url: str, grpc_url: str, folder: str, work: str, options: dict[str, Any]) -> Row:
+    """Our batch client over `folder`, and where Triton says each request spent its time."""
+    sent = BatchOptions(**options)
+    url = http_url if sent.protocol == "http" else grpc_url
     output = Path(tempfile.mkdtemp(dir=work))
-    report = run_batch(url, str(folder), str(output), options)
+    before = _server_split(http_url)
+    report = run_batch(url, folder, str(output), sent)
+    after = _server_split(http_url)
     shutil.rmtree(output)
+    requests = max(after["requests"] - before["requests"], 1)
+    split_ms = {
+        stage: round((after[stage] - before[stage]) / requests / 1e6, 2)
+        for stage in ("queue", "compute_input", "compute_infer", "compute_output")
+    }
     latency = report["request_latency_ms"]
-    encoded = ", encoded (server decodes)" if options.encoded else ""
+    encoded = ", encoded (server decodes)" if sent.encoded else ""
     return {
-        "config": f"{options.protocol}, bs {options.batch_size}, {options.concurrency} in flight{encoded}",
+        "config": f"{sent.protocol}, bs {sent.batch_size}, {sent.concurrency} in flight{encoded}",
         "img_s": report["this_run"]["images_per_second"],
         "p50_ms": latency["p50"],
         "p99_ms": latency["p99"],
         "options": options,
+        "server_split_ms": split_ms,
+        "images_per_execution": round(
+            report["images"] / max(after["executions"] - before["executions"], 1), 1
+        ),
     }
 
 
-def peer_service(files: list[Path], onnx: Path, workers: int, threads: int, concurrency: int) -> Row:
+def peer_service(folder: str, onnx: str, workers: int, threads: int, concurrency: int) -> Row:
     """uvicorn + FastAPI, one multipart request per image, `concurrency` client threads."""
+    files = _files(folder)
     port = free_port()
-    env = {**os.environ, "PEER_MODEL": str(onnx), "PEER_THREADS": str(threads)}
+    env = {**os.environ, "PEER_MODEL": onnx, "PEER_THREADS": str(threads)}
+    command = ["uvicorn", "benchmarks.peer_service:app", "--port", str(port), "--workers", str(workers)]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.peer_service:app",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", *command, "--log-level", "warning"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -203,7 +260,7 @@ def peer_service(files: list[Path], onnx: Path, workers: int, threads: int, conc
         "img_s": len(files) / seconds,
         "p50_ms": p50,
         "p99_ms": p99,
-        "setting": (workers, threads, concurrency),
+        "setting": [workers, threads, concurrency],
     }
 
 
@@ -219,48 +276,45 @@ def _wait_for(url: str, timeout_s: float = 60) -> None:
 
 
 def dag_batch_stage(
-    server: LocalTriton, folder: Path, work: Path, images_per_shard: int, options: BatchOptions
+    http_url: str, grpc_url: str, folder: str, work: str, images_per_shard: int, options: dict[str, Any]
 ) -> Row:
     """What the DAG's list_shards -> classify_shard[] -> merge_predictions do, shards 2 at a time
     (the local executor's parallelism on 2 cores), files in a local bucket to report."""
-    state = server.state()
-    assert state is not None
+    sent = BatchOptions(**options)
+    url = http_url if sent.protocol == "http" else grpc_url
     output = tempfile.mkdtemp(dir=work)  # a fresh bucket folder: a rerun must not resume
     started = time.perf_counter()
-    shards = write_shards(str(folder), f"{output}/shards", images_per_shard)
+    shards = write_shards(folder, f"{output}/shards", images_per_shard)
 
     def classify(shard: str) -> str:
         out = shard_output(output, shard)
-        url = state.http_url if options.protocol == "http" else f"127.0.0.1:{state.grpc_port}"
-        run_batch(url, shard, out, options, images=shard_images(shard))
+        run_batch(url, shard, out, sent, images=shard_images(shard))
         return out
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         outputs = list(pool.map(classify, shards))
-    report = merge_outputs(outputs, output, input_uri=str(folder), options=options)
+    report = merge_outputs(outputs, output, input_uri=folder, options=sent)
     seconds = time.perf_counter() - started
     shutil.rmtree(output)
     return {
-        "config": f"{len(shards)} shards of {images_per_shard}, 2 at a time, {options.protocol} bs "
-        f"{options.batch_size}, {options.concurrency} in flight each",
+        "config": f"{len(shards)} shards of {images_per_shard}, 2 at a time, {sent.protocol} bs "
+        f"{sent.batch_size}, {sent.concurrency} in flight each",
         "img_s": report["images"] / seconds,
         "p50_ms": report["request_latency_ms"]["p50"],
         "p99_ms": report["request_latency_ms"]["p99"],
     }
 
 
-def perf_analyzer(server: LocalTriton, work: Path) -> list[Row]:
+def perf_analyzer(state: ServerState, work: Path) -> list[Row]:
     """perf_analyzer from the tritonclient 2.51.0 wheel (newer builds need glibc 2.38)."""
     binary = _perf_analyzer_binary(work)
-    state = server.state()
-    assert state is not None
     rows = []
     for protocol, url in (("http", state.http_url), ("grpc", f"127.0.0.1:{state.grpc_port}")):
         result = subprocess.run(
             [
                 str(binary),
                 "-m",
-                "dogs_cats",
+                MODEL_NAME,
                 "-u",
                 url,
                 "-i",
@@ -323,10 +377,8 @@ def _perf_analyzer_binary(work: Path) -> Path:
     return binary
 
 
-def client_peak_rss(server: LocalTriton, folder: Path, work: Path) -> float:
+def client_peak_rss(state: ServerState, folder: Path, work: Path) -> float:
     """Peak RSS (MiB) of `python -m client batch` over `folder`, in a process of its own."""
-    state = server.state()
-    assert state is not None
     output = work / f"rss-{folder.name}"
     code = (
         "import resource, subprocess, sys; "
@@ -368,51 +420,83 @@ def sweep(name: str, rows: list[Row], results: dict[str, list[Row]]) -> Row:
     return best(rows)
 
 
-def benchmark_model(
-    model: ModelChoice, files: list[Path], folder: Path, work: Path, full: bool
-) -> dict[str, Any]:
-    model_dir = export_model(model, work / model)
-    onnx = model_dir / "model.onnx"
-    results: dict[str, list[Row]] = {}
-    batches = (1, 8, 32) if full else (8, 32)
-    ceiling = sweep(
-        "ceiling", [ort_ceiling(files, onnx, b, w, 2 // w) for b in batches for w in (1, 2)], results
+def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) -> dict[str, Any]:
+    """Sweep each path's settings, then rerun the best of each head to head in interleaved rounds."""
+    pretrained = model == "efficientnet_lite0"
+    model_dir = in_clean_process(
+        "export_model", model=model, folder=str(work / model), calibration=str(folder) if pretrained else ""
     )
+    onnx = f"{model_dir}/model.onnx"
+    images = str(folder)
+    results: dict[str, list[Row]] = {}
+    ceiling_runs = [(b, w, 2 // w) for b in ((1, 8, 32) if full else (8, 32)) for w in (1, 2)]
+    ceiling_rows = [
+        in_clean_process("ort_ceiling", folder=images, onnx=onnx, batch=b, workers=w, threads=t)
+        for b, w, t in ceiling_runs
+    ]
+    ceiling = sweep("ceiling", ceiling_rows, results)
     triton_rows = []
-    client_settings = [(4, 4), (8, 4), (8, 8), (32, 2)] if full else [(8, 4), (32, 4)]
+    client_settings = [(8, 4), (32, 2), (8, 8)] if full else [(8, 4), (32, 2)]
     for instances, threads in ((1, 2), (2, 1)):
-        with triton_serving(model_dir, work, instances, threads) as server:
+        with triton_serving(model_dir, work, instances, threads) as state:
+            urls = {"http_url": state.http_url, "grpc_url": f"127.0.0.1:{state.grpc_port}"}
             sent = [
-                BatchOptions(protocol=p, batch_size=b, concurrency=c)
+                {"protocol": p, "batch_size": b, "concurrency": c}
                 for p in PROTOCOLS
                 for b, c in client_settings
             ]
             if full:
-                sent.append(BatchOptions(batch_size=8, concurrency=4, encoded=True))
+                sent.append({"batch_size": 8, "concurrency": 4, "encoded": True})
             for options in sent:
-                row = triton_client(server, folder, work, options)
+                row = in_clean_process(
+                    "triton_client", **urls, folder=images, work=str(work), options=options
+                )
                 row["config"] += f", {instances} instance x {threads} thread"
-                triton_rows.append({**row, "server": (instances, threads)})
+                triton_rows.append({**row, "server": [instances, threads]})
     triton = sweep("triton", triton_rows, results)
     peer_settings = [
         (w, t, c) for w in (1, 2) for t in (1, 2) if w * t <= 2 for c in ((4, 8) if full else (4,))
     ]
-    peer = sweep("peer", [peer_service(files, onnx, w, t, c) for w, t, c in peer_settings], results)
+    peer = sweep(
+        "peer",
+        [
+            in_clean_process("peer_service", folder=images, onnx=onnx, workers=w, threads=t, concurrency=c)
+            for w, t, c in peer_settings
+        ],
+        results,
+    )
     extra: dict[str, Any] = {}
-    with triton_serving(model_dir, work, *triton["server"]) as server:
-        end_to_end = sweep(
-            "end_to_end", [dag_batch_stage(server, folder, work, 500, triton["options"])], results
-        )
+    with triton_serving(model_dir, work, *triton["server"]) as state:
+        urls = {"http_url": state.http_url, "grpc_url": f"127.0.0.1:{state.grpc_port}"}
+        stage = {
+            **urls,
+            "folder": images,
+            "work": str(work),
+            "images_per_shard": 500,
+            "options": triton["options"],
+        }
+        end_to_end = sweep("end_to_end", [in_clean_process("dag_batch_stage", **stage)], results)
         if full:
-            extra["perf_analyzer"] = perf_analyzer(server, work)
-        # The sweeps ran minutes apart, and this machine drifts by 10 % in minutes: the
-        # ratios come from the best settings rerun side by side, round after round.
+            extra["perf_analyzer"] = perf_analyzer(state, work)
+        # The sweeps ran minutes apart, and this machine drifts by 10 % in minutes: the ratios
+        # come from the best settings rerun side by side, round after round, each in its own process.
+        on_files = {"folder": images, "onnx": onnx}
+        paths: dict[str, tuple[str, dict[str, Any]]] = {
+            "ceiling": ("ort_ceiling", {**on_files, **_named(ceiling, "batch", "workers", "threads")}),
+            "triton": (
+                "triton_client",
+                {**urls, "folder": images, "work": str(work), "options": triton["options"]},
+            ),
+            "peer": ("peer_service", {**on_files, **_named(peer, "workers", "threads", "concurrency")}),
+            "end_to_end": ("dag_batch_stage", stage),
+        }
+        if pretrained:
+            int8 = {**paths["ceiling"][1], "onnx": f"{model_dir}/{INT8_MODEL_FILE}"}
+            paths["ceiling_int8"] = ("ort_ceiling", int8)
         extra["rounds"] = [
             {
-                "ceiling": ort_ceiling(files, onnx, *ceiling["setting"])["img_s"],
-                "triton": triton_client(server, folder, work, triton["options"])["img_s"],
-                "peer": peer_service(files, onnx, *peer["setting"])["img_s"],
-                "end_to_end": dag_batch_stage(server, folder, work, 500, triton["options"])["img_s"],
+                name: in_clean_process(function, **arguments)["img_s"]
+                for name, (function, arguments) in paths.items()
             }
             for _ in range(ROUNDS)
         ]
@@ -426,13 +510,17 @@ def benchmark_model(
     }
 
 
+def _named(row: Row, *names: str) -> dict[str, Any]:
+    return dict(zip(names, row["setting"], strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--xception-images", type=int, default=300)
+    parser.add_argument("--images", type=int, default=2000, help="for small (and xception)")
+    parser.add_argument("--efficientnet-images", type=int, default=600)
     parser.add_argument("--rss-images", type=int, nargs=2, default=(2000, 20000))
-    parser.add_argument("--models", default="small,xception")
+    parser.add_argument("--models", default="efficientnet_lite0,small")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/inference-results.json"))
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):
@@ -442,45 +530,49 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         wanted = args.models.split(",")
         for model in [choice for choice in get_args(ModelChoice) if choice in wanted]:
-            count = args.images if model == "small" else args.xception_images
+            count = args.efficientnet_images if model == "efficientnet_lite0" else args.images
             folder = link_images(args.source, work / f"images-{model}", count)
-            files = sorted(folder.rglob("*.jpg"))
-            print(f"{model}: {len(files)} images", file=sys.stderr, flush=True)
-            results[model] = benchmark_model(model, files, folder, work, model == "small")
-            results[model]["images"] = len(files)
-        model_dir = work / "small"
-        with triton_serving(model_dir, work, 2, 1) as server:
-            results["rss_mib"] = {
-                str(n): client_peak_rss(server, link_images(args.source, work / f"rss-{n}", n), work)
-                for n in args.rss_images
-            }
+            print(f"{model}: {count} images", file=sys.stderr, flush=True)
+            results[model] = benchmark_model(model, folder, work, model == "small")
+            results[model]["images"] = len(_files(str(folder)))
+        if "small" in results:
+            with triton_serving(str(work / "small"), work, 2, 1) as state:
+                results["rss_mib"] = {
+                    str(n): client_peak_rss(state, link_images(args.source, work / f"rss-{n}", n), work)
+                    for n in args.rss_images
+                }
     args.json.write_text(json.dumps(results, indent=2, default=str))
     print_tables(results)
     return 0
 
 
+RATIOS = {
+    "(2) / (1)": ("triton", "ceiling"),
+    "(4) / (1)": ("end_to_end", "ceiling"),
+    "(2) / (3)": ("triton", "peer"),
+    "INT8 / FP32 (1)": ("ceiling_int8", "ceiling"),
+}
+
+
 def print_rounds(rounds: list[dict[str, float]]) -> None:
     """The best settings side by side, round after round: each ratio within its own round."""
-    ratios = {
-        "(2) / (1)": ("triton", "ceiling"),
-        "(2) / (3)": ("triton", "peer"),
-        "(4) / (1)": ("end_to_end", "ceiling"),
-    }
-    print(f"\nhead to head, {len(rounds)} rounds of the best settings (img/s per round):\n")
-    print("| round | (1) | (2) | (3) | (4) | " + " | ".join(ratios) + " |")
-    print("|---" * (5 + len(ratios)) + "|")
+    paths = list(rounds[0])
+    ratios = {name: pair for name, pair in RATIOS.items() if set(pair) <= set(paths)}
+    print(f"\nhead to head, {len(rounds)} interleaved rounds of the best settings (img/s per round):\n")
+    print("| round | " + " | ".join(paths) + " | " + " | ".join(ratios) + " |")
+    print("|---" * (1 + len(paths) + len(ratios)) + "|")
     for number, figures in enumerate(rounds, 1):
-        speeds = " | ".join(f"{figures[key]:.0f}" for key in ("ceiling", "triton", "peer", "end_to_end"))
+        speeds = " | ".join(f"{figures[key]:.0f}" for key in paths)
         quotients = " | ".join(f"{figures[a] / figures[b]:.2f}" for a, b in ratios.values())
         print(f"| {number} | {speeds} | {quotients} |")
     medians = " | ".join(
         f"**{statistics.median(r[a] / r[b] for r in rounds):.2f}**" for a, b in ratios.values()
     )
-    print(f"| median | | | | | {medians} |")
+    print(f"| median |{' |' * len(paths)} {medians} |")
 
 
 def print_tables(results: dict[str, Any]) -> None:
-    for model in ("small", "xception"):
+    for model in get_args(ModelChoice):
         if model not in results:
             continue
         figures = results[model]
@@ -499,17 +591,22 @@ def print_tables(results: dict[str, Any]) -> None:
                 f"| {name} | {row['config']} | {row['img_s']:.0f} | {row['p50_ms']} | {row['p99_ms']} "
                 f"| {row['img_s'] / ceiling:.2f} |"
             )
-        print(f"\n(2) / best (3): {figures['triton']['img_s'] / figures['peer']['img_s']:.2f}")
+        split = figures["triton"]["server_split_ms"]
+        print(
+            f"\nTriton's split of a request at (2)'s best (ms): queue {split['queue']}, "
+            f"input {split['compute_input']}, "
+            f"inference {split['compute_infer']}, output {split['compute_output']}; "
+            f"{figures['triton']['images_per_execution']} images per model execution; "
+            f"client-side p50 {figures['triton']['p50_ms']} ms"
+        )
         print_rounds(figures["rounds"])
         for row in figures.get("perf_analyzer", []):
             print(f"- {row['config']}: {row['img_s']:.0f} img/s, p99 {row['p99_ms']} ms")
         for key, rows in figures["all"].items():
             print(f"\n<details><summary>{key}: every configuration</summary>\n")
             for row in rows:
-                print(
-                    f"- {row['config']}: {row['img_s']:.0f} img/s "
-                    f"(p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms)"
-                )
+                latency = f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
+                print(f"- {row['config']}: {row['img_s']:.0f} img/s ({latency})")
             print("\n</details>")
     if "rss_mib" in results:
         sizes = list(results["rss_mib"].items())

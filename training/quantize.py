@@ -7,9 +7,11 @@ training split, never the validation split it is then judged on.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -18,6 +20,20 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from core.constants import INPUT_NAME, OUTPUT_NAME
 
 CALIBRATION_IMAGES = 256
+
+
+def calibration_sample(files: list[dict[str, Any]], count: int = CALIBRATION_IMAGES) -> list[dict[str, Any]]:
+    """Up to `count` manifest entries taken round-robin across classes, in manifest order.
+
+    Calibration must see every class: the manifest lists files by path, so its first 256
+    training images are all of one class, and ranges learnt from one class alone clipped
+    the other's activations (every image then came out as that class: 50 % on the demo).
+    """
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for entry in files:
+        by_label.setdefault(entry["label"], []).append(entry)
+    interleaved = [entry for group in itertools.zip_longest(*by_label.values()) for entry in group if entry]
+    return interleaved[:count]
 
 
 class _Batches(CalibrationDataReader):

@@ -40,7 +40,7 @@ from training.export import (
 )
 from training.job import TrainingJob
 from training.models import build_model
-from training.quantize import CALIBRATION_IMAGES, onnx_probabilities, quantize_int8
+from training.quantize import calibration_sample, onnx_probabilities, quantize_int8
 from training.staging import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
             )
         if job.int8:
             calibration = make_dataset(
-                data_dir, splits["train"][:CALIBRATION_IMAGES], labels, job, training=False
+                data_dir, calibration_sample(splits["train"]), labels, job, training=False
             )
             metrics["int8"] = int8_twin(out, calibration, val_ds, y_true, evaluation)
         save_charts(metrics["history"], evaluation, out)

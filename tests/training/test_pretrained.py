@@ -84,3 +84,16 @@ def test_a_file_other_than_the_one_the_wheel_recorded_is_refused(
 def test_a_file_that_is_not_a_legacy_torch_file_is_refused() -> None:
     with pytest.raises(UnsafeWeights, match="not a legacy PyTorch file"):
         read_legacy_state_dict(pickle.dumps(42) * 3)
+
+
+def test_int8_calibration_sees_every_class_even_when_the_manifest_lists_one_first() -> None:
+    from training.quantize import calibration_sample
+
+    files = [{"path": f"train/cat/{i}.jpg", "label": "cat"} for i in range(300)]
+    files += [{"path": f"train/dog/{i}.jpg", "label": "dog"} for i in range(300)]
+    files += [{"path": f"train/fox/{i}.jpg", "label": "fox"} for i in range(5)]
+    sample = calibration_sample(files, count=30)
+    counts = {label: sum(entry["label"] == label for entry in sample) for label in ("cat", "dog", "fox")}
+    assert counts == {"cat": 13, "dog": 12, "fox": 5}
+    assert sample[:3] == [files[0], files[300], files[600]]
+    assert calibration_sample(files, count=30) == sample, "the same sample on every run"
