@@ -141,7 +141,8 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
         "dags", "trigger", "dogs_cats", "--conf", json.dumps({"data_bucket": "/b", "model": "resnet"})
     )
     assert refused.returncode != 0
-    assert "'resnet' is not one of ['efficientnet_lite0', 'small', 'xception']" in refused.stdout + refused.stderr
+    refusal = "'resnet' is not one of ['efficientnet_lite0', 'small', 'xception']"
+    assert refusal in refused.stdout + refused.stderr
 
     for conf, message in BAD_CONF:
         status, body = standalone.request(
