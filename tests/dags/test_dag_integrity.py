@@ -79,7 +79,10 @@ def test_params_are_the_run_config(dagbag: DagBag) -> None:
         ({}, "data_bucket"),
         ({"data_bucket": 5}, "5 is not of type 'string'"),
         ({"data_bucket": "/b", "epochs": 0}, "0 is less than the minimum of 1"),
-        ({"data_bucket": "/b", "model": "resnet"}, "'resnet' is not one of ['efficientnet_lite0', 'small', "),
+        (
+            {"data_bucket": "/b", "model": "resnet"},
+            "'resnet' is not one of ['efficientnet_lite0', 'small', 'xception']",
+        ),
         ({"data_bucket": "/b", "platform": "kubernetes"}, "'kubernetes' is not one of ['local']"),
         ({"data_bucket": "/b", "dataset_name": "../up"}, "does not match"),
     ],
