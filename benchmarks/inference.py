@@ -154,6 +154,14 @@ def ort_ceiling(folder: str, onnx: str, batch: int, workers: int, threads: int) 
     }
 
 
+def ceiling_after_export(
+    model: ModelChoice, folder: str, export_to: str, batch: int, workers: int, threads: int
+) -> Row:
+    """The earlier benchmark's situation: the ceiling measured in the process that has just built
+    and exported the model with TensorFlow (which stays loaded, with its thread pools)."""
+    return ort_ceiling(folder, f"{export_model(model, export_to)}/model.onnx", batch, workers, threads)
+
+
 @contextmanager
 def triton_serving(model_dir: str, work: Path, instances: int, threads: int) -> Iterator[ServerState]:
     with serving_model_folder(
@@ -493,6 +501,10 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
         if pretrained:
             int8 = {**paths["ceiling"][1], "onnx": f"{model_dir}/{INT8_MODEL_FILE}"}
             paths["ceiling_int8"] = ("ort_ceiling", int8)
+        else:
+            setting = _named(ceiling, "batch", "workers", "threads")
+            after = {"model": model, "folder": images, "export_to": str(work / f"{model}-again"), **setting}
+            paths["ceiling_after_tf"] = ("ceiling_after_export", after)
         extra["rounds"] = [
             {
                 name: in_clean_process(function, **arguments)["img_s"]
@@ -551,6 +563,7 @@ RATIOS = {
     "(4) / (1)": ("end_to_end", "ceiling"),
     "(2) / (3)": ("triton", "peer"),
     "INT8 / FP32 (1)": ("ceiling_int8", "ceiling"),
+    "(1) after a TF export / (1)": ("ceiling_after_tf", "ceiling"),
 }
 
 

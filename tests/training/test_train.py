@@ -158,21 +158,25 @@ def test_an_onnx_export_that_drifts_is_not_published(tmp_path: Path, monkeypatch
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checkpoints"], "no model published"
 
 
+def _one_epoch(dataset: Path, tmp_path: Path, batch_size: int = 32) -> TrainingJob:
+    """A one-epoch job of the small model into tmp_path/m, for the tests of refused inputs."""
+    return TrainingJob(
+        model="small",
+        dataset_uri=str(dataset),
+        output_uri=str(tmp_path / "m"),
+        image_size=32,
+        epochs=1,
+        **extra,
+    )
+
+
 def test_a_split_missing_a_class_is_a_clear_error(tmp_path: Path) -> None:
     dataset = Path(_staged(tmp_path))
     manifest = json.loads((dataset / "manifest.json").read_text())
     manifest["files"] = [f for f in manifest["files"] if not (f["split"] == "val" and f["label"] == "dog")]
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="the val split has no images of class dog"):
-        train(
-            TrainingJob(
-                model="small",
-                dataset_uri=str(dataset),
-                output_uri=str(tmp_path / "m"),
-                image_size=32,
-                epochs=1,
-            )
-        )
+        train(_one_epoch(dataset, tmp_path))
     assert not (tmp_path / "m").exists()
 
 
@@ -182,15 +186,7 @@ def test_an_empty_split_is_a_clear_error(tmp_path: Path) -> None:
     manifest["files"] = [f for f in manifest["files"] if f["split"] != "val"]
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="the val split is empty"):
-        train(
-            TrainingJob(
-                model="small",
-                dataset_uri=str(dataset),
-                output_uri=str(tmp_path / "m"),
-                image_size=32,
-                epochs=1,
-            )
-        )
+        train(_one_epoch(dataset, tmp_path))
 
 
 def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -198,16 +194,7 @@ def test_a_damaged_staged_file_is_a_clear_error(tmp_path: Path) -> None:
     manifest = json.loads((dataset / "manifest.json").read_text())
     (dataset / manifest["files"][0]["path"]).write_text("this is not an image")
     with pytest.raises(TrainingDataError, match=r"could not be decoded.*restage the dataset"):
-        train(
-            TrainingJob(
-                model="small",
-                dataset_uri=str(dataset),
-                output_uri=str(tmp_path / "m"),
-                image_size=32,
-                epochs=1,
-                batch_size=64,
-            )
-        )
+        train(_one_epoch(dataset, tmp_path, batch_size=64))
 
 
 def test_class_weights_balance_the_loss() -> None:
