@@ -166,7 +166,7 @@ def _one_epoch(dataset: Path, tmp_path: Path, batch_size: int = 32) -> TrainingJ
         output_uri=str(tmp_path / "m"),
         image_size=32,
         epochs=1,
-        **extra,
+        batch_size=batch_size,
     )
 
 
