@@ -13,8 +13,12 @@ client's peak RSS for 2k vs 20k images.
 
 Every measured path runs in a fresh interpreter of its own (`in_clean_process`), and so does
 every Keras export: this process loads neither TensorFlow nor ONNX Runtime. The earlier version
-measured the ceiling inside the process that had built the models with TensorFlow, whose thread
-pools shared the two cores with ONNX Runtime's: 327-409 img/s there, ~920 in a fresh process.
+ran every path in one long-lived process, and its in-process ceiling came out at 327-409 img/s
+against ~920 in a fresh process. Loading TensorFlow is not the cause: the small model's rounds
+also measure the ceiling right after a Keras export in the same process (`ceiling_after_export`),
+and it runs at 0.98 of the fresh-process ceiling (median of 3 rounds, 2026-12-02). What the old
+process had in addition were the earlier paths' leftovers (client threads and gRPC channels,
+ORT sessions, uvicorn peers); one process per path rules all of them out.
 Models are built with fixed random weights (the pretrained backbone with its real weights) and
 exported to ONNX as training does: the compute per image is what a trained model costs, and no
 benchmark depends on accuracy. Prints Markdown tables for benchmarks/README.md and writes the
