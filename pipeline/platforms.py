@@ -50,6 +50,14 @@ class Platform(Protocol):
         ...
 
 
+def resolved(output: XComArg) -> Any:
+    """A task's output passed to a TaskFlow task typed with the value it resolves to.
+
+    At parse time it is an XComArg, and Airflow resolves it when the task runs;
+    TaskFlow's type hints cannot say so, so the seam says it here, once."""
+    return output
+
+
 class TrainingFailed(RuntimeError):
     """The training process exited non-zero; the message carries its last lines."""
 
@@ -92,15 +100,12 @@ class LocalPlatform:
 
     def train_task(self, plan: XComArg) -> XComArg:
         python = training_python(self.environment)
-        # At parse time a task's input is an XComArg, resolved to the typed value when the
-        # task runs; TaskFlow's type hints cannot say so (the DAG file does the same).
-        planned: Any = plan
 
         @task(task_id="train")
         def train(plan: RunPlan) -> None:
             run_training_process(to_arguments(plan.training), python)
 
-        return train(planned)
+        return train(resolved(plan))
 
     def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         environment = self.environment
@@ -111,8 +116,7 @@ class LocalPlatform:
 
             return deploy_version(version, environment)
 
-        packaged: Any = version  # an XComArg, resolved when the task runs
-        return deploy(packaged)
+        return deploy(resolved(version))
 
 
 class KubernetesPlatform:
@@ -148,16 +152,14 @@ class KubernetesPlatform:
             api = KubernetesApi(KubernetesHook(conn_id=environment.kubernetes_conn_id).api_client)
             return deploy_to_kubernetes(api, version, build["image"], plan.smoke_images_uri, environment)
 
-        packaged: Any = version  # XComArgs, resolved when the tasks run
-        planned: Any = plan
-        build: Any = build_context(packaged, planned)
+        build: Any = build_context(resolved(version), resolved(plan))
         image = ImageBuildPodOperator(
             task_id="build_image",
             environment=environment,
             context_uri=build["context_uri"],
             image_ref=build["image"],
         )
-        endpoint = deploy(packaged, build, planned)
+        endpoint = deploy(resolved(version), build, resolved(plan))
         image >> endpoint
         return endpoint
 
