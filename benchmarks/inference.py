@@ -107,11 +107,11 @@ def export_model(model: ModelChoice, folder: str, calibration: str = "") -> str:
     (out / "labels.txt").write_text("Cat\nDog\n")
     (out / "metrics.json").write_text(json.dumps({"image_size": IMAGE_SIZE, "labels": ["Cat", "Dog"]}))
     if calibration:
-        from training.quantize import CALIBRATION_IMAGES, quantize_int8
+        from training.quantize import calibration_sample, quantize_int8
 
-        images = [
-            decode_rgb(path.read_bytes(), IMAGE_SIZE) for path in _files(calibration)[:CALIBRATION_IMAGES]
-        ]
+        # The same class-balanced sample training calibrates on (the folders are class names).
+        entries = [{"path": path, "label": path.parent.name} for path in _files(calibration)]
+        images = [decode_rgb(entry["path"].read_bytes(), IMAGE_SIZE) for entry in calibration_sample(entries)]
         batches = [np.stack(images[i : i + 32]) for i in range(0, len(images), 32)]
         quantize_int8(out / "model.onnx", out / INT8_MODEL_FILE, batches)
     return str(out)

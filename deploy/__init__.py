@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,3 @@ class Endpoint:
     model_name: str
     version: int
     grpc_url: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)

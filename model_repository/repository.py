@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from core import storage
 from core.constants import INT8_MODEL_FILE, LABELS_FILE, ensemble_name, preprocess_name
@@ -43,9 +42,6 @@ class RepositoryVersion:
     flavour: str
     max_batch_size: int
     image_size: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def existing_versions(repository_uri: str, model_name: str) -> list[int]:
