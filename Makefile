@@ -12,9 +12,10 @@ PYTEST_ARGS ?=
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__API__PORT ?= 8080
 export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
 
-.PHONY: install browser demo test lint unit integration faults stop
+.PHONY: install browser up demo test lint unit integration faults stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +32,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 	  else echo "the report test needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
-## Run the dogs_cats DAG end to end on this machine; Triton keeps serving afterwards.
+## Start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:$(AIRFLOW__API__PORT).
+up: install
+	$(BIN)/python -m pipeline.stack up
+
+## Run the dogs_cats DAG end to end on this machine under the live scheduler, triggered
+## through the REST API; Airflow and Triton keep running afterwards (make stop).
 demo: install
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
 
@@ -56,6 +62,6 @@ integration: install browser
 faults: install
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
-## Stop the tritonserver that `make demo` left running.
+## Stop the Airflow stack and the tritonserver that `make up` / `make demo` left running.
 stop: install
-	$(BIN)/python -m deploy stop
+	$(BIN)/python -m pipeline.stack stop

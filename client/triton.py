@@ -123,6 +123,13 @@ def _top_k(
     return [[_parse_classification(entry) for entry in row] for row in rows.reshape(len(data), top_k)]
 
 
+def class_names(triton: Triton, info: ModelInfo) -> tuple[str, ...]:
+    """Every label the model has: the classification extension ranks all of them for one image."""
+    blank = np.zeros((1, info.image_size, info.image_size, 3), dtype=np.uint8)
+    (ranked,) = classify(triton, info, blank, top_k=info.num_classes)
+    return tuple(sorted(prediction.label for prediction in ranked))
+
+
 def is_refusal(exc: Exception) -> bool:
     """The server answered that this request is bad (HTTP 400, gRPC INVALID_ARGUMENT):
     retrying it cannot help, and the message says why."""

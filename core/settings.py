@@ -132,9 +132,40 @@ class TrainingParams(_Options):
         return self
 
 
+class BatchParams(_Options):
+    """Stage 5's choices, shared by the dogs_cats DAG's batch stage and the dogs_cats_batch DAG."""
+
+    images_per_shard: int = Field(
+        default=1000, ge=1, description="Batch inference runs one mapped task per this many images."
+    )
+    inference_protocol: InferenceProtocol = Field(
+        default="http", description="KServe v2 protocol the batch client speaks to Triton."
+    )
+    inference_encoded: bool = Field(
+        default=False,
+        description="Send file bytes to the dogs_cats_jpeg ensemble (server decodes) instead of tensors.",
+    )
+
+
+class BatchRunConfig(BatchParams):
+    """Per-run parameters of the dogs_cats_batch DAG: classify any images with the served model."""
+
+    input: str = Field(
+        default="",
+        description=(
+            "Images to classify: a local folder or gs:// prefix. Defaults to DOGS_CATS_BATCH_INPUT, "
+            "the standing input each new deployment re-classifies; a run with none is skipped."
+        ),
+    )
+    output: str = Field(
+        default="",
+        description="Where predictions.jsonl and the report go, one folder per run; DOGS_CATS_BATCH_OUTPUT.",
+    )
+
+
 # Bases are listed last-first: pydantic orders fields from the last base on, which is
 # the order of the trigger form (where, then staging, then training, then the rest).
-class RunConfig(TrainingParams, StagingParams, DataLocation):
+class RunConfig(BatchParams, TrainingParams, StagingParams, DataLocation):
     """Per-run parameters; every field becomes a DAG Param of the same name."""
 
     min_val_accuracy: float = Field(
@@ -160,16 +191,6 @@ class RunConfig(TrainingParams, StagingParams, DataLocation):
     inference_input: str = Field(
         default="",
         description="Images to classify after deployment; empty uses the staged validation split.",
-    )
-    images_per_shard: int = Field(
-        default=1000, ge=1, description="Batch inference runs one mapped task per this many images."
-    )
-    inference_protocol: InferenceProtocol = Field(
-        default="http", description="KServe v2 protocol the batch client speaks to Triton."
-    )
-    inference_encoded: bool = Field(
-        default=False,
-        description="Send file bytes to the dogs_cats_jpeg ensemble (server decodes) instead of tensors.",
     )
 
     @model_validator(mode="after")
@@ -241,6 +262,11 @@ class Environment(BaseSettings):
         description="host:port the deploy and inference tasks call; empty uses the Service's DNS name.",
     )
     rollout_timeout_s: float = 900.0
+    # The dogs_cats_batch DAG.
+    batch_input: str = Field(
+        default="", description="Standing input that dogs_cats_batch re-classifies after each deployment."
+    )
+    batch_output: str = Field(default="", description="Where dogs_cats_batch writes, one folder per run.")
 
 
 def gpu_node_labels(environment: Environment) -> dict[str, str]:
@@ -275,18 +301,28 @@ def param_specs(environment: Environment | None = None) -> dict[str, dict[str, A
     without them is refused with the schema's message.
     """
     env = environment or Environment()
-    schema = RunConfig.model_json_schema()
+    specs = _json_specs(RunConfig)
+    # A deployment either has a cluster or not: the platform is set once by
+    # DOGS_CATS_PLATFORM, and recorded in every run's conf for the UI.
+    specs["platform"]["default"] = env.platform
+    specs["platform"]["enum"] = [env.platform]
+    specs["platform"]["description"] += " Set for this deployment by DOGS_CATS_PLATFORM."
+    return specs
+
+
+def batch_param_specs(environment: Environment | None = None) -> dict[str, dict[str, Any]]:
+    """The dogs_cats_batch DAG's Params; input and output default to the standing ones."""
+    env = environment or Environment()
+    specs = _json_specs(BatchRunConfig)
+    specs["input"]["default"] = env.batch_input
+    specs["output"]["default"] = env.batch_output
+    return specs
+
+
+def _json_specs(config: type[BaseModel]) -> dict[str, dict[str, Any]]:
     specs: dict[str, dict[str, Any]] = {}
-    for name, prop in schema["properties"].items():
-        spec = {k: v for k, v in prop.items() if k != "title"}
-        spec["title"] = name.replace("_", " ")
-        if name == "platform":
-            # A deployment either has a cluster or not: the platform is set once by
-            # DOGS_CATS_PLATFORM, and recorded in every run's conf for the UI.
-            spec["default"] = env.platform
-            spec["enum"] = [env.platform]
-            spec["description"] = f"{spec['description']} Set for this deployment by DOGS_CATS_PLATFORM."
-        specs[name] = spec
+    for name, prop in config.model_json_schema()["properties"].items():
+        specs[name] = {k: v for k, v in prop.items() if k != "title"} | {"title": name.replace("_", " ")}
     return specs
 
 

@@ -26,13 +26,15 @@ from core.constants import MODEL_NAME
 from core.settings import Environment, param_specs
 from deploy import Endpoint
 from model_repository.repository import RepositoryVersion
-from pipeline.plan import RunPlan
+from pipeline.assets import DATASET, REPOSITORY_VERSION, annotate
+from pipeline.batch import batch_inference
+from pipeline.plan import BatchJob, RunPlan
 from pipeline.platforms import platform_for
 
 ENVIRONMENT = Environment()
 PLATFORM = platform_for(ENVIRONMENT)
 # Tasks pass these typed objects; Airflow deserialises XCom only into classes it allows.
-for xcom_class in (RunPlan, RepositoryVersion, Endpoint):
+for xcom_class in (RunPlan, BatchJob, RepositoryVersion, Endpoint):
     allow_class(xcom_class)
 
 
@@ -46,13 +48,14 @@ def plan_run() -> RunPlan:
     return make_plan(run_config_from_params(dict(context["params"])), context["run_id"])
 
 
-@task
+@task(outlets=[DATASET])
 def stage_data(plan: RunPlan) -> dict[str, Any]:
-    from core.settings import options_of
+    from core.settings import join_uri, options_of
     from training.staging import StagingOptions, stage_dataset
 
     options = options_of(StagingOptions, plan.config)
     manifest = stage_dataset(plan.config.source, plan.dataset_uri, options, cache_dir=ENVIRONMENT.cache_dir)
+    annotate(DATASET, manifest=join_uri(plan.dataset_uri, "manifest.json"), counts=manifest["counts"])
     return {"dataset_uri": plan.dataset_uri, "classes": manifest["classes"], "counts": manifest["counts"]}
 
 
@@ -65,11 +68,11 @@ def quality_gate(plan: RunPlan) -> None:
         raise AirflowSkipException(reason)
 
 
-@task
+@task(outlets=[REPOSITORY_VERSION])
 def package(plan: RunPlan) -> RepositoryVersion:
     from model_repository.repository import package_model
 
-    return package_model(
+    version = package_model(
         plan.model_uri,
         plan.repository_uri,
         flavour=PLATFORM.serving_flavour,
@@ -79,47 +82,17 @@ def package(plan: RunPlan) -> RepositoryVersion:
         tensorrt_fp16=plan.config.tensorrt_fp16,
         **PLATFORM.instance_options(),
     )
-
-
-@task
-def list_shards(plan: RunPlan) -> list[str]:
-    """Stream the input listing into shard files; one mapped task per shard follows."""
-    from client.batch import write_shards
-
-    return write_shards(plan.inference_input, plan.shards_uri, plan.config.images_per_shard)
-
-
-@task(max_active_tis_per_dagrun=4)
-def classify_shard(shard_uri: str, endpoint: Endpoint, plan: RunPlan) -> str:
-    """One shard through Triton; resumable, so a retried shard finishes what it started."""
-    from client.batch import run_batch, shard_images, shard_output
-
-    options = plan.batch_options(endpoint.model_name)
-    url = endpoint.grpc_url if options.protocol == "grpc" else endpoint.url
-    shard_out = shard_output(plan.predictions_uri, shard_uri)
-    run_batch(url, shard_uri, shard_out, options, images=shard_images(shard_uri))
-    return shard_out
-
-
-@task
-def merge_predictions(
-    shard_outputs: list[str], endpoint: Endpoint, staged: dict[str, Any], plan: RunPlan
-) -> dict[str, str]:
-    """All shards' predictions and one report (JSON and HTML) for the run."""
-    from client.batch import merge_outputs
-    from core.settings import join_uri
-
-    merge_outputs(
-        # One slice request; iterating asks past the end, which the Task SDK logs as an
-        # "XCom not found" ERROR in a task that succeeds (apache/airflow#73175).
-        list(shard_outputs[:]),
-        plan.predictions_uri,
-        input_uri=plan.inference_input,
-        options=plan.batch_options(endpoint.model_name),
-        class_names=staged["classes"],
+    annotate(
+        REPOSITORY_VERSION, repository=version.repository_uri, version=version.version, model=plan.model_uri
     )
-    names = ("predictions.jsonl", "report.json", "report.html")
-    return {name: join_uri(plan.predictions_uri, name) for name in names}
+    return version
+
+
+@task
+def plan_batch(plan: RunPlan, endpoint: Endpoint, staged: dict[str, Any]) -> BatchJob:
+    """The run's inference input through the endpoint just deployed; folders named after
+    the staged classes count as ground truth in the report."""
+    return plan.batch_job(endpoint, tuple(staged["classes"]))
 
 
 @dag(
@@ -143,10 +116,7 @@ def dogs_cats() -> None:
     version: Any = package(plan)
     trained >> quality_gate(plan) >> version
     endpoint: Any = PLATFORM.deploy_task(version, plan)
-    shards: Any = list_shards(plan)
-    endpoint >> shards
-    classified: Any = classify_shard.partial(endpoint=endpoint, plan=plan).expand(shard_uri=shards)
-    merge_predictions(classified, endpoint, staged, plan)
+    batch_inference(plan_batch(plan, endpoint, staged))
 
 
 dogs_cats()

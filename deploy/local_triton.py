@@ -4,7 +4,8 @@ The server runs as a detached background process bound to 127.0.0.1 with
 explicit model control, so it outlives the Airflow task that started it and a
 new model version is loaded through the API while the old one keeps serving.
 Its pid, ports and log path live in a state file that `python -m deploy`
-(and `make stop`) read.
+(and `make stop`) read; the last version deployed is recorded beside it, so
+`python -m deploy serve` brings the same models back after a reboot.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from model_repository.repository import RepositoryVersion
 log = logging.getLogger(__name__)
 
 STATE_FILE = "triton.json"
+LAST_DEPLOYED_FILE = "last_deployed.json"
 SHM_FOLDER = Path("/dev/shm")
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
 PYTHON_STUB_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -188,20 +190,16 @@ class LocalTriton:
         client = httpclient.InferenceServerClient(state.http_url, network_timeout=timeout_s)
         try:
             client.load_model(model_name)
-            versions = [
-                int(entry["version"])
-                for entry in client.get_model_repository_index()
-                if entry.get("name") == model_name and entry.get("state") == "READY" and entry.get("version")
-            ]
         except InferenceServerException as exc:
             raise TritonError(f"loading {model_name} failed: {exc.message()}") from exc
         finally:
             client.close()
-        if not versions:
+        version = served_models(state).get(model_name)
+        if version is None:
             raise TritonError(
                 f"{model_name} has no READY version after loading:\n" + _tail(Path(state.log_file))
             )
-        return max(versions)
+        return version
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """SIGTERM (Triton cleans its shared memory), SIGKILL as a last resort."""
@@ -284,6 +282,25 @@ def _tail(log_file: Path, lines: int = 30) -> str:
     return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
+def served_models(state: ServerState) -> dict[str, int]:
+    """Each READY model with the newest version it serves, from the repository index."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(state.http_url, network_timeout=30)
+    try:
+        index = client.get_model_repository_index()
+    except InferenceServerException as exc:
+        raise TritonError(f"reading the repository index failed: {exc.message()}") from exc
+    finally:
+        client.close()
+    served: dict[str, int] = {}
+    for entry in index:
+        if entry.get("state") == "READY" and entry.get("version"):
+            served[entry["name"]] = max(served.get(entry["name"], 0), int(entry["version"]))
+    return served
+
+
 def server_from_environment(environment: Environment) -> LocalTriton:
     return LocalTriton(
         environment.state_dir,
@@ -298,19 +315,63 @@ def deploy_version(version: RepositoryVersion, environment: Environment) -> Endp
     server = server_from_environment(environment)
     repository = _local_repository(version.repository_uri, environment.state_dir)
     state = server.ensure_running(repository, environment.triton_ready_timeout_s)
-    loaded = server.load(state, version.model_name, environment.triton_ready_timeout_s)
+    loaded = _load_with_ensemble(server, state, version.model_name, environment)
     if loaded != version.version:
         raise TritonError(
             f"Triton serves version {loaded} of {version.model_name}, expected {version.version}"
         )
+    (environment.state_dir / LAST_DEPLOYED_FILE).write_text(json.dumps(asdict(version), indent=2))
+    return _endpoint(state, version.model_name, loaded)
+
+
+def serve(environment: Environment, repository_uri: str = "") -> dict[str, int]:
+    """Serve `repository_uri` (default: the one last deployed), loading the newest version of
+    each model in it; returns what is served. What `python -m deploy serve` runs after a reboot."""
+    if not repository_uri:
+        last = environment.state_dir / LAST_DEPLOYED_FILE
+        if not last.exists():
+            raise TritonError(f"nothing was deployed from {environment.state_dir} yet: give a repository")
+        repository_uri = json.loads(last.read_text())["repository_uri"]
+    server = server_from_environment(environment)
+    repository = _local_repository(repository_uri, environment.state_dir)
+    state = server.ensure_running(repository, environment.triton_ready_timeout_s)
+    # A classifier is a model with a JPEG ensemble beside it; the ensemble brings its preprocessing.
+    classifiers = sorted(
+        folder.name for folder in repository.iterdir() if (repository / ensemble_name(folder.name)).is_dir()
+    )
+    if not classifiers:
+        raise TritonError(f"{repository_uri} holds no model packaged by this project")
+    for model_name in classifiers:
+        _load_with_ensemble(server, state, model_name, environment)
+    return served_models(state)
+
+
+def served_endpoint(environment: Environment, model_name: str) -> Endpoint:
+    """Where the local server answers for `model_name` now, and which version it serves."""
+    state = server_from_environment(environment).state()
+    if state is None:
+        raise TritonError(
+            "no local tritonserver is running: run the dogs_cats DAG or `python -m deploy serve`"
+        )
+    version = served_models(state).get(model_name)
+    if version is None:
+        raise TritonError(f"the local tritonserver does not serve {model_name}")
+    return _endpoint(state, model_name, version)
+
+
+def _load_with_ensemble(
+    server: LocalTriton, state: ServerState, model_name: str, environment: Environment
+) -> int:
+    loaded = server.load(state, model_name, environment.triton_ready_timeout_s)
     # The JPEG ensemble follows the classifier's latest version; loading it also
     # (re)loads its preprocessing model.
-    server.load(state, ensemble_name(version.model_name), environment.triton_ready_timeout_s)
+    server.load(state, ensemble_name(model_name), environment.triton_ready_timeout_s)
+    return loaded
+
+
+def _endpoint(state: ServerState, model_name: str, version: int) -> Endpoint:
     return Endpoint(
-        url=state.http_url,
-        model_name=version.model_name,
-        version=loaded,
-        grpc_url=f"127.0.0.1:{state.grpc_port}",
+        url=state.http_url, model_name=model_name, version=version, grpc_url=f"127.0.0.1:{state.grpc_port}"
     )
 
 

@@ -278,9 +278,7 @@ def deploy_to_kubernetes(
     spec = ServingSpec.from_environment(
         environment, image=image, model_name=version.model_name, model_version=version.version
     )
-    service_host = f"{spec.name}.{spec.namespace}.svc.cluster.local"
-    url = environment.serving_url or f"{service_host}:{HTTP_PORT}"
-    grpc_url = "" if environment.serving_url else f"{service_host}:{GRPC_PORT}"
+    endpoint = service_endpoint(environment, version.model_name, version.version)
     first_files = itertools.islice(storage.iter_files(smoke_images_uri), smoke_images)
     images = [storage.read_bytes(uri) for uri in first_files]
     if not images:
@@ -288,9 +286,29 @@ def deploy_to_kubernetes(
     result = roll_out(
         api,
         serving_manifests(spec),
-        lambda: smoke_test(url, version.model_name, version.version, images),
+        lambda: smoke_test(endpoint.url, version.model_name, version.version, images),
         retired=retired_manifests(spec),
         timeout_s=environment.rollout_timeout_s,
     )
     log.info("%s", result.message)
-    return Endpoint(url, version.model_name, version.version, grpc_url=grpc_url)
+    return endpoint
+
+
+def service_endpoint(environment: Environment, model_name: str, version: int) -> Endpoint:
+    """The Service's address (DNS name inside the cluster, or DOGS_CATS_SERVING_URL)."""
+    host = f"{environment.serving_name}.{environment.namespace}.svc.cluster.local"
+    url = environment.serving_url or f"{host}:{HTTP_PORT}"
+    grpc_url = "" if environment.serving_url else f"{host}:{GRPC_PORT}"
+    return Endpoint(url, model_name, version, grpc_url=grpc_url)
+
+
+def served_endpoint(environment: Environment, model_name: str) -> Endpoint:
+    """The Service's endpoint with the newest version the Deployment serves now."""
+    from client.triton import Triton
+
+    triton = Triton(service_endpoint(environment, model_name, 0).url, "http", timeout_s=30)
+    try:
+        version = max(int(served) for served in triton.served_versions(model_name))
+    finally:
+        triton.close()
+    return service_endpoint(environment, model_name, version)

@@ -1,8 +1,10 @@
-"""`make demo`: run the dogs_cats DAG once on this machine and say where things are.
+"""`make demo`: run the dogs_cats DAG once on this machine, as its users run it, and say where things are.
 
-Runs `airflow dags test` (the DAG in-process, recorded in the metadata DB so
-`airflow standalone` shows it afterwards), then prints the report and how to
-call the model that is still being served.
+Brings up Airflow (`pipeline.stack`: api-server, scheduler, dag-processor,
+triggerer), triggers the run through the REST API with the conf, follows it as
+a per-task progress view, then prints the run's UI link, the report and how to
+call the model that Triton keeps serving. Airflow and Triton keep running
+until `make stop`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from core.settings import Environment, join_uri
+from pipeline.stack import StackError, follow, login_banner, stack_from_environment
+
+DAG_ID = "dogs_cats"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.source:
         conf["source"] = args.source if "://" in args.source else str(Path(args.source).resolve())
 
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
-    print(f"running dogs_cats with conf {json.dumps(conf)}", flush=True)
-    result = subprocess.run([airflow, "dags", "test", "dogs_cats", "--conf", json.dumps(conf)])
-    if result.returncode != 0:
-        print("the DAG run failed; see the task logs above", file=sys.stderr)
-        return result.returncode
+    stack = stack_from_environment()
+    print(f"starting Airflow on {stack.base_url} (logs: {stack.log_file})", flush=True)
+    stack.start()
+    stack.wait_for_dag(DAG_ID)
+    print(login_banner(stack), flush=True)
+    api = stack.api()
+    try:
+        run_id = api.trigger(DAG_ID, conf)
+    except StackError as refused:
+        print(f"{refused}\nnothing ran; fix CONF and run make demo again", file=sys.stderr)
+        return 2
+    print(f"triggered {DAG_ID} with conf {json.dumps(conf)}\n  {stack.run_url(DAG_ID, run_id)}", flush=True)
+    state = follow(api, DAG_ID, run_id)
+    print(f"the run in the UI: {stack.run_url(DAG_ID, run_id)}")
+    if state != "success":
+        print("the run failed: open the link above for each task's log", file=sys.stderr)
+        return 1
     return _summarise(conf["data_bucket"])
 
 
@@ -64,7 +78,7 @@ accuracy on the validation split {report.get("accuracy_by_folder", "n/a")}.
 Triton is still serving on 127.0.0.1:{port}:
   .venv/bin/python -m client predict path/to/image.jpg
   curl -s 127.0.0.1:{port}/v2/models/dogs_cats
-Stop it with: make stop"""
+Airflow and Triton keep running; stop both with: make stop"""
     )
     return 0
 

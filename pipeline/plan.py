@@ -10,6 +10,9 @@ the bucket documented by code:
     {bucket}/predictions/<run>/                         predictions.jsonl, report.json, report.html,
                                                         shards/ (listing + one output folder per shard)
 
+The batch stage gets a `BatchJob` of its own, which the dogs_cats_batch DAG
+builds too: both run the same tasks (pipeline/batch.py).
+
 The plan is a frozen pydantic model: it crosses XCom whole, through Airflow's
 pydantic serialiser (`model_dump` out, `model_validate` back in), so every task
 reads typed fields and a renamed field fails in mypy rather than in a task.
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from core.settings import RunConfig, join_uri, options_of
+from core.settings import BatchParams, RunConfig, join_uri, options_of
+from deploy import Endpoint
 from training.job import TrainingJob
 
 if TYPE_CHECKING:
@@ -42,14 +46,50 @@ class RunPlan(BaseModel):
     inference_input: str
     training: TrainingJob
 
-    def batch_options(self, model_name: str) -> BatchOptions:
-        """How the batch stage calls the served model, as the run's conf asks."""
+    def batch_job(self, endpoint: Endpoint, class_names: tuple[str, ...]) -> BatchJob:
+        """The batch stage: the run's inference input through the endpoint just deployed."""
+        return BatchJob(
+            params=options_of(BatchParams, self.config),
+            input_uri=self.inference_input,
+            output_uri=self.predictions_uri,
+            endpoint=endpoint,
+            class_names=class_names,
+        )
+
+
+class BatchJob(BaseModel):
+    """Classify every image under `input_uri` with the served model, writing under `output_uri`:
+    predictions.jsonl, report.json, report.html and shards/ (the listing and each shard's parts).
+
+    `class_names` are the model's labels: input folders named after them count as ground truth.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    params: BatchParams
+    input_uri: str
+    output_uri: str
+    endpoint: Endpoint
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def shards_uri(self) -> str:
+        return join_uri(self.output_uri, "shards")
+
+    @property
+    def url(self) -> str:
+        """Where the client connects, in the protocol the params ask for."""
+        grpc = self.params.inference_protocol == "grpc"
+        return self.endpoint.grpc_url if grpc else self.endpoint.url
+
+    def options(self) -> BatchOptions:
+        """How the batch client calls the served model."""
         from client.batch import BatchOptions  # tritonclient: only the tasks that call Triton load it
 
         return BatchOptions(
-            model_name=model_name,
-            protocol=self.config.inference_protocol,
-            encoded=self.config.inference_encoded,
+            model_name=self.endpoint.model_name,
+            protocol=self.params.inference_protocol,
+            encoded=self.params.inference_encoded,
         )
 
 

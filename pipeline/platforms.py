@@ -9,9 +9,14 @@ it got:
 * `deploy_task(version, plan)`: local, the bundled tritonserver loads the new
   version while the old one serves; kubernetes, a BuildKit pod builds the
   Triton image, then a Deployment rollout with a smoke test and rollback.
+* `served_endpoint(model_name)`: where the model answers now, for the
+  dogs_cats_batch DAG.
 
-The platform is chosen once per deployment by DOGS_CATS_PLATFORM. This module
-and pipeline/pods.py are the only ones besides the DAG that import Airflow.
+Training emits the MODEL asset and deployment the SERVED_MODEL asset, on
+either platform.
+
+The platform is chosen once per deployment by DOGS_CATS_PLATFORM. Only the
+`pipeline` package and the DAG files import Airflow.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from core.settings import Environment, PlatformName, ort_threads_per_instance, t
 from deploy import Endpoint
 from model_repository import Flavour
 from model_repository.repository import RepositoryVersion
+from pipeline.assets import MODEL, SERVED_MODEL, annotate
 from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 
@@ -47,6 +53,10 @@ class Platform(Protocol):
 
     def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         """Tasks that serve a RepositoryVersion; the last returns its Endpoint."""
+        ...
+
+    def served_endpoint(self, model_name: str) -> Endpoint:
+        """Where `model_name` answers now, with the version it serves; raises when nothing does."""
         ...
 
 
@@ -101,22 +111,30 @@ class LocalPlatform:
     def train_task(self, plan: XComArg) -> XComArg:
         python = training_python(self.environment)
 
-        @task(task_id="train")
+        @task(task_id="train", outlets=[MODEL])
         def train(plan: RunPlan) -> None:
             run_training_process(to_arguments(plan.training), python)
+            annotate(MODEL, model=plan.model_uri)
 
         return train(resolved(plan))
 
     def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         environment = self.environment
 
-        @task(task_id="deploy")
+        @task(task_id="deploy", outlets=[SERVED_MODEL])
         def deploy(version: RepositoryVersion) -> Endpoint:
             from deploy.local_triton import deploy_version
 
-            return deploy_version(version, environment)
+            endpoint = deploy_version(version, environment)
+            annotate(SERVED_MODEL, url=endpoint.url, model=endpoint.model_name, version=endpoint.version)
+            return endpoint
 
         return deploy(resolved(version))
+
+    def served_endpoint(self, model_name: str) -> Endpoint:
+        from deploy.local_triton import served_endpoint
+
+        return served_endpoint(self.environment, model_name)
 
 
 class KubernetesPlatform:
@@ -131,7 +149,7 @@ class KubernetesPlatform:
         return {}
 
     def train_task(self, plan: XComArg) -> BaseOperator:
-        return TrainingPodOperator(task_id="train", environment=self.environment, plan=plan)
+        return TrainingPodOperator(task_id="train", environment=self.environment, plan=plan, outlets=[MODEL])
 
     def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         environment = self.environment
@@ -143,14 +161,16 @@ class KubernetesPlatform:
 
             return upload_build_context(version, plan.images_uri, environment.registry).to_dict()
 
-        @task(task_id="deploy")
+        @task(task_id="deploy", outlets=[SERVED_MODEL])
         def deploy(version: RepositoryVersion, build: dict[str, Any], plan: RunPlan) -> Endpoint:
             from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
             from deploy.rollout import KubernetesApi, deploy_to_kubernetes
 
             api = KubernetesApi(KubernetesHook(conn_id=environment.kubernetes_conn_id).api_client)
-            return deploy_to_kubernetes(api, version, build["image"], plan.smoke_images_uri, environment)
+            endpoint = deploy_to_kubernetes(api, version, build["image"], plan.smoke_images_uri, environment)
+            annotate(SERVED_MODEL, url=endpoint.url, model=endpoint.model_name, image=build["image"])
+            return endpoint
 
         build: Any = build_context(resolved(version), resolved(plan))
         image = ImageBuildPodOperator(
@@ -162,6 +182,11 @@ class KubernetesPlatform:
         endpoint = deploy(resolved(version), build, resolved(plan))
         image >> endpoint
         return endpoint
+
+    def served_endpoint(self, model_name: str) -> Endpoint:
+        from deploy.rollout import served_endpoint
+
+        return served_endpoint(self.environment, model_name)
 
 
 def platform_for(environment: Environment) -> Platform:

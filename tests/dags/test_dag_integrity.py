@@ -1,16 +1,16 @@
-"""DAG integrity: the dags folder imports cleanly and dogs_cats is wired as designed."""
+"""DAG integrity: the dags folder imports cleanly and both DAGs are wired as designed."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import ParamValidationError
 
-from core.settings import RunConfig
+from core.settings import BatchRunConfig, RunConfig
 from harness.data import REPO_ROOT
+from pipeline import assets
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 
 DAGS = REPO_ROOT / "dags"
@@ -23,22 +23,57 @@ def dagbag() -> DagBag:
 
 def test_dags_import_without_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"dogs_cats"}
+    assert set(dagbag.dag_ids) == {"dogs_cats", "dogs_cats_batch"}
 
 
-def test_dag_is_manual_with_owner_and_docs(dagbag: DagBag) -> None:
-    dag = dagbag.dags["dogs_cats"]
-    assert dag.schedule is None
+@pytest.mark.parametrize(
+    ("dag_id", "documented"), [("dogs_cats", "data_bucket"), ("dogs_cats_batch", "input")]
+)
+def test_dags_have_owner_docs_and_retries(dagbag: DagBag, dag_id: str, documented: str) -> None:
+    dag = dagbag.dags[dag_id]
     assert dag.catchup is False
-    assert "data_bucket" in str(dag.doc_md)
+    assert documented in str(dag.doc_md)
     assert "platform:local" in dag.tags
     assert all(task.owner == "dogs-cats-triton" for task in dag.tasks)
     assert all(task.retries == 1 for task in dag.tasks), "every task is idempotent, so retried once"
 
 
-PLAN_DOWNSTREAM = sorted(
-    {"classify_shard", "list_shards", "merge_predictions", "package", "quality_gate", "stage_data", "train"}
-)
+def test_the_main_dag_is_manual_and_the_batch_dag_follows_deployments(dagbag: DagBag) -> None:
+    assert dagbag.dags["dogs_cats"].schedule is None
+    batch = dagbag.dags["dogs_cats_batch"]
+    assert batch.timetable.asset_condition == assets.SERVED_MODEL
+
+
+def test_each_stage_declares_the_asset_it_writes(dagbag: DagBag) -> None:
+    dag = dagbag.dags["dogs_cats"]
+    outlets = {task.task_id: task.outlets for task in dag.tasks if task.outlets}
+    assert outlets == {
+        "stage_data": [assets.DATASET],
+        "train": [assets.MODEL],
+        "package": [assets.REPOSITORY_VERSION],
+        "deploy": [assets.SERVED_MODEL],
+        "merge_predictions": [assets.PREDICTIONS],
+    }
+    assert dagbag.dags["dogs_cats_batch"].get_task("merge_predictions").outlets == [assets.PREDICTIONS]
+
+
+def test_both_dags_run_the_same_batch_tasks(dagbag: DagBag) -> None:
+    shared = ("list_shards", "classify_shard", "merge_predictions")
+    for task_id in shared:
+        main, batch = (dagbag.dags[dag_id].get_task(task_id) for dag_id in ("dogs_cats", "dogs_cats_batch"))
+        assert main.python_callable is batch.python_callable, task_id  # type: ignore[attr-defined]
+    batch_downstream = {
+        t.task_id: sorted(t.downstream_task_ids) for t in dagbag.dags["dogs_cats_batch"].tasks
+    }
+    assert batch_downstream == {
+        "plan_batch": sorted(shared),
+        "list_shards": ["classify_shard"],
+        "classify_shard": ["merge_predictions"],
+        "merge_predictions": [],
+    }
+
+
+PLAN_DOWNSTREAM = sorted({"package", "plan_batch", "quality_gate", "stage_data", "train"})
 
 
 def test_task_graph_flows_one_way(dagbag: DagBag) -> None:
@@ -46,11 +81,12 @@ def test_task_graph_flows_one_way(dagbag: DagBag) -> None:
     downstream = {task.task_id: sorted(task.downstream_task_ids) for task in dag.tasks}
     assert downstream == {
         "plan": PLAN_DOWNSTREAM,
-        "stage_data": ["merge_predictions", "train"],
+        "stage_data": ["plan_batch", "train"],
         "train": ["quality_gate"],
         "quality_gate": ["package"],
         "package": ["deploy"],
-        "deploy": ["classify_shard", "list_shards", "merge_predictions"],
+        "deploy": ["plan_batch"],
+        "plan_batch": ["classify_shard", "list_shards", "merge_predictions"],
         "list_shards": ["classify_shard"],
         "classify_shard": ["merge_predictions"],
         "merge_predictions": [],
@@ -71,6 +107,15 @@ def test_params_are_the_run_config(dagbag: DagBag) -> None:
     assert params.get_param("data_bucket").schema["type"] == "string"
     assert params.get_param("epochs").value == 5
     assert params.get_param("platform").schema["enum"] == ["local"]
+
+
+def test_batch_params_default_to_the_standing_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOGS_CATS_BATCH_INPUT", "/standing/input")
+    params = DagBag(dag_folder=str(DAGS)).dags["dogs_cats_batch"].params
+    assert set(params.keys()) == set(BatchRunConfig.model_fields)
+    assert params.get_param("input").value == "/standing/input"
+    assert params.get_param("output").value == ""
+    assert params.get_param("inference_protocol").schema["enum"] == ["http", "grpc"]
 
 
 @pytest.mark.parametrize(
@@ -108,13 +153,14 @@ def test_kubernetes_platform_trains_in_a_pod(monkeypatch: pytest.MonkeyPatch) ->
     assert dag.get_task("build_context").upstream_task_ids == {"package", "plan"}
     assert dag.get_task("build_image").upstream_task_ids == {"build_context"}
     assert dag.get_task("deploy").upstream_task_ids == {"build_image", "build_context", "package", "plan"}
-    assert "deploy" in dag.get_task("list_shards").upstream_task_ids
+    assert "deploy" in dag.get_task("plan_batch").upstream_task_ids
     assert "platform:kubernetes" in dag.tags
     assert dag.params.get_param("platform").schema["enum"] == ["kubernetes"]
 
 
 def test_dag_file_is_wiring_only() -> None:
-    """Stage logic lives in the packages: the DAG file defines no helpers of its own."""
-    source = Path(DAGS / "dogs_cats.py").read_text()
-    assert "import tensorflow" not in source
-    assert "subprocess" not in source
+    """Stage logic lives in the packages: the DAG files define no helpers of their own."""
+    for dag_file in DAGS.glob("*.py"):
+        source = dag_file.read_text()
+        assert "import tensorflow" not in source
+        assert "subprocess" not in source

@@ -1,0 +1,323 @@
+"""Airflow as it runs on one machine: `airflow standalone` started, stopped and driven over REST.
+
+`make up`, `make demo` and `make stop` use this module, and so do the tests
+that run the DAGs under the real scheduler: the same start-up, the same REST
+calls a user makes, the same shutdown.
+
+Standalone starts the api-server, scheduler, dag-processor and triggerer as
+`airflow ...` subprocesses found on PATH, so the interpreter's bin folder goes
+first on it. It is stopped with SIGINT to its process group: SIGTERM would
+orphan the LocalExecutor's workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from core.settings import Environment
+
+AIRFLOW = Path(sys.executable).with_name("airflow")
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+PID_FILE = "standalone.pid"
+LOG_FILE = "standalone.log"
+USERNAME = "admin"  # the simple auth manager's generated admin, the only login the local stack has
+FINISHED = frozenset({"success", "failed"})
+
+
+class StackError(RuntimeError):
+    """Airflow refused what was asked of it, or did not answer in time; the message says why."""
+
+
+class StandaloneExited(RuntimeError):
+    """`airflow standalone` died while starting; the message carries its log's tail."""
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 2.0) -> Any:
+    """Poll `check` until it returns something truthy; errors while polling count as not yet."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, urllib.error.URLError, StackError):
+            result = None
+        if result:
+            return result
+        time.sleep(interval_s)
+    raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@dataclass
+class AirflowApi:
+    """The REST API (`/api/v2`) with a bearer token from the simple auth manager's admin."""
+
+    base_url: str
+    password: Callable[[], str]
+    _token: str = field(default="", repr=False)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        if not self._token and path != "/auth/token":
+            status, answer = self.request(
+                "POST", "/auth/token", {"username": USERNAME, "password": self.password()}
+            )
+            if status not in (200, 201):
+                raise StackError(f"Airflow refused the login: {status} {answer}")
+            self._token = answer["access_token"]
+        request = urllib.request.Request(
+            self.base_url + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        status, answer = self.request("GET", path)
+        if status != 200:
+            raise StackError(f"GET {path}: {status} {answer}")
+        return answer
+
+    def healthy(self) -> bool:
+        status, _ = self.request("GET", "/api/v2/monitor/health")
+        return status == 200
+
+    def unpause(self, dag_id: str) -> None:
+        status, answer = self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        if status != 200:
+            raise StackError(f"could not unpause {dag_id}: {status} {answer}")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """A manual run with `conf`; a conf the DAG's Params refuse raises with Airflow's reason."""
+        status, answer = self.request(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        if status != 200:
+            detail = answer.get("detail") if isinstance(answer, dict) else answer
+            raise StackError(f"Airflow refused the run ({status}): {detail}")
+        run_id: str = answer["dag_run_id"]
+        return run_id
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        run: dict[str, Any] = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        return run
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        found = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
+        return list(found["task_instances"])
+
+    def wait_until_finished(self, dag_id: str, run_id: str, timeout_s: float) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            run = self.dag_run(dag_id, run_id)
+            return run if run["state"] in FINISHED else None
+
+        run: dict[str, Any] = wait_for(f"{dag_id} run {run_id} to finish", finished, timeout_s, 5)
+        return run
+
+
+@dataclass
+class AirflowStack:
+    """One `airflow standalone` with its home, port and DAGs folder."""
+
+    home: Path
+    dags_folder: Path
+    port: int = 8080
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # 2 cores: fewer worker processes, less memory (~1 GB for the whole stack).
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            # A new DAG runs when triggered, from the UI or the CLI, without a trip to unpause it.
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": self.base_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+            **self.extra_env,
+        }
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / LOG_FILE
+
+    def api(self) -> AirflowApi:
+        return AirflowApi(self.base_url, self.password)
+
+    def password(self) -> str:
+        passwords = json.loads((self.home / PASSWORDS_FILE).read_text())
+        password: str = passwords[USERNAME]
+        return password
+
+    def pid(self) -> int | None:
+        """The standalone process still running from an earlier start, if any."""
+        try:
+            pid = int((self.home / PID_FILE).read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid
+
+    def start(self, timeout_s: float = 240.0) -> None:
+        """Migrate the metadata DB and start standalone, unless it already runs; wait for the API."""
+        if self.pid() is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            migrated = subprocess.run(
+                [str(AIRFLOW), "db", "migrate"], env=self.env, capture_output=True, text=True
+            )
+            if migrated.returncode != 0:
+                raise StackError(f"airflow db migrate failed:\n{migrated.stderr[-3000:]}")
+            with self.log_file.open("ab") as log:
+                process = subprocess.Popen(
+                    [str(AIRFLOW), "standalone"],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # its own process group, stopped as one
+                )
+            (self.home / PID_FILE).write_text(str(process.pid))
+        api = self.api()
+
+        def up() -> bool:
+            if self.pid() is None:
+                raise StandaloneExited(
+                    f"airflow standalone exited; last lines of {self.log_file}:\n{self._tail()}"
+                )
+            return (self.home / PASSWORDS_FILE).exists() and api.healthy()
+
+        wait_for(f"Airflow's API on {self.base_url}", up, timeout_s)
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> None:
+        """Wait until the dag-processor has parsed `dag_id`, then make sure it is unpaused."""
+        api = self.api()
+        wait_for(
+            f"the DAG {dag_id} to be parsed",
+            lambda: api.request("GET", f"/api/v2/dags/{dag_id}")[0] == 200,
+            timeout_s,
+        )
+        api.unpause(dag_id)
+
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while self.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if self.pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        (self.home / PID_FILE).unlink(missing_ok=True)
+        return True
+
+    def _tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def run_url(self, dag_id: str, run_id: str) -> str:
+        return f"{self.base_url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"
+
+
+def stack_from_environment() -> AirflowStack:
+    """The stack the Makefile configures: AIRFLOW_HOME, AIRFLOW__CORE__DAGS_FOLDER, AIRFLOW__API__PORT."""
+    return AirflowStack(
+        home=Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")),
+        dags_folder=Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", Path.cwd() / "dags")),
+        port=int(os.environ.get("AIRFLOW__API__PORT", "8080")),
+    )
+
+
+def _task_key(instance: dict[str, Any]) -> str:
+    index = instance.get("map_index", -1)
+    return instance["task_id"] + (f"[{index}]" if index is not None and index >= 0 else "")
+
+
+def progress_lines(api: AirflowApi, dag_id: str, run_id: str, poll_s: float = 2.0) -> Iterator[str]:
+    """One line per change of a task's state or try, until the run finishes; the run's state last."""
+    seen: dict[str, tuple[str, int]] = {}
+    while True:
+        run = api.dag_run(dag_id, run_id)
+        for instance in sorted(
+            api.task_instances(dag_id, run_id), key=lambda ti: ti.get("start_date") or "~"
+        ):
+            key, state, tries = _task_key(instance), instance["state"], instance["try_number"]
+            if state is None or seen.get(key) == (state, tries):  # not scheduled yet
+                continue
+            seen[key] = (state, tries)
+            duration = f"{instance['duration']:.1f} s" if instance.get("duration") else ""
+            yield f"  {time.strftime('%H:%M:%S')}  {key:<22} {state:<16} {duration:>9}  try {tries}"
+        if run["state"] in FINISHED:
+            yield f"run {run_id}: {run['state']}"
+            return
+        time.sleep(poll_s)
+
+
+def follow(api: AirflowApi, dag_id: str, run_id: str, out: TextIO = sys.stdout) -> str:
+    """Print the compact progress view of a run; returns its final state."""
+    state = ""
+    for line in progress_lines(api, dag_id, run_id):
+        print(line, file=out, flush=True)
+        state = line.rsplit(" ", 1)[-1]
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "stop", "status"])
+    args = parser.parse_args(argv)
+    stack = stack_from_environment()
+    if args.command == "up":
+        stack.start()
+        stack.wait_for_dag("dogs_cats")
+        print(login_banner(stack))
+        return 0
+    if args.command == "status":
+        pid = stack.pid()
+        print(f"airflow standalone pid {pid} on {stack.base_url}" if pid else "Airflow is not running")
+        return 0 if pid else 1
+    print("stopped Airflow" if stack.stop() else "Airflow was not running")
+    from deploy.local_triton import server_from_environment
+
+    print(
+        "stopped tritonserver"
+        if server_from_environment(Environment()).stop()
+        else "no tritonserver was running"
+    )
+    return 0
+
+
+def login_banner(stack: AirflowStack) -> str:
+    return (
+        f"Airflow UI: {stack.base_url}  (login {USERNAME} / {stack.password()}; "
+        f"the password is in {stack.home / PASSWORDS_FILE})\n"
+        f"logs: {stack.log_file}; stop everything with: make stop"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
