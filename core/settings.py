@@ -314,22 +314,29 @@ def batch_param_specs(environment: Environment | None = None) -> dict[str, dict[
     """The dogs_cats_batch DAG's Params; input and output default to the standing ones."""
     env = environment or Environment()
     specs = _json_specs(BatchRunConfig)
-    specs["input"]["default"] = env.batch_input
-    specs["output"]["default"] = env.batch_output
+    specs["input"]["default"] = env.batch_input or None
+    specs["output"]["default"] = env.batch_output or None
     return specs
 
 
 def _json_specs(config: type[BaseModel]) -> dict[str, dict[str, Any]]:
     specs: dict[str, dict[str, Any]] = {}
     for name, prop in config.model_json_schema()["properties"].items():
-        specs[name] = {k: v for k, v in prop.items() if k != "title"} | {"title": name.replace("_", " ")}
+        spec = {k: v for k, v in prop.items() if k != "title"} | {"title": name.replace("_", " ")}
+        if spec.get("default") == "":
+            # Airflow's trigger form treats a field whose type excludes null as required and
+            # keeps its Trigger button disabled while one is empty; an optional string is
+            # nullable, and null means the field's default (config_from_params).
+            spec["type"], spec["default"] = ["null", "string"], None
+        specs[name] = spec
     return specs
 
 
-def run_config_from_params(params: dict[str, Any]) -> RunConfig:
-    """Validate the run's params (which Airflow fills with defaults) into a RunConfig."""
-    known = set(RunConfig.model_fields)
-    return RunConfig.model_validate({k: v for k, v in params.items() if k in known})
+def config_from_params(config: type[OptionsT], params: dict[str, Any]) -> OptionsT:
+    """Validate a run's params (which Airflow fills with defaults) into `config`; a null
+    (an optional field left empty in the trigger form) takes the field's default."""
+    known = set(config.model_fields)
+    return config.model_validate({k: v for k, v in params.items() if k in known and v is not None})
 
 
 def training_python(environment: Environment) -> str:

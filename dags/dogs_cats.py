@@ -41,11 +41,11 @@ for xcom_class in (RunPlan, BatchJob, RepositoryVersion, Endpoint):
 @task(task_id="plan")
 def plan_run() -> RunPlan:
     """Validate the conf once and decide every URI of this run."""
-    from core.settings import run_config_from_params
+    from core.settings import RunConfig, config_from_params
     from pipeline.plan import make_plan
 
     context = get_current_context()
-    return make_plan(run_config_from_params(dict(context["params"])), context["run_id"])
+    return make_plan(config_from_params(RunConfig, dict(context["params"])), context["run_id"])
 
 
 @task(outlets=[DATASET])

@@ -42,10 +42,10 @@ for xcom_class in (BatchJob, Endpoint):
 def plan_batch() -> BatchJob:
     """The input, a per-run output folder and the endpoint serving now; skipped without an input."""
     from client.triton import Triton, class_names, model_info
-    from core.settings import BatchParams, BatchRunConfig, join_uri, options_of, safe_name
+    from core.settings import BatchParams, BatchRunConfig, config_from_params, join_uri, options_of, safe_name
 
     context = get_current_context()
-    config = BatchRunConfig.model_validate(dict(context["params"]))
+    config = config_from_params(BatchRunConfig, dict(context["params"]))
     if not config.input or not config.output:
         raise AirflowSkipException(
             "no input or output: trigger with conf input and output, "

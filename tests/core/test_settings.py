@@ -6,10 +6,10 @@ from pydantic import ValidationError
 from core.settings import (
     Environment,
     RunConfig,
+    config_from_params,
     join_uri,
     ort_threads_per_instance,
     param_specs,
-    run_config_from_params,
     safe_name,
 )
 from harness.data import REPO_ROOT
@@ -28,9 +28,21 @@ def test_run_config_rejects_out_of_range_values() -> None:
 
 
 def test_run_config_from_params_ignores_unknown_keys() -> None:
-    config = run_config_from_params({"data_bucket": "gs://b", "epochs": 3, "unrelated": 1})
+    config = config_from_params(RunConfig, {"data_bucket": "gs://b", "epochs": 3, "unrelated": 1})
     assert config.epochs == 3
     assert config.dataset_uri() == "gs://b/datasets/cats_vs_dogs"
+
+
+def test_an_optional_string_left_empty_in_the_form_takes_its_default() -> None:
+    """The trigger form sends null for an empty nullable field; the config gets the default."""
+    specs = param_specs(Environment(platform="local"))
+    assert specs["inference_input"]["type"] == ["null", "string"]
+    assert specs["source_sha256"]["default"] is None
+    config = config_from_params(
+        RunConfig, {"data_bucket": "/b", "inference_input": None, "source_sha256": None}
+    )
+    assert config.inference_input == ""
+    assert config.source_sha256 == ""
 
 
 def test_param_specs_mirror_the_model() -> None:

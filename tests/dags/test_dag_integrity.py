@@ -120,7 +120,7 @@ def test_batch_params_default_to_the_standing_input(monkeypatch: pytest.MonkeyPa
     params = DagBag(dag_folder=str(DAGS)).dags["dogs_cats_batch"].params
     assert set(params.keys()) == set(BatchRunConfig.model_fields)
     assert params.get_param("input").value == "/standing/input"
-    assert params.get_param("output").value == ""
+    assert params.get_param("output").value is None  # no standing output: the run is skipped
     assert params.get_param("inference_protocol").schema["enum"] == ["http", "grpc"]
 
 

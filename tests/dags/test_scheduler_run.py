@@ -1,4 +1,4 @@
-"""One run under the real scheduler (`airflow standalone`), triggered from the CLI.
+"""Runs under the real scheduler (`airflow standalone`): triggered from the CLI, refused conf, killed workers.
 
 `dag.test()` runs tasks in the test process with a logical date; the
 scheduler gives manual runs `logical_date=None` and lets tasks reach the
@@ -8,107 +8,32 @@ metadata only through the execution API. This test catches what the first hides.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from core.settings import options_of
-from deploy.local_triton import LocalTriton
-from harness.data import REPO_ROOT, manifest_files, relative_files, write_images
-from harness.serving import free_port
-from pipeline.plan import RunPlan
+from harness.airflow import running_stack, stored_plan
+from harness.data import manifest_files, relative_files, write_images
+from pipeline.stack import AIRFLOW as AIRFLOW_BIN
+from pipeline.stack import AirflowStack, wait_for
 
 pytestmark = pytest.mark.integration
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+AIRFLOW = str(AIRFLOW_BIN)
 
 
-class Standalone:
-    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
-        self.home, self.env, self.base = home, env, f"http://127.0.0.1:{port}"
-        self._token = ""
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=120)
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-        if not self._token and path != "/auth/token":
-            passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
-            _, token = self.request(
-                "POST", "/auth/token", {"username": "admin", "password": passwords["admin"]}
-            )
-            self._token = token["access_token"]
-        request = urllib.request.Request(
-            self.base + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-
-def _wait(what: str, check: Any, timeout_s: float, interval_s: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, urllib.error.URLError, FileNotFoundError):
-            result = None
-        if result:
-            return result
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+def cli(stack: AirflowStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AIRFLOW, *args], env=stack.env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
-def standalone(tmp_path: Path) -> Iterator[Standalone]:
-    home = tmp_path / "airflow"
-    port = free_port()
-    triton = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    env = {
-        **os.environ,
-        # standalone starts its components as `airflow ...` subprocesses found on PATH.
-        "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",  # 2 cores: fewer worker processes, less memory
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "DOGS_CATS_STATE_DIR": str(tmp_path / "state"),
-        **{f"DOGS_CATS_TRITON_{name.upper()}": str(value) for name, value in triton.items()},
-    }
-    log = (tmp_path / "standalone.log").open("wb")
-    process = subprocess.Popen(
-        [AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    server = Standalone(home, env, port)
-    try:
-        _wait("the API server", lambda: server.request("GET", "/api/v2/monitor/health")[0] == 200, 180)
-        yield server
-    finally:
-        os.killpg(process.pid, signal.SIGINT)  # SIGTERM would orphan the LocalExecutor workers
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-        LocalTriton(tmp_path / "state", **triton).stop()
+def standalone(tmp_path: Path) -> Iterator[AirflowStack]:
+    with running_stack(tmp_path) as stack:
+        stack.wait_for_dag("dogs_cats")
+        yield stack
 
 
 # One bad value per kind of Param check: type (string, integer, number, boolean), bounds,
@@ -130,27 +55,32 @@ BAD_CONF: list[tuple[dict, str]] = [
 
 
 @pytest.mark.faults
-def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalone, tmp_path: Path) -> None:
-    _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
+def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: AirflowStack, tmp_path: Path) -> None:
+    api = standalone.api()
 
-    refused = standalone.cli("dags", "trigger", "dogs_cats", "--conf", json.dumps({"data_bucket": 5}))
+    refused = cli(standalone, "dags", "trigger", "dogs_cats", "--conf", json.dumps({"data_bucket": 5}))
     assert refused.returncode != 0
     assert "5 is not of type 'string'" in refused.stdout + refused.stderr
 
-    refused = standalone.cli(
-        "dags", "trigger", "dogs_cats", "--conf", json.dumps({"data_bucket": "/b", "model": "resnet"})
+    refused = cli(
+        standalone,
+        "dags",
+        "trigger",
+        "dogs_cats",
+        "--conf",
+        json.dumps({"data_bucket": "/b", "model": "resnet"}),
     )
     assert refused.returncode != 0
     refusal = "'resnet' is not one of ['efficientnet_lite0', 'small', 'xception']"
     assert refusal in refused.stdout + refused.stderr
 
     for conf, message in BAD_CONF:
-        status, body = standalone.request(
+        status, body = api.request(
             "POST", "/api/v2/dags/dogs_cats/dagRuns", {"logical_date": None, "conf": conf}
         )
         assert status == 400, conf
         assert message in json.dumps(body), (conf, body)
-    _, runs = standalone.request("GET", "/api/v2/dags/dogs_cats/dagRuns")
+    _, runs = api.request("GET", "/api/v2/dags/dogs_cats/dagRuns")
     assert runs["total_entries"] == 0, "refused conf creates no run, so no task ever starts"
 
     bucket = tmp_path / "bucket"
@@ -163,67 +93,50 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: Standalo
         "batch_size": 8,
         "max_batch_size": 8,
     }
-    triggered = standalone.cli("dags", "trigger", "dogs_cats", "--conf", json.dumps(conf))
+    triggered = cli(standalone, "dags", "trigger", "dogs_cats", "--conf", json.dumps(conf))
     assert triggered.returncode == 0, triggered.stderr
 
-    def finished() -> dict | None:
-        _, runs = standalone.request("GET", "/api/v2/dags/dogs_cats/dagRuns")
-        done = [r for r in runs["dag_runs"] if r["state"] in ("success", "failed")]
-        return done[0] if done else None
-
-    run = _wait("the run to finish", finished, 600, interval_s=5)
-    _, instances = standalone.request(
-        "GET", f"/api/v2/dags/dogs_cats/dagRuns/{run['dag_run_id']}/taskInstances"
-    )
-    states = {ti["task_id"]: ti["state"] for ti in instances["task_instances"]}
+    (listed,) = api.get("/api/v2/dags/dogs_cats/dagRuns")["dag_runs"]
+    run = api.wait_until_finished("dogs_cats", listed["dag_run_id"], 600)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances("dogs_cats", run["dag_run_id"])}
     assert run["state"] == "success", states
     assert run["logical_date"] is None
     # The run records its platform where the UI shows it: the plan task's XCom.
-    plan = _plan(standalone, run["dag_run_id"])
+    plan = stored_plan(api, run["dag_run_id"])
     assert plan is not None
     assert plan.config.platform == "local"
     (report,) = (bucket / "predictions").glob("*/report.json")
     assert json.loads(report.read_text())["failed"] == 0
 
 
-def _task_process(standalone: Standalone, run_id: str, task: str) -> psutil.Process:
+def _task_process(standalone: AirflowStack, run_id: str, task: str) -> psutil.Process:
     """The process Airflow runs the task's current try in (titled `airflow worker -- <ti id>`),
     found as soon as it starts, so the kill itself can land at the exact moment wanted."""
+    api = standalone.api()
     ti_path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}"
 
     def running() -> psutil.Process | None:
-        status, instance = standalone.request("GET", ti_path)
+        status, instance = api.request("GET", ti_path)
         if status != 200 or instance["state"] != "running":
             return None
         title = f"airflow worker -- {instance['id']}"
         found = [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
         return found[0] if found else None
 
-    found: psutil.Process = _wait(f"{task} to start", running, 600, interval_s=0.05)
+    found: psutil.Process = wait_for(f"{task} to start", running, 600, interval_s=0.05)
     return found
-
-
-def _plan(standalone: Standalone, run_id: str) -> RunPlan | None:
-    """The run's plan as the plan task stored it, or None while the plan has not run."""
-    path = f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/plan/xcomEntries/return_value"
-    status, entry = standalone.request("GET", path)
-    if status != 200:
-        return None
-    stored = json.loads(entry["value"]) if isinstance(entry["value"], str) else entry["value"]
-    assert stored["__classname__"] == "pipeline.plan.RunPlan", stored
-    return RunPlan.model_validate(stored["__data__"])
 
 
 @pytest.mark.faults
 def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_result(
-    standalone: Standalone, tmp_path: Path
+    standalone: AirflowStack, tmp_path: Path
 ) -> None:
     """Under the real scheduler: the task process of stage_data, then of classify_shard,
     is killed midway; each retry finishes, and the outputs equal a clean run's."""
     from client.batch import BatchOptions, run_batch
     from training.staging import StagingOptions, stage_dataset
 
-    _wait("the DAG to be parsed", lambda: standalone.request("GET", "/api/v2/dags/dogs_cats")[0] == 200, 180)
+    api = standalone.api()
     source = write_images(tmp_path / "source", per_class=300, size=128)
     inference_input = write_images(tmp_path / "to-classify", per_class=2000, size=64)
     conf = {
@@ -237,35 +150,27 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
         "inference_input": str(inference_input),
         "images_per_shard": 4000,  # one shard: one task to kill
     }
-    status, run = standalone.request(
-        "POST", "/api/v2/dags/dogs_cats/dagRuns", {"logical_date": None, "conf": conf}
-    )
-    assert status == 200, run
-    run_id = run["dag_run_id"]
+    run_id = api.trigger("dogs_cats", conf)
 
-    plan = _wait("the plan", lambda: _plan(standalone, run_id), 180, interval_s=1)
+    plan = wait_for("the plan", lambda: stored_plan(api, run_id), 180, interval_s=1)
     dataset = Path(plan.dataset_uri)
     staging = _task_process(standalone, run_id, "stage_data")
-    _wait("staging to be midway", lambda: sum(1 for _ in dataset.rglob("*.jpg")) >= 50, 300, interval_s=0.01)
+    wait_for(
+        "staging to be midway", lambda: sum(1 for _ in dataset.rglob("*.jpg")) >= 50, 300, interval_s=0.01
+    )
     staging.kill()  # as the OOM killer would: its supervisor reports the try as failed
     assert not (dataset / "manifest.json").exists(), "killed before staging finished"
 
     predictions = Path(plan.predictions_uri)
     first_part = predictions / "shards" / "shard-00000" / "parts" / "part-00000.json"
     inference = _task_process(standalone, run_id, "classify_shard/0")
-    _wait("inference to be midway", first_part.exists, 600, interval_s=0.01)
+    wait_for("inference to be midway", first_part.exists, 600, interval_s=0.01)
     inference.kill()
     assert not (predictions / "predictions.jsonl").exists(), "killed before inference finished"
 
-    def finished() -> dict | None:
-        _, found = standalone.request("GET", f"/api/v2/dags/dogs_cats/dagRuns/{run_id}")
-        return found if found["state"] in ("success", "failed") else None
-
-    assert _wait("the run to finish", finished, 600, interval_s=5)["state"] == "success"
+    assert api.wait_until_finished("dogs_cats", run_id, 600)["state"] == "success"
     for task in ("stage_data", "classify_shard/0"):
-        _, instance = standalone.request(
-            "GET", f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}"
-        )
+        _, instance = api.request("GET", f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}")
         assert instance["try_number"] == 2, (task, instance["state"])
 
     # The same staging done cleanly, in this process: same files, nothing left over.
