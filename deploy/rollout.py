@@ -205,6 +205,28 @@ class RolloutResult:
     message: str
 
 
+def apply_all(
+    api: ClusterApi, manifests: list[dict[str, Any]], retired: Sequence[dict[str, Any]] = ()
+) -> None:
+    """Delete what is `retired`, then server-side apply the manifests."""
+    for manifest in retired:
+        if api.delete(manifest):
+            log.info("deleted %s/%s", manifest["kind"], manifest["metadata"]["name"])
+    for manifest in manifests:
+        api.apply(manifest)
+        log.info("applied %s/%s", manifest["kind"], manifest["metadata"]["name"])
+
+
+def undo_on_failure(api: ClusterApi, namespace: str, name: str, check: Callable[[], str]) -> str:
+    """Run `check` (wait, smoke-test); if it raises, undo the rollout and say what serves now."""
+    try:
+        return check()
+    except Exception as failure:
+        revision = undo(api, namespace, name)
+        now = f"rolled back to revision {revision}" if revision else "no earlier revision to roll back to"
+        raise DeploymentFailed(f"{failure} ({now})") from failure
+
+
 def roll_out(
     api: ClusterApi,
     manifests: list[dict[str, Any]],
@@ -220,22 +242,16 @@ def roll_out(
     it; undo on any failure."""
     (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
     namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
-    for manifest in retired:
-        if api.delete(manifest):
-            log.info("deleted %s/%s", manifest["kind"], manifest["metadata"]["name"])
-    for manifest in manifests:
-        api.apply(manifest)
-        log.info("applied %s/%s", manifest["kind"], manifest["metadata"]["name"])
-    try:
+    apply_all(api, manifests, retired)
+
+    def wait_and_smoke_test() -> str:
         message = wait_for_rollout(
             api, namespace, name, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock
         )
         smoke_test()
-    except Exception as failure:
-        revision = undo(api, namespace, name)
-        now = f"rolled back to revision {revision}" if revision else "no earlier revision to roll back to"
-        raise DeploymentFailed(f"{failure} ({now})") from failure
-    return RolloutResult(name, namespace, message)
+        return message
+
+    return RolloutResult(name, namespace, undo_on_failure(api, namespace, name, wait_and_smoke_test))
 
 
 def smoke_test(url: str, model_name: str, version: int, images: list[bytes], timeout_s: float = 30.0) -> None:
@@ -266,32 +282,60 @@ def smoke_test(url: str, model_name: str, version: int, images: list[bytes], tim
     log.info("smoke test passed: %s", [row[0].label for row in tensors])
 
 
-def deploy_to_kubernetes(
-    api: ClusterApi,
-    version: RepositoryVersion,
-    image: str,
-    smoke_images_uri: str,
-    environment: Environment,
-    smoke_images: int = 4,
-) -> Endpoint:
-    """Roll the image holding `version` out to the cluster; the Endpoint is the Service."""
+def start_serving(
+    api: ClusterApi, version: RepositoryVersion, image: str, smoke_images_uri: str, environment: Environment
+) -> ServingSpec:
+    """Apply the serving manifests for the image holding `version`; the rollout starts.
+
+    Refuses before applying anything when there is nothing to smoke-test with."""
+    smoke_images(smoke_images_uri)
     spec = ServingSpec.from_environment(
         environment, image=image, model_name=version.model_name, model_version=version.version
     )
-    endpoint = service_endpoint(environment, version.model_name, version.version)
-    first_files = itertools.islice(storage.iter_files(smoke_images_uri), smoke_images)
-    images = [storage.read_bytes(uri) for uri in first_files]
+    apply_all(api, serving_manifests(spec), retired_manifests(spec))
+    return spec
+
+
+def finish_serving(
+    api: ClusterApi,
+    spec: ServingSpec,
+    smoke_images_uri: str,
+    environment: Environment,
+    rolled_out: Callable[[], str],
+) -> Endpoint:
+    """Once `rolled_out` says so (a wait here, or the triggerer's verdict), smoke-test the
+    Service; on any failure undo the rollout. Returns the Service's endpoint."""
+    endpoint = service_endpoint(environment, spec.model_name, spec.model_version)
+
+    def rolled_out_and_answering() -> str:
+        message = rolled_out()
+        smoke_test(endpoint.url, spec.model_name, spec.model_version, smoke_images(smoke_images_uri))
+        return message
+
+    log.info("%s", undo_on_failure(api, spec.namespace, spec.name, rolled_out_and_answering))
+    return endpoint
+
+
+def deploy_to_kubernetes(
+    api: ClusterApi, version: RepositoryVersion, image: str, smoke_images_uri: str, environment: Environment
+) -> Endpoint:
+    """Roll the image holding `version` out, waiting in this process; the Endpoint is the Service."""
+    spec = start_serving(api, version, image, smoke_images_uri, environment)
+
+    def rolled_out() -> str:
+        return wait_for_rollout(api, spec.namespace, spec.name, timeout_s=environment.rollout_timeout_s)
+
+    return finish_serving(api, spec, smoke_images_uri, environment, rolled_out)
+
+
+def smoke_images(smoke_images_uri: str, count: int = 4) -> list[bytes]:
+    """The first few images under `smoke_images_uri`, read whole."""
+    images = [
+        storage.read_bytes(uri) for uri in itertools.islice(storage.iter_files(smoke_images_uri), count)
+    ]
     if not images:
         raise DeploymentFailed(f"no images under {smoke_images_uri} to smoke-test with; nothing was applied")
-    result = roll_out(
-        api,
-        serving_manifests(spec),
-        lambda: smoke_test(endpoint.url, version.model_name, version.version, images),
-        retired=retired_manifests(spec),
-        timeout_s=environment.rollout_timeout_s,
-    )
-    log.info("%s", result.message)
-    return endpoint
+    return images
 
 
 def service_endpoint(environment: Environment, model_name: str, version: int) -> Endpoint:

@@ -9,6 +9,8 @@ it got:
 * `deploy_task(version, plan)`: local, the bundled tritonserver loads the new
   version while the old one serves; kubernetes, a BuildKit pod builds the
   Triton image, then a Deployment rollout with a smoke test and rollback.
+  On kubernetes the long waits (training pod, image build, rollout) are
+  deferred to the triggerer instead of holding worker slots.
 * `served_endpoint(model_name)`: where the model answers now, for the
   dogs_cats_batch DAG.
 
@@ -35,6 +37,7 @@ from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
 from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
+from pipeline.rollout import RolloutOperator
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +164,6 @@ class KubernetesPlatform:
 
             return upload_build_context(version, plan.images_uri, environment.registry).to_dict()
 
-        @task(task_id="deploy", outlets=[SERVED_MODEL])
-        def deploy(version: RepositoryVersion, build: dict[str, Any], plan: RunPlan) -> Endpoint:
-            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-            from deploy.rollout import KubernetesApi, deploy_to_kubernetes
-
-            api = KubernetesApi(KubernetesHook(conn_id=environment.kubernetes_conn_id).api_client)
-            endpoint = deploy_to_kubernetes(api, version, build["image"], plan.smoke_images_uri, environment)
-            annotate(SERVED_MODEL, url=endpoint.url, model=endpoint.model_name, image=build["image"])
-            return endpoint
-
         build: Any = build_context(resolved(version), resolved(plan))
         image = ImageBuildPodOperator(
             task_id="build_image",
@@ -179,9 +171,12 @@ class KubernetesPlatform:
             context_uri=build["context_uri"],
             image_ref=build["image"],
         )
-        endpoint = deploy(resolved(version), build, resolved(plan))
-        image >> endpoint
-        return endpoint
+        # Applies the manifests, waits for the rollout in the triggerer, smoke-tests, undoes on failure.
+        deploy = RolloutOperator(
+            task_id="deploy", environment=environment, version=version, image_ref=build["image"], plan=plan
+        )
+        image >> deploy
+        return deploy.output
 
     def served_endpoint(self, model_name: str) -> Endpoint:
         from deploy.rollout import served_endpoint

@@ -38,6 +38,10 @@ def _pod_defaults(environment: Environment, component: str) -> dict[str, Any]:
         "log_events_on_failure": True,
         # A retried task reattaches to a pod still running instead of starting another.
         "reattach_on_restart": True,
+        # Training and image builds run for many minutes: wait in the triggerer, not
+        # in a worker slot; the logs still stream into the task log, in chunks.
+        "deferrable": True,
+        "poll_interval": 10,
         "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": component},
     }
 

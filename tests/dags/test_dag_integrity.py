@@ -13,6 +13,7 @@ from core.settings import BatchRunConfig, RunConfig
 from harness.data import REPO_ROOT
 from pipeline import assets
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
+from pipeline.rollout import RolloutOperator
 
 DAGS = REPO_ROOT / "dags"
 
@@ -150,11 +151,18 @@ def test_bad_conf_is_refused_with_the_params_message(dagbag: DagBag, conf: dict,
     assert message in str(raised.value)
 
 
+def _deferrable(task: Any) -> bool:
+    return bool(task.deferrable)  # the pod and rollout operators' own attribute
+
+
 def test_kubernetes_platform_trains_in_a_pod(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOGS_CATS_PLATFORM", "kubernetes")
     dag = DagBag(dag_folder=str(DAGS)).dags["dogs_cats"]
     assert isinstance(dag.get_task("train"), TrainingPodOperator)
     assert isinstance(dag.get_task("build_image"), ImageBuildPodOperator)
+    assert isinstance(dag.get_task("deploy"), RolloutOperator)
+    # The long waits run in the triggerer, not in worker slots.
+    assert all(_deferrable(dag.get_task(task)) for task in ("train", "build_image", "deploy"))
     # package -> build_context -> build_image -> deploy (rollout) -> list_shards -> classify_shard[]
     assert dag.get_task("build_context").upstream_task_ids == {"package", "plan"}
     assert dag.get_task("build_image").upstream_task_ids == {"build_context"}

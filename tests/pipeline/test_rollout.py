@@ -1,0 +1,182 @@
+"""The kubernetes deploy task: it applies, defers, and undoes on a failed verdict.
+
+RolloutTrigger polls through the provider's async hook and the real
+kubernetes_asyncio client, here against an HTTP server answering with the fake
+Deployment controller's status (no Kubernetes API server runs here yet)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from core.settings import Environment, RunConfig
+from deploy.kubernetes import ServingSpec, serving_manifests
+from deploy.rollout import DeploymentFailed
+from harness.data import write_images
+from harness.fake_cluster import Behaviour, FakeCluster
+from model_repository.repository import RepositoryVersion
+from pipeline.plan import make_plan
+from pipeline.rollout import RolloutOperator, RolloutTrigger
+
+CONN_ID = "kubernetes_fake"
+
+
+def _deployment_manifest() -> dict[str, Any]:
+    spec = ServingSpec.from_environment(
+        Environment(platform="kubernetes"), image="r/dogs-cats-triton:v1", model_name="m", model_version=1
+    )
+    (deployment,) = [m for m in serving_manifests(spec) if m["kind"] == "Deployment"]
+    return deployment
+
+
+@pytest.fixture
+def cluster_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeCluster, list[str]]]:
+    """An API server answering GETs of the Deployment from a FakeCluster, and the
+    Airflow connection (from the environment) whose kubeconfig points at it."""
+    cluster, paths = FakeCluster(), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            reply = json.dumps(cluster.read_deployment("", "")).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
+    try:
+        yield cluster, paths
+    finally:
+        server.shutdown()
+
+
+def _first_event(behaviour: Behaviour, cluster: FakeCluster, timeout_s: float = 30) -> dict[str, Any]:
+    cluster.behaviour = behaviour
+    cluster.apply(_deployment_manifest())
+    trigger = RolloutTrigger(
+        namespace="dogs-cats",
+        name="dogs-cats-triton",
+        kubernetes_conn_id=CONN_ID,
+        deadline=time.time() + timeout_s,
+        poll_s=0.01,
+    )
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(first())
+
+
+def test_a_rollout_that_completes_fires_success(cluster_api: tuple[FakeCluster, list[str]]) -> None:
+    cluster, paths = cluster_api
+    event = _first_event("healthy", cluster)
+    assert event == {"status": "success", "message": "deployment dogs-cats-triton successfully rolled out"}
+    assert set(paths) == {"/apis/apps/v1/namespaces/dogs-cats/deployments/dogs-cats-triton"}
+    assert len(paths) > 1, "it polled until the new replicas were available"
+
+
+def test_a_progress_deadline_fires_failure_with_the_reason(
+    cluster_api: tuple[FakeCluster, list[str]],
+) -> None:
+    event = _first_event("deadline", cluster_api[0])
+    assert event["status"] == "failed"
+    assert "exceeded its progress deadline" in event["message"]
+
+
+def test_a_stuck_rollout_fails_at_the_deadline_with_the_last_state(
+    cluster_api: tuple[FakeCluster, list[str]],
+) -> None:
+    event = _first_event("stuck", cluster_api[0], timeout_s=0.5)
+    assert event["status"] == "failed"
+    assert "not rolled out in time" in event["message"]
+
+
+def test_the_trigger_survives_serialisation() -> None:
+    """The triggerer rebuilds the trigger from what serialize() returns."""
+    trigger = RolloutTrigger(namespace="n", name="d", kubernetes_conn_id="k", deadline=12.5, poll_s=3)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "pipeline.rollout.RolloutTrigger"
+    assert RolloutTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def _operator(tmp_path: Path, cluster: FakeCluster, version: int) -> RolloutOperator:
+    plan = make_plan(RunConfig(data_bucket=str(tmp_path / "bucket")), "run")
+    write_images(Path(plan.smoke_images_uri), per_class=2, size=32)
+    operator = RolloutOperator(
+        task_id="deploy",
+        environment=Environment(platform="kubernetes"),
+        version=RepositoryVersion(str(tmp_path / "repo"), "dogs_cats", version, "onnxruntime", 8),
+        image_ref=f"r/dogs-cats-triton:v{version}",
+        plan=plan,
+    )
+    operator._api = lambda: cluster  # type: ignore[method-assign,assignment,return-value]
+    return operator
+
+
+def test_the_operator_applies_then_defers_and_undoes_when_the_trigger_reports_failure(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    first = _operator(tmp_path, cluster, 1)
+    with pytest.raises(TaskDeferred) as deferred:
+        first.execute({})
+    assert isinstance(deferred.value.trigger, RolloutTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert _image(cluster) == "r/dogs-cats-triton:v1", "applied before deferring"
+    cluster.read_deployment("", "")  # the controller rolls revision 1 out
+
+    second = _operator(tmp_path, cluster, 2)
+    with pytest.raises(TaskDeferred):
+        second.execute({})
+    assert _image(cluster) == "r/dogs-cats-triton:v2"
+    verdict = {"status": "failed", "message": "deployment dogs-cats-triton exceeded its progress deadline"}
+    with pytest.raises(DeploymentFailed, match=r"progress deadline .*\(rolled back to revision 1\)"):
+        second.execute_complete({}, verdict)
+    assert _image(cluster) == "r/dogs-cats-triton:v1"
+
+
+def test_nothing_is_applied_without_images_to_smoke_test_with(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    operator = _operator(tmp_path, cluster, 1)
+    shutil.rmtree(operator.plan.smoke_images_uri)
+    with pytest.raises(DeploymentFailed, match="nothing was applied"):
+        operator.execute({})
+    assert cluster.applied == []
+
+
+def _image(cluster: FakeCluster) -> str:
+    assert cluster.deployment is not None
+    return str(cluster.deployment["spec"]["template"]["spec"]["containers"][0]["image"])
