@@ -11,7 +11,7 @@ from deploy.local_triton import LocalTriton
 from harness.data import REPO_ROOT
 from harness.serving import free_port
 from pipeline.plan import RunPlan
-from pipeline.stack import AirflowApi, AirflowStack
+from pipeline.stack import AirflowApi, AirflowStack, group_alive
 
 
 @contextmanager
@@ -37,6 +37,8 @@ def running_stack(root: Path, **environment: str) -> Iterator[AirflowStack]:
     finally:
         stack.stop()
         LocalTriton(root / "state", **triton).stop()
+        if stack.stopped_group is not None and group_alive(stack.stopped_group):
+            raise AssertionError(f"Airflow's process group {stack.stopped_group} outlived stop()")
 
 
 def stored_plan(api: AirflowApi, run_id: str) -> RunPlan | None:

@@ -1,12 +1,15 @@
-"""A local HTTP file server with Range support, and a switch to cut a response short."""
+"""A local HTTP file server with Range support, and a switch to cut a response short;
+and `reply_json` for the tests' own small API servers."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 
 class FileServer(ThreadingHTTPServer):
@@ -57,3 +60,13 @@ def serve_files(directory: Path) -> Iterator[FileServer]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def reply_json(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    """Answer the request `handler` is serving with `body` as JSON."""
+    reply = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(reply)))
+    handler.end_headers()
+    handler.wfile.write(reply)

@@ -138,6 +138,7 @@ class AirflowStack:
     dags_folder: Path
     port: int = 8080
     extra_env: dict[str, str] = field(default_factory=dict)
+    stopped_group: int | None = None  # the process group `stop` signalled last
 
     @property
     def base_url(self) -> str:
@@ -178,10 +179,10 @@ class AirflowStack:
         """The standalone process still running from an earlier start, if any."""
         try:
             pid = int((self.home / PID_FILE).read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+        except (FileNotFoundError, ValueError):
             return None
-        return pid
+        stat = _stat(Path(f"/proc/{pid}"))
+        return pid if stat is not None and stat[0] != "Z" else None
 
     def start(self, timeout_s: float = 240.0) -> None:
         """Migrate the metadata DB and start standalone, unless it already runs; wait for the API."""
@@ -223,16 +224,24 @@ class AirflowStack:
         )
         api.unpause(dag_id)
 
-    def stop(self, timeout_s: float = 60.0) -> bool:
+    def stop(self, grace_s: float = 15.0) -> bool:
+        """SIGINT to the process group, then SIGKILL to whatever of it is left after `grace_s`.
+
+        Standalone stops its api-server on SIGINT but leaves its scheduler and
+        triggerer waiting (and SIGTERM would orphan the LocalExecutor's workers);
+        the group SIGKILL takes every one of them. Processes a task started in a
+        session of their own (the local tritonserver) are not in the group."""
         pid = self.pid()
         if pid is None:
             return False
+        self.stopped_group = pid
         os.killpg(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout_s
-        while self.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if self.pid() is not None:
-            os.killpg(pid, signal.SIGKILL)
+        for signal_after_grace in (signal.SIGKILL, None):
+            deadline = time.monotonic() + grace_s
+            while group_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if signal_after_grace is not None and group_alive(pid):
+                os.killpg(pid, signal_after_grace)
         (self.home / PID_FILE).unlink(missing_ok=True)
         return True
 
@@ -241,6 +250,23 @@ class AirflowStack:
 
     def run_url(self, dag_id: str, run_id: str) -> str:
         return f"{self.base_url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"
+
+
+def _stat(process: Path) -> list[str] | None:
+    """A /proc/<pid> entry's state, ppid, pgrp, ... fields; None once it is gone."""
+    try:
+        return (process / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of the group still runs (zombies, which no signal moves, do not count)."""
+    for process in Path("/proc").glob("[0-9]*"):
+        stat = _stat(process)
+        if stat is not None and int(stat[2]) == group and stat[0] != "Z":
+            return True
+    return False
 
 
 def stack_from_environment() -> AirflowStack:

@@ -24,6 +24,7 @@ from deploy.rollout import (
     wait_for_rollout,
 )
 from harness.fake_cluster import FakeCluster
+from harness.http_server import reply_json
 
 
 class FakeTime:
@@ -172,22 +173,12 @@ class _Recorder(BaseHTTPRequestHandler):
         _Recorder.requests.append(
             {"path": self.path, "content_type": self.headers["Content-Type"], "body": json.loads(body)}
         )
-        reply = json.dumps({"kind": "Deployment", "metadata": {"name": "x"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        reply_json(self, 200, {"kind": "Deployment", "metadata": {"name": "x"}})
 
     def do_DELETE(self) -> None:
         _Recorder.requests.append({"path": self.path, "method": "DELETE"})
         found = "missing" not in self.path
-        reply = json.dumps({"kind": "Status", "code": 200 if found else 404}).encode()
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        reply_json(self, 200 if found else 404, {"kind": "Status", "code": 200 if found else 404})
 
     def log_message(self, *args: object) -> None:
         pass

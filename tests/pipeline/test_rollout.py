@@ -24,6 +24,7 @@ from deploy.kubernetes import ServingSpec, serving_manifests
 from deploy.rollout import DeploymentFailed
 from harness.data import write_images
 from harness.fake_cluster import Behaviour, FakeCluster
+from harness.http_server import reply_json
 from model_repository.repository import RepositoryVersion
 from pipeline.plan import make_plan
 from pipeline.rollout import RolloutOperator, RolloutTrigger
@@ -48,12 +49,7 @@ def cluster_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             paths.append(self.path)
-            reply = json.dumps(cluster.read_deployment("", "")).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+            reply_json(self, 200, cluster.read_deployment("", ""))
 
         def log_message(self, *args: object) -> None:
             pass
