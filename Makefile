@@ -14,8 +14,10 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__API__PORT ?= 8080
 export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
+# The single-node cluster's binaries (built once, reused) and run-time state.
+export DOGS_CATS_CLUSTER_DIR ?= $(CURDIR)/.cluster
 
-.PHONY: install browser up demo test lint unit integration faults stop
+.PHONY: install browser up demo test lint unit integration faults stop cluster cluster-packages cluster-binaries cluster-down
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +43,10 @@ up: install
 demo: install
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
 
-## Lint, type-check, check the layers, then every test (unit and integration).
-## As root it installs Debian's Chromium first (for the HTML report test); else it asks you to.
-test: install lint browser
+## Lint, type-check, check the layers, then every test (unit, integration and cluster).
+## As root it installs Debian's Chromium and the cluster's packages first; else it asks you to.
+## The cluster's binaries are built once from the Go module proxy and reused.
+test: install lint browser cluster-packages cluster-binaries
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -55,7 +58,7 @@ lint: install
 unit: install
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-integration: install browser
+integration: install browser cluster-packages cluster-binaries
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 ## The fault-injection suite alone (it also runs in `make test`).
@@ -65,3 +68,22 @@ faults: install
 ## Stop the Airflow stack and the tritonserver that `make up` / `make demo` left running.
 stop: install
 	$(BIN)/python -m pipeline.stack stop
+
+## Debian's containerd, runc, CNI plugins and iptables, pinned in cluster/versions.env (as root).
+cluster-packages:
+	@. cluster/versions.env; if ! dpkg -s $$(echo $$DEBIAN_PACKAGES | sed 's/=[^ ]*//g') >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$DEBIAN_PACKAGES; \
+	  else echo "the cluster needs root: sudo make cluster" >&2; exit 1; fi; fi
+
+## kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, etcd, the registry and
+## the pause binary, built from the Go module proxy into $(DOGS_CATS_CLUSTER_DIR)/bin (reused).
+cluster-binaries:
+	CLUSTER_DIR=$(DOGS_CATS_CLUSTER_DIR) cluster/build.sh
+
+## A real single-node Kubernetes on 127.0.0.1 and its bridge; kubeconfig in $(DOGS_CATS_CLUSTER_DIR).
+cluster: install cluster-packages cluster-binaries
+	$(BIN)/python -m cluster up
+
+## Stop every cluster process, unmount its volumes, remove its bridge and iptables rules.
+cluster-down: install
+	$(BIN)/python -m cluster down

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build the cluster's binaries from the Go module proxy into $CLUSTER_DIR/bin, pinned by
+# cluster/versions.env; a build whose versions are unchanged is reused (a stamp file).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=cluster/versions.env
+source "$here/versions.env"
+bin=${CLUSTER_DIR:-$here/../.cluster}/bin
+stamp="$bin/.versions"
+if [[ -f "$stamp" ]] && cmp -s "$stamp" "$here/versions.env"; then
+  echo "cluster binaries in $bin are current"
+  exit 0
+fi
+mkdir -p "$bin"
+build() {  # build <module folder> <output> [packages]: a static binary, stripped, versioned
+  local folder=$1 output=$2; shift 2
+  (cd "$here/build/$folder" && go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $version_flags" -o "$output" "${@:-.}")
+}
+# What the release build stamps in (`kubectl version`, the node's kubeletVersion, skew checks).
+minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+version_flags=""
+for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  version_flags+=" -X $package.gitVersion=$KUBERNETES_VERSION -X $package.gitMajor=1 -X $package.gitMinor=$minor"
+  version_flags+=" -X $package.gitTreeState=clean"
+done
+started=$SECONDS
+# k8s.io/kubernetes points its staging modules at ./staging; a dependency needs their published versions.
+(
+  cd "$here/build/kubernetes"
+  go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+  for module in $(go mod edit -json | python3 -c 'import json,sys; print(" ".join(r["Old"]["Path"] for r in json.load(sys.stdin).get("Replace") or []))'); do
+    go mod edit -replace="$module=$module@$KUBERNETES_STAGING_VERSION"
+  done
+)
+(cd "$here/build/etcd" && go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+(cd "$here/build/registry" && go mod edit -require="github.com/distribution/distribution/v3@$DISTRIBUTION_VERSION")
+build kubernetes "$bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+build etcd "$bin/etcd"
+build registry "$bin/registry"
+build pause "$bin/pause"
+cp "$here/versions.env" "$stamp"
+echo "built the cluster binaries into $bin in $((SECONDS - started)) s"

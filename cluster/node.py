@@ -1,0 +1,682 @@
+"""One machine as a whole Kubernetes cluster, from upstream components started as processes.
+
+etcd, kube-apiserver (TLS, RBAC and the Node authorizer), kube-controller-manager,
+kube-scheduler, the distribution registry, containerd with its CRI plugin and the
+CNI bridge and host-local plugins, a kubelet, and kube-proxy (iptables). The
+control plane and the registry listen on 127.0.0.1 or the cluster's bridge
+(10.88.0.1) only. Everything lives under one folder (`.cluster/` by default):
+binaries, certificates, data, logs and pid files; `down` stops every process,
+unmounts what the kubelet and containerd mounted, and removes the bridge and
+kube-proxy's iptables rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.images import push_binary_image
+from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
+
+log = logging.getLogger(__name__)
+
+NODE_NAME = "dogs-cats-node"
+BRIDGE = "dogscats0"
+BRIDGE_IP = "10.88.0.1"
+POD_CIDR = "10.88.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
+API_PORT = 6443
+REGISTRY = f"{BRIDGE_IP}:5000"  # the node pulls from it, and so can pods
+PAUSE_IMAGE = "pause"
+# Start order; `down` stops them in reverse.
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "registry",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+)
+
+
+# Built from Go modules by cluster/build.sh; containerd, runc and the CNI plugins are Debian's.
+BUILT = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "registry",
+    "pause",
+)
+
+
+class ClusterError(RuntimeError):
+    """A component did not come up; the message carries its log's tail."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """The cluster's folder: `bin/` (from cluster/build.sh) and `run/` (everything at run time)."""
+
+    root: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def pki(self) -> Path:
+        return self.run / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin's kubeconfig: kubectl, the tests and Airflow's kubernetes_default use it."""
+        return self.root / "kubeconfig"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{API_PORT}"
+
+    def pid_file(self, component: str) -> Path:
+        return self.run / "pids" / f"{component}.pid"
+
+    def log_file(self, component: str) -> Path:
+        return self.run / "logs" / f"{component}.log"
+
+    # -- up ---------------------------------------------------------------------------------
+
+    def up(self, timeout_s: float = 240.0) -> None:
+        """Start every component that is not running, in order, each once the one before answers."""
+        missing = [name for name in BUILT if not (self.bin / name).exists()]
+        if missing:
+            raise ClusterError(
+                f"missing binaries in {self.bin}: {missing}; run cluster/build.sh (make cluster)"
+            )
+        if shutil.which("containerd") is None:
+            raise ClusterError("containerd is missing: make cluster installs Debian's (cluster/versions.env)")
+        for folder in ("pids", "logs", "etcd", "registry", "cni/net.d", "cni/ipam", "kubelet", "containerd"):
+            (self.run / folder).mkdir(parents=True, exist_ok=True)
+        self._write_pki()
+        self._prepare_host_network()
+        commands = {
+            "etcd": self._etcd,
+            "kube-apiserver": self._apiserver,
+            "kube-controller-manager": self._controller_manager,
+            "kube-scheduler": self._scheduler,
+            "registry": self._registry,
+            "containerd": self._containerd,
+            "kubelet": self._kubelet,
+            "kube-proxy": self._kube_proxy,
+        }
+        for component in COMPONENTS:
+            if self.pid(component) is None:
+                self._start(component, commands[component]())
+            self._wait_ready(component, timeout_s)
+            if component == "registry":  # the sandbox image every pod starts with
+                push_binary_image(REGISTRY, PAUSE_IMAGE, _pause_tag(), self.bin / "pause")
+        self._wait_node_ready(timeout_s)
+
+    def _start(self, component: str, command: list[str]) -> None:
+        log.info("starting %s", component)
+        with self.log_file(component).open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file(component).write_text(str(process.pid))
+
+    def pid(self, component: str) -> int | None:
+        try:
+            pid = int(self.pid_file(component).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _running(pid) else None
+
+    def _wait_ready(self, component: str, timeout_s: float) -> None:
+        probes = {
+            "etcd": lambda: _http_ok("http://127.0.0.1:2379/health"),
+            "kube-apiserver": lambda: self._api_ok("/readyz"),
+            "kube-controller-manager": lambda: _https_ok("https://127.0.0.1:10257/healthz"),
+            "kube-scheduler": lambda: _https_ok("https://127.0.0.1:10259/healthz"),
+            "registry": lambda: _http_ok(f"http://{REGISTRY}/v2/"),
+            "containerd": lambda: (self.run / "containerd" / "containerd.sock").exists(),
+            "kubelet": lambda: _http_ok("http://127.0.0.1:10248/healthz"),
+            "kube-proxy": lambda: _http_ok("http://127.0.0.1:10256/healthz"),
+        }
+        deadline = time.monotonic() + timeout_s
+        while not probes[component]():
+            if self.pid(component) is None:
+                raise ClusterError(f"{component} exited; last lines of its log:\n{self._tail(component)}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{component} not ready after {timeout_s:.0f} s:\n{self._tail(component)}")
+            time.sleep(0.5)
+        log.info("%s is ready", component)
+
+    def _wait_node_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            node = self.api_get(f"/api/v1/nodes/{NODE_NAME}")
+            conditions = {
+                c["type"]: c["status"] for c in (node or {}).get("status", {}).get("conditions", [])
+            }
+            if conditions.get("Ready") == "True":
+                return
+            time.sleep(1)
+        raise ClusterError(f"node {NODE_NAME} not Ready after {timeout_s:.0f} s:\n{self._tail('kubelet')}")
+
+    def _tail(self, component: str, lines: int = 25) -> str:
+        text = (
+            self.log_file(component).read_text(errors="replace") if self.log_file(component).exists() else ""
+        )
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- the API, as the admin ----------------------------------------------------------------
+
+    def _admin_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return context
+
+    def api_get(self, path: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(
+                self.api_url + path, context=self._admin_context(), timeout=10
+            ) as response:
+                found: dict = json.loads(response.read())
+                return found
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def _api_ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(
+                self.api_url + path, context=self._admin_context(), timeout=5
+            ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    # -- certificates and kubeconfigs -----------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        ensure_ca(self.pki)
+        ensure_service_account_keys(self.pki)
+        api_hosts = (
+            "127.0.0.1",
+            BRIDGE_IP,
+            SERVICE_IP,
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        )
+        identities = [
+            Identity("apiserver", "kube-apiserver", hosts=api_hosts),
+            Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+            Identity("admin", "dogs-cats-admin", "system:masters"),
+            Identity("controller-manager", "system:kube-controller-manager"),
+            Identity("scheduler", "system:kube-scheduler"),
+            Identity("kube-proxy", "system:kube-proxy"),
+            Identity("kubelet", f"system:node:{NODE_NAME}", "system:nodes"),
+            Identity(
+                "kubelet-serving", f"system:node:{NODE_NAME}", "system:nodes", hosts=(BRIDGE_IP, NODE_NAME)
+            ),
+            Identity(
+                "controller-manager-serving", "kube-controller-manager", hosts=("127.0.0.1", "localhost")
+            ),
+            Identity("scheduler-serving", "kube-scheduler", hosts=("127.0.0.1", "localhost")),
+        ]
+        for identity in identities:
+            ensure_cert(self.pki, identity)
+        for user in ("admin", "controller-manager", "scheduler", "kube-proxy", "kubelet"):
+            path = self.kubeconfig if user == "admin" else self.run / f"{user}.kubeconfig"
+            path.write_text(self._kubeconfig_for(user))
+            path.chmod(0o600)
+
+    def _kubeconfig_for(self, user: str) -> str:
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "dogs-cats",
+                        "cluster": {
+                            "server": self.api_url,
+                            "certificate-authority": str(self.pki / "ca.crt"),
+                        },
+                    }
+                ],
+                "users": [
+                    {
+                        "name": user,
+                        "user": {
+                            "client-certificate": str(self.pki / f"{user}.crt"),
+                            "client-key": str(self.pki / f"{user}.key"),
+                        },
+                    }
+                ],
+                "contexts": [{"name": "dogs-cats", "context": {"cluster": "dogs-cats", "user": user}}],
+                "current-context": "dogs-cats",
+            },
+            indent=2,
+        )
+
+    # -- host networking ---------------------------------------------------------------------
+
+    def _prepare_host_network(self) -> None:
+        """The bridge the CNI plugin attaches pods to, with the node's address on it; routing
+        and bridged traffic through iptables, which kube-proxy and the CNI masquerade need."""
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+            _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{BRIDGE_IP}/16", "dev", BRIDGE])
+        _run(["ip", "link", "set", BRIDGE, "up"])
+        saved = self.run / "sysctl.json"
+        settings = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
+        if not saved.exists():
+            saved.write_text(json.dumps({key: _sysctl(key) for key in settings}))
+        for key, value in settings.items():
+            Path("/proc/sys", key).write_text(value)
+        (self.run / "cni" / "net.d" / "10-dogs-cats.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": "dogs-cats",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": True,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [
+                                    [{"subnet": POD_CIDR, "gateway": BRIDGE_IP, "rangeStart": "10.88.1.1"}]
+                                ],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.run / "cni" / "ipam"),
+                            },
+                        },
+                        {"type": "portmap", "capabilities": {"portMappings": True}},
+                    ],
+                },
+                indent=2,
+            )
+        )
+
+    # -- the components' command lines ---------------------------------------------------------
+
+    def _etcd(self) -> list[str]:
+        return [
+            str(self.bin / "etcd"),
+            "--name=dogs-cats",
+            f"--data-dir={self.run / 'etcd'}",
+            "--listen-client-urls=http://127.0.0.1:2379",
+            "--advertise-client-urls=http://127.0.0.1:2379",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=dogs-cats=http://127.0.0.1:2380",
+            "--listen-metrics-urls=http://127.0.0.1:2381",
+            "--quota-backend-bytes=1073741824",
+        ]
+
+    def _apiserver(self) -> list[str]:
+        pki = self.pki
+        return [
+            str(self.bin / "kube-apiserver"),
+            "--etcd-servers=http://127.0.0.1:2379",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={API_PORT}",
+            # The address the `kubernetes` Service's endpoint names: the node's, on the bridge.
+            f"--advertise-address={BRIDGE_IP}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--authorization-mode=Node,RBAC",
+            "--anonymous-auth=false",
+            "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            "--profiling=false",
+        ]
+
+    def _controller_manager(self) -> list[str]:
+        pki = self.pki
+        return [
+            str(self.bin / "kube-controller-manager"),
+            f"--kubeconfig={self.run / 'controller-manager.kubeconfig'}",
+            f"--authentication-kubeconfig={self.run / 'controller-manager.kubeconfig'}",
+            f"--authorization-kubeconfig={self.run / 'controller-manager.kubeconfig'}",
+            "--bind-address=127.0.0.1",
+            f"--tls-cert-file={pki / 'controller-manager-serving.crt'}",
+            f"--tls-private-key-file={pki / 'controller-manager-serving.key'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # host-local hands out pod addresses from the CNI config; no per-node CIDRs.
+            "--allocate-node-cidrs=false",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+
+    def _scheduler(self) -> list[str]:
+        pki = self.pki
+        return [
+            str(self.bin / "kube-scheduler"),
+            f"--kubeconfig={self.run / 'scheduler.kubeconfig'}",
+            f"--authentication-kubeconfig={self.run / 'scheduler.kubeconfig'}",
+            f"--authorization-kubeconfig={self.run / 'scheduler.kubeconfig'}",
+            "--bind-address=127.0.0.1",
+            f"--tls-cert-file={pki / 'scheduler-serving.crt'}",
+            f"--tls-private-key-file={pki / 'scheduler-serving.key'}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+
+    def _registry(self) -> list[str]:
+        config = self.run / "registry.yml"
+        config.write_text(
+            json.dumps(  # YAML is a superset of JSON
+                {
+                    "version": 0.1,
+                    "log": {"level": "warn"},
+                    "storage": {
+                        "filesystem": {"rootdirectory": str(self.run / "registry")},
+                        "delete": {"enabled": True},
+                    },
+                    "http": {"addr": REGISTRY},
+                }
+            )
+        )
+        return [str(self.bin / "registry"), "serve", str(config)]
+
+    def _containerd(self) -> list[str]:
+        folder = self.run / "containerd"
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        config = folder / "config.toml"
+        config.write_text(
+            f"""version = 2
+root = "{folder / "root"}"
+state = "{folder / "state"}"
+
+[grpc]
+  address = "{folder / "containerd.sock"}"
+
+[ttrpc]
+  address = "{folder / "containerd.sock.ttrpc"}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{folder / "opt"}"
+
+[{cri}]
+  sandbox_image = "{REGISTRY}/{PAUSE_IMAGE}:{_pause_tag()}"
+  # This machine refuses a lower oom_score_adj than containerd's own (the kubelet asks -998
+  # for sandboxes): containerd clamps it instead of failing every pod.
+  restrict_oom_score_adj = true
+
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{cri}.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+
+[{cri}.cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{self.run / "cni" / "net.d"}"
+
+[{cri}.registry.mirrors."{REGISTRY}"]
+  endpoint = ["http://{REGISTRY}"]
+"""
+        )
+        return ["containerd", f"--config={config}"]
+
+    def _kubelet(self) -> list[str]:
+        pki, folder = self.pki, self.run / "kubelet"
+        config = folder / "config.json"
+        socket = f"unix://{self.run / 'containerd' / 'containerd.sock'}"
+        config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "address": BRIDGE_IP,
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": "127.0.0.1",
+                    "healthzPort": 10248,
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": True},
+                        "x509": {"clientCAFile": str(pki / "ca.crt")},
+                    },
+                    "authorization": {"mode": "Webhook"},
+                    "tlsCertFile": str(pki / "kubelet-serving.crt"),
+                    "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
+                    "containerRuntimeEndpoint": socket,
+                    "cgroupDriver": "cgroupfs",
+                    # This machine's cgroups are v1, which kubelet 1.34 still runs on when asked.
+                    "failCgroupV1": False,
+                    "failSwapOn": False,
+                    "resolvConf": "/etc/resolv.conf",
+                    # Leave the shared disk's free space alone: only a nearly full disk evicts.
+                    "evictionHard": {
+                        "memory.available": "200Mi",
+                        "nodefs.available": "2%",
+                        "imagefs.available": "2%",
+                    },
+                    "imageGCHighThresholdPercent": 98,
+                    "imageGCLowThresholdPercent": 95,
+                    "serializeImagePulls": False,
+                    "maxPods": 30,
+                }
+            )
+        )
+        return [
+            str(self.bin / "kubelet"),
+            f"--config={config}",
+            f"--kubeconfig={self.run / 'kubelet.kubeconfig'}",
+            f"--root-dir={folder / 'root'}",
+            f"--hostname-override={NODE_NAME}",
+            f"--node-ip={BRIDGE_IP}",
+            "--v=1",
+        ]
+
+    def _kube_proxy(self) -> list[str]:
+        config = self.run / "kube-proxy.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                    "kind": "KubeProxyConfiguration",
+                    "mode": "iptables",
+                    "clientConnection": {"kubeconfig": str(self.run / "kube-proxy.kubeconfig")},
+                    "clusterCIDR": POD_CIDR,
+                    "hostnameOverride": NODE_NAME,
+                    "bindAddress": "127.0.0.1",
+                    "healthzBindAddress": "127.0.0.1:10256",
+                    "metricsBindAddress": "127.0.0.1:10249",
+                    # Leave the host's conntrack sysctls as they are.
+                    "conntrack": {"maxPerCore": 0},
+                }
+            )
+        )
+        return [str(self.bin / "kube-proxy"), f"--config={config}"]
+
+    # -- down ---------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop every component (pods first), unmount, and undo the host changes; returns what stopped."""
+        stopped: list[str] = []
+        for component in reversed(COMPONENTS):
+            pid = self.pid(component)
+            if pid is not None:
+                _stop(pid)
+                stopped.append(component)
+            self.pid_file(component).unlink(missing_ok=True)
+        _stop_pods()
+        _stop_shims(self.run / "containerd")
+        self._unmount_all()
+        if self.pid("kube-proxy") is None and (self.bin / "kube-proxy").exists():
+            subprocess.run([str(self.bin / "kube-proxy"), "--cleanup"], capture_output=True)
+        subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+        saved = self.run / "sysctl.json"
+        if saved.exists():
+            for key, value in json.loads(saved.read_text()).items():
+                Path("/proc/sys", key).write_text(value)
+            saved.unlink()
+        return stopped
+
+    def _unmount_all(self) -> None:
+        """Unmount the kubelet's volumes, containerd's rootfs and sandbox netns under run/, deepest first."""
+        run = str(self.run.resolve())
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        ours = [m for m in mounts if m.startswith(run + "/") or m.startswith("/run/netns/cni-")]
+        for mount in sorted(set(ours), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+        for namespace in Path("/run/netns").glob("cni-*"):
+            namespace.unlink(missing_ok=True)
+
+    def mounts(self) -> list[str]:
+        run = str(self.run.resolve())
+        return [
+            m.split()[1]
+            for m in Path("/proc/mounts").read_text().splitlines()
+            if m.split()[1].startswith(run + "/")
+        ]
+
+    def status(self) -> dict[str, int | None]:
+        return {component: self.pid(component) for component in COMPONENTS}
+
+
+def node_from_environment() -> Node:
+    default = Path(__file__).resolve().parent.parent / ".cluster"
+    return Node(Path(os.environ.get("DOGS_CATS_CLUSTER_DIR", default)).resolve())
+
+
+def _pause_tag() -> str:
+    versions = Path(__file__).with_name("versions.env").read_text()
+    (line,) = [line for line in versions.splitlines() if line.startswith("PAUSE_TAG=")]
+    return line.split("=", 1)[1]
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+
+
+def _sysctl(key: str) -> str:
+    return Path("/proc/sys", key).read_text().strip()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _stop(pid: int, timeout_s: float = 20.0) -> None:
+    """SIGTERM the component's process group; SIGKILL what is left after `timeout_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _stop_pods() -> None:
+    """Kill every container process (the kubelet's `kubepods` cgroups) and remove those cgroups."""
+    pods = [
+        Path("/sys/fs/cgroup", controller, "kubepods")
+        for controller in ("pids", "memory", "cpu", "cpuset", "freezer", "blkio", "devices", "systemd")
+    ]
+    for controller in pods:
+        for procs in controller.rglob("cgroup.procs") if controller.is_dir() else []:
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.5)
+    for controller in pods:
+        if controller.is_dir():
+            for folder in sorted(
+                (p for p in controller.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+            ):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            with contextlib.suppress(OSError):
+                controller.rmdir()
+
+
+def _stop_shims(containerd_folder: Path) -> None:
+    """containerd-shim processes (one per pod) outlive containerd by design; stop ours."""
+    marker = str(containerd_folder).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = cmdline.read_bytes()
+        except OSError:
+            continue
+        if b"containerd-shim" in arguments and marker in arguments:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _https_ok(url: str) -> bool:
+    """A component's own /healthz, served with its self-named cert (trusted here, not verified)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=3) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,189 @@
+"""The single-node cluster from upstream components: it comes up Ready, listens only on
+127.0.0.1 and its bridge, the Deployment controller rolls out, updates, undoes and hits
+progress deadlines as `kubectl rollout` reports, and `down` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.images import push_binary_image
+from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, node_from_environment
+from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+NAMESPACE = "rollout-test"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    node = node_from_environment()
+    if any(node.status().values()):
+        pytest.fail(f"a cluster from {node.root} is already running: make cluster-down first")
+    try:
+        node.up()
+        yield node
+    finally:
+        node.down()
+
+
+def kubectl(
+    node: Node, *args: str, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["kubectl", f"--kubeconfig={node.kubeconfig}", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def api(node: Node) -> KubernetesApi:
+    from kubernetes import config
+
+    return KubernetesApi(config.new_client_from_config(str(node.kubeconfig)))
+
+
+@pytest.fixture(scope="module")
+def images(node: Node) -> dict[str, str]:
+    """Two tags of a small image in the local registry, for the node to pull."""
+    return {tag: push_binary_image(REGISTRY, "rollout-test", tag, node.bin / "pause") for tag in ("v1", "v2")}
+
+
+def _deployment(image: str, *, never_ready: bool = False) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "app", "image": image}
+    if never_ready:  # nothing listens on port 9: the readiness probe never passes
+        container["readinessProbe"] = {"tcpSocket": {"port": 9}, "periodSeconds": 2}
+    labels = {"app": "rollout-test"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "app", "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 20,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def _apply(node: Node, manifest: dict[str, Any]) -> None:
+    subprocess.run(
+        ["kubectl", f"--kubeconfig={node.kubeconfig}", "apply", "-f", "-"],
+        input=json.dumps(manifest),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _image(api: KubernetesApi) -> str:
+    deployment = api.read_deployment(NAMESPACE, "app")
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def test_the_node_is_ready_and_listens_only_on_loopback_and_its_bridge(node: Node) -> None:
+    nodes = json.loads(kubectl(node, "get", "nodes", "-o", "json").stdout)["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["dogs-cats-node"]
+    ready = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}["Ready"]
+    assert ready == "True"
+    assert kubectl(node, "get", "--raw", "/readyz").stdout == "ok"
+    listening = _listening_addresses({pid for pid in node.status().values() if pid})
+    assert listening, "the components listen somewhere"
+    assert listening <= {"127.0.0.1", BRIDGE_IP}, listening
+
+
+def test_a_deployment_rolls_out_updates_and_undoes_as_kubectl_reports(
+    node: Node, api: KubernetesApi, images: dict[str, str]
+) -> None:
+    # The cluster keeps its data between `up`s: start from an empty namespace.
+    kubectl(node, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true")
+    kubectl(node, "create", "namespace", NAMESPACE)
+    _apply(node, _deployment(images["v1"]))
+    status = kubectl(node, "rollout", "status", "deployment/app", "-n", NAMESPACE, "--timeout=180s")
+    assert "successfully rolled out" in status.stdout
+    done, message = rollout_progress(api.read_deployment(NAMESPACE, "app"))
+    assert (done, message) == (True, "deployment app successfully rolled out")
+
+    _apply(node, _deployment(images["v2"]))
+    assert (
+        wait_for_rollout(api, NAMESPACE, "app", timeout_s=180, poll_s=1)
+        == "deployment app successfully rolled out"
+    )
+    kubectl(node, "rollout", "status", "deployment/app", "-n", NAMESPACE, "--timeout=30s")
+    assert _image(api) == images["v2"]
+    history = kubectl(node, "rollout", "history", "deployment/app", "-n", NAMESPACE).stdout
+    assert [line.split()[0] for line in history.splitlines()[2:] if line.strip()] == ["1", "2"]
+
+    kubectl(node, "rollout", "undo", "deployment/app", "-n", NAMESPACE)
+    kubectl(node, "rollout", "status", "deployment/app", "-n", NAMESPACE, "--timeout=180s")
+    assert _image(api) == images["v1"]
+    # Our undo, as `kubectl rollout undo` does it: back to the revision before (v2's).
+    assert undo(api, NAMESPACE, "app") is not None
+    wait_for_rollout(api, NAMESPACE, "app", timeout_s=180, poll_s=1)
+    assert _image(api) == images["v2"]
+
+
+def test_a_pod_that_never_gets_ready_hits_the_progress_deadline(
+    node: Node, api: KubernetesApi, images: dict[str, str]
+) -> None:
+    _apply(node, _deployment(images["v1"], never_ready=True))
+    status = kubectl(
+        node, "rollout", "status", "deployment/app", "-n", NAMESPACE, "--timeout=180s", check=False
+    )
+    assert status.returncode != 0
+    assert "exceeded its progress deadline" in status.stderr
+    with pytest.raises(RolloutFailed, match="exceeded its progress deadline"):
+        rollout_progress(api.read_deployment(NAMESPACE, "app"))
+    available = api.read_deployment(NAMESPACE, "app")["status"].get("availableReplicas", 0)
+    assert available == 2, "maxUnavailable 0: the old pods kept serving"
+
+
+def test_down_stops_every_process_and_leaves_no_mount_or_bridge(node: Node) -> None:
+    pids = {pid for pid in node.status().values() if pid}
+    node.down()
+    assert not any(node.status().values())
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert node.mounts() == []
+    assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
+    shims = subprocess.run(["pgrep", "-f", f"containerd-shim.*{node.run}"], capture_output=True)
+    assert shims.returncode == 1, shims.stdout
+
+
+def _listening_addresses(pids: set[int]) -> set[str]:
+    """Local addresses of the TCP sockets these processes listen on (IPv4 and IPv6)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = str(fd.readlink())
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses: set[str] = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addresses.add(_address(fields[1].split(":")[0], width))
+    return addresses
+
+
+def _address(hex_address: str, width: int) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    if width == 8:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    address = ipaddress.IPv6Address(words)
+    return str(address.ipv4_mapped or address)
