@@ -545,6 +545,13 @@ state = "{folder / "state"}"
     def down(self) -> list[str]:
         """Stop every component (pods first), unmount, and undo the host changes; returns what stopped."""
         stopped: list[str] = []
+        docker = self.root / "docker" / "dockerd.pid"  # the image builder (cluster/docker.py)
+        if docker.exists():
+            with contextlib.suppress(ValueError):
+                if _running(docker_pid := int(docker.read_text())):
+                    _stop(docker_pid)
+                    stopped.append("dockerd")
+            docker.unlink(missing_ok=True)
         for component in reversed(COMPONENTS):
             pid = self.pid(component)
             if pid is not None:

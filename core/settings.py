@@ -244,6 +244,14 @@ class Environment(BaseSettings):
     training_image: str = "ghcr.io/dogs-cats-triton/training:latest"
     service_account: str = "dogs-cats-training"
     gpu_node_selector: str = "cloud.google.com/gke-accelerator=nvidia-l4"
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "GPUs for the training pod and each Triton pod. 0, for clusters without GPUs (such as "
+            "`make cluster`'s): no GPU limit, node selector or toleration, and the CPU Triton image."
+        ),
+    )
     registry: str = Field(
         default="us-docker.pkg.dev/my-project/dogs-cats",
         description="Where the BuildKit pod pushes the Triton image (Artifact Registry, GHCR, ...).",
@@ -270,7 +278,10 @@ class Environment(BaseSettings):
 
 
 def gpu_node_labels(environment: Environment) -> dict[str, str]:
-    """`key=value` of DOGS_CATS_GPU_NODE_SELECTOR as the nodeSelector every GPU pod uses."""
+    """`key=value` of DOGS_CATS_GPU_NODE_SELECTOR as the nodeSelector every GPU pod uses;
+    none without GPUs."""
+    if not environment.gpus:
+        return {}
     key, _, value = environment.gpu_node_selector.partition("=")
     return {key: value}
 

@@ -29,6 +29,7 @@ class ServingSpec:
     gpu_node_labels: dict[str, str]
     model_name: str
     model_version: int
+    gpus: int = 1  # 0: a CPU node, the CPU Triton image
 
     @classmethod
     def from_environment(
@@ -44,6 +45,7 @@ class ServingSpec:
             gpu_node_labels=gpu_node_labels(environment),
             model_name=model_name,
             model_version=model_version,
+            gpus=environment.gpus,
         )
 
     @property
@@ -69,6 +71,28 @@ def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _resources(gpus: int) -> dict[str, Any]:
+    if not gpus:
+        # A CPU node (the CPU Triton image): small requests, so it fits beside the rest.
+        return {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+    return {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        # Kubernetes schedules GPUs by limit; the memory limit keeps a leak from
+        # taking the node down with it.
+        "limits": {"nvidia.com/gpu": str(gpus), "memory": "16Gi"},
+    }
+
+
+def _gpu_placement(spec: ServingSpec) -> dict[str, Any]:
+    """Land on GPU nodes and tolerate their taint; nothing of the kind without GPUs."""
+    if not spec.gpus:
+        return {}
+    return {
+        "nodeSelector": spec.gpu_node_labels,
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+
+
 def deployment(spec: ServingSpec) -> dict[str, Any]:
     container = {
         "name": "triton",
@@ -85,12 +109,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
         # never sends traffic to a pod still loading.
         "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
         "livenessProbe": _http_probe("/v2/health/live", 10, 3),
-        "resources": {
-            "requests": {"cpu": "2", "memory": "8Gi"},
-            # Kubernetes schedules GPUs by limit; the memory limit keeps a leak from
-            # taking the node down with it.
-            "limits": {"nvidia.com/gpu": "1", "memory": "16Gi"},
-        },
+        "resources": _resources(spec.gpus),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,
@@ -135,8 +154,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
                         "fsGroup": 10001,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "nodeSelector": spec.gpu_node_labels,
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    **_gpu_placement(spec),
                     # Let in-flight requests finish when a pod is replaced.
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],

@@ -142,10 +142,11 @@ class LocalPlatform:
 
 class KubernetesPlatform:
     name: PlatformName = "kubernetes"
-    serving_flavour: Flavour = "onnxruntime"
 
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
+        # GPU nodes: the NGC image's ONNX Runtime backend; CPU nodes: the CPU image's python backend.
+        self.serving_flavour: Flavour = "onnxruntime" if environment.gpus else "python"
 
     def instance_options(self) -> dict[str, int]:
         """One instance on the pod's GPU; the Airflow worker's cores say nothing about that node."""

@@ -46,6 +46,17 @@ def _pod_defaults(environment: Environment, component: str) -> dict[str, Any]:
     }
 
 
+def _training_resources(gpus: int) -> k8s.V1ResourceRequirements:
+    if not gpus:
+        # A CPU node: TensorFlow on its cores; requests small enough for a 2-core node.
+        return k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "8Gi"})
+    # The GPU is a limit (Kubernetes schedules extended resources by limits);
+    # CPU and memory requests keep the input pipeline from being starved.
+    return k8s.V1ResourceRequirements(
+        requests={"cpu": "4", "memory": "16Gi"}, limits={"nvidia.com/gpu": str(gpus), "memory": "24Gi"}
+    )
+
+
 class TrainingPodOperator(KubernetesPodOperator):
     """`python -m training train` in a GPU pod, with defaults learnt the hard way.
 
@@ -63,15 +74,12 @@ class TrainingPodOperator(KubernetesPodOperator):
             "name": "dogs-cats-train",
             "image": environment.training_image,
             "cmds": ["python", "-m", "training", "train"],
-            # The GPU is a limit (Kubernetes schedules extended resources by limits);
-            # CPU and memory requests keep the input pipeline from being starved.
-            "container_resources": k8s.V1ResourceRequirements(
-                requests={"cpu": "4", "memory": "16Gi"},
-                limits={"nvidia.com/gpu": "1", "memory": "24Gi"},
-            ),
-            # Land on GPU nodes, and tolerate the taint GKE puts on them.
+            "container_resources": _training_resources(environment.gpus),
+            # Land on GPU nodes, and tolerate the taint GKE puts on them (none without GPUs).
             "node_selector": gpu_node_labels(environment),
-            "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+            "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+            if environment.gpus
+            else [],
             # A GPU node pool scaled to zero takes minutes to add a node and pull
             # the multi-GB TensorFlow image; the default 120 s would fail the task.
             "startup_timeout_seconds": 1200,

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from cluster.images import push_binary_image
-from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, node_from_environment
+from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
+from harness.cluster import kubectl, running_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 NAMESPACE = "rollout-test"
@@ -22,25 +23,8 @@ NAMESPACE = "rollout-test"
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    node = node_from_environment()
-    if any(node.status().values()):
-        pytest.fail(f"a cluster from {node.root} is already running: make cluster-down first")
-    try:
-        node.up()
+    with running_cluster() as node:
         yield node
-    finally:
-        node.down()
-
-
-def kubectl(
-    node: Node, *args: str, check: bool = True, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["kubectl", f"--kubeconfig={node.kubeconfig}", *args], capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +60,7 @@ def _deployment(image: str, *, never_ready: bool = False) -> dict[str, Any]:
 
 
 def _apply(node: Node, manifest: dict[str, Any]) -> None:
-    subprocess.run(
-        ["kubectl", f"--kubeconfig={node.kubeconfig}", "apply", "-f", "-"],
-        input=json.dumps(manifest),
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    kubectl(node, "apply", "-f", "-", stdin=json.dumps(manifest))
 
 
 def _image(api: KubernetesApi) -> str:

@@ -68,6 +68,16 @@ def test_service_stays_inside_the_cluster_on_triton_s_three_ports() -> None:
     }
 
 
+def test_without_gpus_the_deployment_asks_for_none_and_lands_on_any_node() -> None:
+    manifests = serving_manifests(_spec(gpus=0))
+    pod = _by_kind(manifests)["Deployment"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in str(pod["containers"][0]["resources"])
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, "1.33", strict=True)
+
+
 def test_selectors_match_the_pods() -> None:
     manifests = _by_kind(serving_manifests(_spec()))
     pod_labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]

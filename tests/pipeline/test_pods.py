@@ -18,12 +18,13 @@ from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 PLAN = make_plan(RunConfig(data_bucket="gs://b", platform="kubernetes", epochs=3), "r")
 
 
-def _pod(gpu_node_selector: str = Environment().gpu_node_selector) -> dict:
+def _pod(gpu_node_selector: str = Environment().gpu_node_selector, gpus: int = 1) -> dict:
     environment = Environment(
         platform="kubernetes",
         namespace="ml",
         training_image="registry/train:1",
         gpu_node_selector=gpu_node_selector,
+        gpus=gpus,
     )
     operator = TrainingPodOperator(task_id="train", environment=environment, plan=PLAN)
     pod = operator.build_pod_request_obj(dry_run=True)
@@ -60,6 +61,15 @@ def test_schema_validation_catches_a_bad_field() -> None:
     pod["spec"]["containers"][0]["gpuCount"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(pod, "1.33", strict=True)
+
+
+def test_without_gpus_the_pod_asks_for_none_and_lands_on_any_node() -> None:
+    pod = _pod(gpus=0)
+    (container,) = pod["spec"]["containers"]
+    assert "nvidia.com/gpu" not in str(container["resources"])
+    assert not pod["spec"].get("nodeSelector")
+    assert not pod["spec"].get("tolerations")
+    kubernetes_validate.validate(pod, "1.33", strict=True)
 
 
 def test_node_selector_comes_from_the_environment() -> None:

@@ -1,0 +1,196 @@
+"""The project's images, built for real on this machine and pushed to the cluster's registry.
+
+No container registry outside this machine is reachable, and HTTPS from inside a
+build meets a proxy the image does not trust. So the base image is Debian made by
+debootstrap and `docker import`ed, every Python package comes from a wheelhouse
+downloaded on the host, and builds run with no network. The Docker engine is
+Debian's `docker.io`, started here by hand with its own data folder, no bridge
+and no iptables rules: builds need no network, and nothing it starts listens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.node import REGISTRY, ClusterError
+
+BASE_IMAGE = "dogs-cats-base:bookworm"
+# Debian packages of the base: Python 3.11 (the venvs), its shared library (the python
+# backend's stub links it), libstdc++ (tritonserver), libgomp (ONNX Runtime).
+BASE_PACKAGES = "python3,python3-venv,libpython3.11,libstdc++6,libgomp1,ca-certificates"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVING_REQUIREMENTS = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.20", "pillow>=10")
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    """One dockerd with its data under `root`; `docker` commands go to its socket."""
+
+    root: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "docker.sock"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
+
+    def docker(self, *args: str, stdin: bytes | None = None) -> str:
+        result = subprocess.run(["docker", *args], env=self.env, input=stdin, capture_output=True)
+        if result.returncode != 0:
+            raise ClusterError(f"docker {' '.join(args[:3])} failed:\n{result.stderr.decode()[-3000:]}")
+        return result.stdout.decode()
+
+    def running(self) -> bool:
+        return subprocess.run(["docker", "info"], env=self.env, capture_output=True).returncode == 0
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        if self.running():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        command = [
+            "dockerd",
+            "--storage-driver=overlay2",
+            "--exec-opt=native.cgroupdriver=cgroupfs",
+            f"--data-root={self.root / 'data'}",
+            f"--exec-root={self.root / 'exec'}",
+            f"--pidfile={self.root / 'dockerd.pid'}",
+            f"--host=unix://{self.socket}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            f"--insecure-registry={REGISTRY}",
+        ]
+        with (self.root / "dockerd.log").open("ab") as log:
+            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"dockerd did not start; see {self.root / 'dockerd.log'}")
+            time.sleep(0.5)
+
+    def stop(self) -> bool:
+        pid_file = self.root / "dockerd.pid"
+        if not pid_file.exists():
+            return False
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return True
+
+    def has_image(self, reference: str) -> bool:
+        return (
+            subprocess.run(
+                ["docker", "image", "inspect", reference], env=self.env, capture_output=True
+            ).returncode
+            == 0
+        )
+
+    def ensure_base_image(self) -> str:
+        """Debian bookworm (minbase and BASE_PACKAGES) from debootstrap, imported once."""
+        if self.has_image(BASE_IMAGE):
+            return BASE_IMAGE
+        with tempfile.TemporaryDirectory(dir=self.root) as scratch:
+            rootfs = Path(scratch) / "rootfs"
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={BASE_PACKAGES}",
+                    "bookworm",
+                    str(rootfs),
+                    DEBIAN_MIRROR,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+            archive = subprocess.run(
+                ["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True
+            ).stdout
+            self.docker("import", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE, stdin=archive)
+        return BASE_IMAGE
+
+    def build(
+        self, context: Path, dockerfile: Path, tag: str, build_args: dict[str, str] | None = None
+    ) -> str:
+        """`docker build` with no network; returns `tag`."""
+        arguments = [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
+        self.docker("build", "--network=none", "-f", str(dockerfile), "-t", tag, *arguments, str(context))
+        return tag
+
+    def push(self, local: str, remote: str) -> str:
+        """Tag `local` as `remote` (in the cluster's registry) and push it."""
+        self.docker("tag", local, remote)
+        self.docker("push", remote)
+        return remote
+
+
+def wheelhouse(folder: Path, requirements: tuple[str, ...]) -> Path:
+    """Wheels for `requirements` (and their dependencies), downloaded on the host once."""
+    stamp = folder / ".requirements"
+    if stamp.exists() and stamp.read_text() == "\n".join(requirements):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "-d",
+            str(folder),
+            *requirements,
+        ],
+        check=True,
+    )
+    stamp.write_text("\n".join(requirements))
+    return folder
+
+
+def triton_cpu_runtime(engine: DockerEngine, cache: Path) -> str:
+    """The CPU flavour's runtime image (packaging/Dockerfile.cpu-runtime), built once."""
+    tag = "dogs-cats-triton-cpu-runtime:latest"
+    if engine.has_image(tag):
+        return tag
+    base = engine.ensure_base_image()
+    with tempfile.TemporaryDirectory(dir=engine.root) as scratch:
+        context = Path(scratch)
+        shutil.copytree(
+            wheelhouse(cache / "wheelhouse-serving", SERVING_REQUIREMENTS), context / "wheelhouse"
+        )
+        dockerfile = REPO_ROOT / "packaging" / "Dockerfile.cpu-runtime"
+        return engine.build(context, dockerfile, tag, {"BASE_IMAGE": base})
+
+
+def triton_cpu_image(engine: DockerEngine, cache: Path, model_repository: Path, tag: str) -> str:
+    """The CPU Triton image serving `model_repository` (a python-flavour repository), pushed
+    to the cluster's registry; returns the reference the cluster pulls."""
+    runtime = triton_cpu_runtime(engine, cache)
+    with tempfile.TemporaryDirectory(dir=engine.root) as scratch:
+        context = Path(scratch)
+        shutil.copytree(
+            model_repository, context / "model_repository", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        local = engine.build(
+            context,
+            REPO_ROOT / "packaging" / "Dockerfile.cpu",
+            f"dogs-cats-triton-cpu:{tag}",
+            {"RUNTIME_IMAGE": runtime},
+        )
+    return engine.push(local, f"{REGISTRY}/dogs-cats-triton-cpu:{tag}")
