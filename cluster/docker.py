@@ -32,6 +32,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVING_REQUIREMENTS = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.20", "pillow>=10")
 
 
+def _training_requirements() -> tuple[str, ...]:
+    """The project's base dependencies and its `training` extra, as pyproject.toml pins them."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return (*project["dependencies"], *project["optional-dependencies"]["training"])
+
+
+TRAINING_REQUIREMENTS = _training_requirements()
+
+
 @dataclass(frozen=True)
 class DockerEngine:
     """One dockerd with its data under `root`; `docker` commands go to its socket."""
@@ -194,3 +205,24 @@ def triton_cpu_image(engine: DockerEngine, cache: Path, model_repository: Path, 
             {"RUNTIME_IMAGE": runtime},
         )
     return engine.push(local, f"{REGISTRY}/dogs-cats-triton-cpu:{tag}")
+
+
+def training_cpu_image(engine: DockerEngine, cache: Path, tag: str) -> str:
+    """The CPU training image (training/Dockerfile.cpu): this checkout's wheel and its `training`
+    extra, pushed to the cluster's registry; returns the reference the cluster pulls."""
+    base = engine.ensure_base_image()
+    with tempfile.TemporaryDirectory(dir=engine.root) as scratch:
+        context = Path(scratch)
+        wheels = context / "wheelhouse"
+        shutil.copytree(wheelhouse(cache / "wheelhouse-training", TRAINING_REQUIREMENTS), wheels)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO_ROOT)],
+            check=True,
+        )
+        local = engine.build(
+            context,
+            REPO_ROOT / "training" / "Dockerfile.cpu",
+            f"dogs-cats-training-cpu:{tag}",
+            {"BASE_IMAGE": base},
+        )
+    return engine.push(local, f"{REGISTRY}/dogs-cats-training-cpu:{tag}")

@@ -76,6 +76,7 @@ class LocalStorage:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.") as tmp:
             tmp.write(data)
             tmp.flush()
+            os.chmod(tmp.name, FILE_MODE)
             try:
                 os.link(tmp.name, path)  # atomic, and refuses to replace an existing file
             except FileExistsError:
@@ -121,6 +122,11 @@ class LocalStorage:
         self._path(uri).unlink(missing_ok=True)
 
 
+# Temp files are created 0600; what lands in a bucket folder is readable like any file a
+# user writes (a training pod running as another uid reads the staged dataset).
+FILE_MODE = 0o644
+
+
 @contextlib.contextmanager
 def _replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
     """A hidden temp file beside `path`, renamed over it when the block succeeds."""
@@ -132,6 +138,7 @@ def _replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
             tmp.close()
             os.unlink(tmp.name)
             raise
+    os.chmod(tmp.name, FILE_MODE)
     os.replace(tmp.name, path)
 
 

@@ -1,22 +1,27 @@
-"""The CPU Triton image, built for real (debootstrap base, host wheelhouse, no network in
-the build), pushed to the cluster's registry and rolled out by the project's own serving
-manifests with DOGS_CATS_GPUS=0: it turns ready and answers the smoke test through its
-Service's ClusterIP (kube-proxy's rules)."""
+"""The project's CPU images, built for real (debootstrap base, host wheelhouse, no network
+in the build), pushed to the cluster's registry and started on the cluster: the Triton
+image, rolled out by the project's own serving manifests with DOGS_CATS_GPUS=0, turns
+ready and answers the smoke test through its Service's ClusterIP (kube-proxy's rules);
+the training image trains a model in a pod."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster.docker import DockerEngine, triton_cpu_image
+from cluster.docker import DockerEngine, training_cpu_image, triton_cpu_image
 from cluster.node import Node
 from core.constants import MODEL_NAME
-from core.settings import Environment
+from core.settings import Environment, to_arguments
 from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
 from harness.cluster import kubectl, running_cluster
 from model_repository.repository import package_model
+from pipeline.stack import wait_for
+from training.job import TrainingJob
+from training.staging import StagingOptions, stage_dataset
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
@@ -37,7 +42,7 @@ def engine(node: Node) -> Iterator[DockerEngine]:
         engine.stop()
 
 
-def test_the_cpu_triton_image_serves_the_packaged_model_on_the_cluster(
+def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
     node: Node, engine: DockerEngine, trained_model: str, session_images: Path, tmp_path: Path
 ) -> None:
     repository = tmp_path / "model_repository"
@@ -75,3 +80,52 @@ def test_the_cpu_triton_image_serves_the_packaged_model_on_the_cluster(
         "jsonpath={.items[0].spec.containers[0].securityContext.runAsUser}",
     )
     assert user.stdout == "10001"
+
+
+def test_the_cpu_training_image_trains_a_model_in_a_pod(
+    node: Node, engine: DockerEngine, session_images: Path, tmp_path: Path
+) -> None:
+    image = training_cpu_image(engine, node.root / "cache", "test")
+    data = tmp_path / "data"
+    stage_dataset(
+        str(session_images), str(data / "dataset"), StagingOptions(val_fraction=0.25), cache_dir=tmp_path
+    )
+    data.chmod(0o777)  # the image runs as uid 10001
+    job = TrainingJob(
+        model="small",
+        dataset_uri="/data/dataset",
+        output_uri="/data/model",
+        image_size=32,
+        epochs=1,
+        batch_size=8,
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "train", "namespace": "default"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "train",
+                    "image": image,
+                    "args": ["train", *to_arguments(job)],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "hostPath": {"path": str(data), "type": "Directory"}}],
+        },
+    }
+    kubectl(node, "delete", "pod", "train", "--ignore-not-found", "--wait=true")
+    kubectl(node, "apply", "-f", "-", stdin=json.dumps(pod))
+
+    def finished() -> str:
+        phase = kubectl(node, "get", "pod", "train", "-o", "jsonpath={.status.phase}").stdout
+        return phase if phase in ("Succeeded", "Failed") else ""
+
+    phase = wait_for("the training pod to finish", finished, 600)
+    logs = kubectl(node, "logs", "train", check=False).stdout
+    assert phase == "Succeeded", logs[-3000:]
+    assert "validation accuracy" in logs, "its log reaches kubectl logs (the pod operator streams it)"
+    assert (data / "model" / "model.onnx").is_file()
+    assert json.loads((data / "model" / "metrics.json").read_text())["val_accuracy"] >= 0

@@ -4,8 +4,11 @@ progress deadlines as `kubectl rollout` reports, and `down` leaves nothing behin
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from cluster.images import push_binary_image
 from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import kubectl, running_cluster
+from pipeline.rollout import RolloutTrigger
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 NAMESPACE = "rollout-test"
@@ -121,6 +125,9 @@ def test_a_pod_that_never_gets_ready_hits_the_progress_deadline(
     assert "exceeded its progress deadline" in status.stderr
     with pytest.raises(RolloutFailed, match="exceeded its progress deadline"):
         rollout_progress(api.read_deployment(NAMESPACE, "app"))
+    verdict = _trigger_verdict(node)
+    assert verdict["status"] == "failed"
+    assert "exceeded its progress deadline" in verdict["message"]
     available = api.read_deployment(NAMESPACE, "app")["status"].get("availableReplicas", 0)
     assert available == 2, "maxUnavailable 0: the old pods kept serving"
 
@@ -134,6 +141,30 @@ def test_down_stops_every_process_and_leaves_no_mount_or_bridge(node: Node) -> N
     assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
     shims = subprocess.run(["pgrep", "-f", f"containerd-shim.*{node.run}"], capture_output=True)
     assert shims.returncode == 1, shims.stdout
+
+
+def _trigger_verdict(node: Node) -> dict[str, Any]:
+    """The first event of RolloutTrigger for the test Deployment, through an Airflow connection
+    (from the environment) to this cluster's kubeconfig."""
+    connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(node.kubeconfig)}}
+    os.environ["AIRFLOW_CONN_KUBERNETES_CLUSTER_TEST"] = json.dumps(connection)
+    trigger = RolloutTrigger(
+        namespace=NAMESPACE,
+        name="app",
+        kubernetes_conn_id="kubernetes_cluster_test",
+        deadline=time.time() + 180,
+        poll_s=1,
+    )
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    try:
+        return asyncio.run(first())
+    finally:
+        del os.environ["AIRFLOW_CONN_KUBERNETES_CLUSTER_TEST"]
 
 
 def _listening_addresses(pids: set[int]) -> set[str]:

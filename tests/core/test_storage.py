@@ -120,3 +120,12 @@ def test_gcs_missing_object_raises_not_found(gcs_bucket: str) -> None:
 def test_gcs_uri_without_bucket_is_refused() -> None:
     with pytest.raises(ValueError, match="bucket"):
         GCSStorage.split("gs://")
+
+
+def test_local_files_are_readable_by_others_like_any_written_file(tmp_path: Path) -> None:
+    """Written through a 0600 temp file, a bucket file still ends up 0644 (a pod of another uid reads it)."""
+    written, created = tmp_path / "a" / "written.txt", tmp_path / "a" / "created.txt"
+    storage.write_text(str(written), "x")
+    storage.create(str(created), b"y")
+    assert oct(written.stat().st_mode & 0o777) == "0o644"
+    assert oct(created.stat().st_mode & 0o777) == "0o644"
