@@ -1,0 +1,3 @@
+module dogscats.local/cluster/pause
+
+go 1.24.0
