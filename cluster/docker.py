@@ -198,13 +198,13 @@ def triton_cpu_image(engine: DockerEngine, cache: Path, model_repository: Path, 
         shutil.copytree(
             model_repository, context / "model_repository", ignore=shutil.ignore_patterns("__pycache__")
         )
-        local = engine.build(
+        return _build_and_push(
+            engine,
             context,
-            REPO_ROOT / "packaging" / "Dockerfile.cpu",
+            "packaging/Dockerfile.cpu",
             f"dogs-cats-triton-cpu:{tag}",
             {"RUNTIME_IMAGE": runtime},
         )
-    return engine.push(local, f"{REGISTRY}/dogs-cats-triton-cpu:{tag}")
 
 
 def training_cpu_image(engine: DockerEngine, cache: Path, tag: str) -> str:
@@ -219,10 +219,15 @@ def training_cpu_image(engine: DockerEngine, cache: Path, tag: str) -> str:
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO_ROOT)],
             check=True,
         )
-        local = engine.build(
-            context,
-            REPO_ROOT / "training" / "Dockerfile.cpu",
-            f"dogs-cats-training-cpu:{tag}",
-            {"BASE_IMAGE": base},
+        return _build_and_push(
+            engine, context, "training/Dockerfile.cpu", f"dogs-cats-training-cpu:{tag}", {"BASE_IMAGE": base}
         )
-    return engine.push(local, f"{REGISTRY}/dogs-cats-training-cpu:{tag}")
+
+
+def _build_and_push(
+    engine: DockerEngine, context: Path, dockerfile: str, name: str, parent: dict[str, str]
+) -> str:
+    """Build `name` from `dockerfile` (relative to the repository) on the `parent` image its
+    ARG names, and push it to the cluster's registry."""
+    local = engine.build(context, REPO_ROOT / dockerfile, name, parent)
+    return engine.push(local, f"{REGISTRY}/{name}")

@@ -68,14 +68,7 @@ def push_binary_image(
             ],
         }
     ).encode()
-    request = urllib.request.Request(
-        f"{base}/manifests/{tag}",
-        data=manifest,
-        method="PUT",
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-    )
-    with urllib.request.urlopen(request, timeout=30):
-        pass
+    _put(f"{base}/manifests/{tag}", manifest, "application/vnd.oci.image.manifest.v1+json")
     return f"{registry}/{repository}:{tag}"
 
 
@@ -87,11 +80,10 @@ def _upload_blob(base: str, blob: bytes) -> None:
     if location.startswith("/"):
         location = base.split("/v2/")[0] + location
     separator = "&" if "?" in location else "?"
-    upload = urllib.request.Request(
-        f"{location}{separator}digest={_digest(blob)}",
-        data=blob,
-        method="PUT",
-        headers={"Content-Type": "application/octet-stream"},
-    )
-    with urllib.request.urlopen(upload, timeout=60):
+    _put(f"{location}{separator}digest={_digest(blob)}", blob, "application/octet-stream")
+
+
+def _put(url: str, data: bytes, content_type: str) -> None:
+    request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=60):
         pass

@@ -11,21 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from harness.data import REPO_ROOT
 
-PACKAGES = (
-    "core",
-    "training",
-    "model_repository",
-    "client",
-    "deploy",
-    "pipeline",
-    "harness",
-    "tests",
-    "benchmarks",
-)
+# The packages the contract covers, as pyproject.toml names them.
+PACKAGES = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:

@@ -102,6 +102,7 @@ def test_quality_gate_stops_before_packaging_and_says_why(
         "quality_gate": "skipped",
         "package": "skipped",
         "deploy": "skipped",
+        "plan_batch": "skipped",
         "list_shards": "skipped",
         "classify_shard": "skipped",
         "merge_predictions": "skipped",
