@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -305,7 +306,7 @@ class Node:
             json.dumps(
                 {
                     "cniVersion": "0.4.0",
-                    "name": "dogs-cats",
+                    "name": CNI_NETWORK,
                     "plugins": [
                         {
                             "type": "bridge",
@@ -561,8 +562,7 @@ state = "{folder / "state"}"
         _stop_pods()
         _stop_shims(self.run / "containerd")
         self._unmount_all()
-        if self.pid("kube-proxy") is None and (self.bin / "kube-proxy").exists():
-            subprocess.run([str(self.bin / "kube-proxy"), "--cleanup"], capture_output=True)
+        _remove_cluster_chains()
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
         saved = self.run / "sysctl.json"
         if saved.exists():
@@ -620,6 +620,49 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# Chains the cluster leaves in iptables: kube-proxy's and the kubelet's (KUBE-*), and the CNI
+# bridge plugin's masquerade chains (CNI-*, one per pod; a pod killed by `down` is never
+# deleted through CNI, so its chain stays unless removed here).
+CHAIN_PREFIXES = ("KUBE-", "CNI-")
+CNI_NETWORK = "dogs-cats"  # the network name in the CNI config; its rules' comments carry it
+
+
+def _remove_cluster_chains() -> None:
+    """Remove the cluster's iptables chains and the rules jumping to them, IPv4 and IPv6.
+    A CNI-* chain is ours when its rules name the `dogs-cats` network."""
+    for binary in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            listed = subprocess.run([binary, "-t", table, "-S"], capture_output=True, text=True)
+            rules = listed.stdout.splitlines() if listed.returncode == 0 else []
+            ours = {
+                rule.split()[1]
+                for rule in rules
+                if rule.startswith("-N KUBE-") or (rule.startswith("-A CNI-") and CNI_NETWORK in rule)
+            }
+            for rule in rules:
+                words = shlex.split(rule)  # comments are quoted and hold spaces
+                jumps = "-j" in words and words[words.index("-j") + 1] in ours
+                if words[0] == "-A" and words[1] not in ours and jumps:
+                    subprocess.run([binary, "-t", table, "-D", *words[1:]], capture_output=True)
+            for flag in ("-F", "-X"):
+                for chain in sorted(ours):
+                    subprocess.run([binary, "-t", table, flag, chain], capture_output=True)
+
+
+def cluster_chains() -> list[str]:
+    """The cluster's chains left in any table (IPv4 and IPv6)."""
+    found = []
+    for binary in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            listed = subprocess.run([binary, "-t", table, "-S"], capture_output=True, text=True).stdout
+            found += [
+                f"{binary} {table} {line.split()[1]}"
+                for line in listed.splitlines()
+                if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
+            ]
+    return found
 
 
 def _stop(pid: int, timeout_s: float = 20.0) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cluster.images import push_binary_image
-from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node
+from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, cluster_chains
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import kubectl, running_cluster
 from pipeline.rollout import RolloutTrigger
@@ -138,6 +138,7 @@ def test_down_stops_every_process_and_leaves_no_mount_or_bridge(node: Node) -> N
     assert not any(node.status().values())
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert node.mounts() == []
+    assert cluster_chains() == [], "kube-proxy's, the kubelet's and the CNI plugin's iptables chains are gone"
     assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
     shims = subprocess.run(["pgrep", "-f", f"containerd-shim.*{node.run}"], capture_output=True)
     assert shims.returncode == 1, shims.stdout
