@@ -6,10 +6,13 @@ BIN := $(VENV)/bin
 # Empty: the `source` Param's default (core/settings.py), the Kaggle cats-vs-dogs zip.
 DATA_SOURCE ?=
 CONF ?= {}
+# local: everything as processes on this machine; kubernetes: on `make cluster`'s cluster.
+PLATFORM ?= local
 DEMO_DIR ?= $(CURDIR)/.demo
 PYTEST_ARGS ?=
 
-export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+# Each platform has its own Airflow home: its DAG is parsed with that platform's settings.
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow$(if $(filter kubernetes,$(PLATFORM)),-kubernetes)
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__API__PORT ?= 8080
@@ -40,8 +43,16 @@ up: install
 
 ## Run the dogs_cats DAG end to end on this machine under the live scheduler, triggered
 ## through the REST API; Airflow and Triton keep running afterwards (make stop).
+## PLATFORM=kubernetes: on the single-node cluster (make cluster), its registry and its GCS emulator.
+ifeq ($(PLATFORM),kubernetes)
+demo: cluster
+	$(BIN)/python -m cluster platform --env-file $(DOGS_CATS_CLUSTER_DIR)/platform.env
+	set -a && . $(DOGS_CATS_CLUSTER_DIR)/platform.env && set +a && \
+	  $(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket gs://dogs-cats-demo
+else
 demo: install
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
+endif
 
 ## Lint, type-check, check the layers, then every test (unit, integration and cluster).
 ## As root it installs Debian's Chromium and the cluster's packages first; else it asks you to.
@@ -65,7 +76,8 @@ integration: install browser cluster-packages cluster-binaries
 faults: install
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
-## Stop the Airflow stack and the tritonserver that `make up` / `make demo` left running.
+## Stop the Airflow stack and the tritonserver that `make up` / `make demo` left running
+## (PLATFORM=kubernetes: that demo's Airflow; the cluster keeps running until make cluster-down).
 stop: install
 	$(BIN)/python -m pipeline.stack stop
 

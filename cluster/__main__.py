@@ -1,4 +1,9 @@
-"""`python -m cluster {up,down,status}`: the single-node cluster of `make cluster`."""
+"""`python -m cluster {up,down,status,platform}`: the single-node cluster of `make cluster`.
+
+`platform` readies the running cluster for the kubernetes platform (its images
+in the registry, the namespace, a bucket on its GCS emulator) and writes the
+settings Airflow runs with to `--env-file`, for `make demo PLATFORM=kubernetes`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from cluster.node import ClusterError, node_from_environment
+from cluster.node import ClusterError, Node, node_from_environment
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "platform"])
+    parser.add_argument("--env-file", type=Path, help="platform: where to write the settings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     node = node_from_environment()
@@ -28,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             f"Airflow's connection: export AIRFLOW_CONN_KUBERNETES_DEFAULT='{json.dumps(connection)}'"
         )
         return 0
+    if args.command == "platform":
+        if args.env_file is None:
+            parser.error("platform needs --env-file")
+        return _ready_platform(node, args.env_file)
     if args.command == "status":
         print(json.dumps(node.status(), indent=2))
         return 0
@@ -35,6 +46,33 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"stopped {', '.join(stopped) or 'nothing'}; mounts left under {node.run}: {node.mounts() or 'none'}"
     )
+    return 0
+
+
+def _ready_platform(node: Node, env_file: Path) -> int:
+    from cluster.docker import DockerEngine
+    from cluster.platform import (
+        DEMO_BUCKET,
+        build_images,
+        create_bucket,
+        env_file_text,
+        kubernetes_environment,
+        prepare_namespace,
+    )
+
+    if node.pid("kube-apiserver") is None:
+        print("the cluster is not running: make cluster", file=sys.stderr)
+        return 1
+    engine = DockerEngine(node.root / "docker")
+    engine.start()
+    try:
+        images = build_images(node, engine)
+    finally:
+        engine.stop()
+    prepare_namespace(node)
+    bucket = create_bucket(DEMO_BUCKET)
+    env_file.write_text(env_file_text(kubernetes_environment(node, images)))
+    print(f"images {images}; bucket {bucket}; settings in {env_file}")
     return 0
 
 

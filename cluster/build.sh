@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=cluster/versions.env
 source "$here/versions.env"
-bin=${CLUSTER_DIR:-$here/../.cluster}/bin
+bin=$(realpath -m "${CLUSTER_DIR:-$here/../.cluster}")/bin  # absolute: each build runs in its module
 stamp="$bin/.versions"
 if [[ -f "$stamp" ]] && cmp -s "$stamp" "$here/versions.env"; then
   echo "cluster binaries in $bin are current"
@@ -34,10 +34,17 @@ started=$SECONDS
 )
 (cd "$here/build/etcd" && go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION")
 (cd "$here/build/registry" && go mod edit -require="github.com/distribution/distribution/v3@$DISTRIBUTION_VERSION")
+(cd "$here/build/buildkit" && go mod edit -require="github.com/moby/buildkit@$BUILDKIT_VERSION" \
+  -require="github.com/rootless-containers/rootlesskit/v3@$ROOTLESSKIT_VERSION")
 build kubernetes "$bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 build etcd "$bin/etcd"
 build registry "$bin/registry"
 build pause "$bin/pause"
+version_flags="-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION"
+build buildkit "$bin/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl \
+  github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit
+# BuildKit's own wrapper that starts a throwaway buildkitd (under rootlesskit when not root) for one build.
+install -m 0755 "$(cd "$here/build/buildkit" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)/examples/buildctl-daemonless/buildctl-daemonless.sh" "$bin/"
 cp "$here/versions.env" "$stamp"
 echo "built the cluster binaries into $bin in $((SECONDS - started)) s"

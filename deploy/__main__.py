@@ -1,8 +1,9 @@
-"""`python -m deploy {serve,status,stop}`: manage the local tritonserver the DAG deploys to.
+"""`python -m deploy {serve,status,stop,unpack-context}`: manage the local tritonserver the DAG deploys to.
 
 `serve` starts it again (after a reboot, say) on the repository last deployed,
 or the one given, with the newest version of each model; `status` shows the
-server and what it serves.
+server and what it serves. `unpack-context URI FOLDER` is the cluster path's
+image build pod fetching its build context from the bucket.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from core.settings import Environment
 from deploy.local_triton import TritonError, serve, served_models, server_from_environment
@@ -19,7 +21,8 @@ from deploy.local_triton import TritonError, serve, served_models, server_from_e
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy")
-    parser.add_argument("command", choices=["serve", "status", "stop"])
+    parser.add_argument("command", choices=["serve", "status", "stop", "unpack-context"])
+    parser.add_argument("context", nargs="*", help="unpack-context: the context's URI and a folder")
     parser.add_argument(
         "--repository",
         default="",
@@ -27,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "unpack-context":
+        from deploy.image import unpack_build_context
+
+        if len(args.context) != 2:
+            parser.error("unpack-context takes the context's URI and a folder")
+        names = unpack_build_context(args.context[0], Path(args.context[1]))
+        print(f"unpacked {len(names)} files from {args.context[0]} into {args.context[1]}")
+        return 0
     environment = Environment()
     server = server_from_environment(environment)
     if args.command == "serve":

@@ -55,6 +55,10 @@ class ClusterApi(Protocol):
 
     def replace_pod_template(self, namespace: str, name: str, template: dict[str, Any]) -> None: ...
 
+    def cluster_ip(self, namespace: str, name: str) -> str:
+        """The Service's virtual IP, which kube-proxy routes to its ready pods."""
+        ...
+
 
 def _plural_path(manifest: dict[str, Any]) -> str:
     """REST path of a namespaced object; every kind applied here pluralises with 's'."""
@@ -120,6 +124,11 @@ class KubernetesApi:
         self.apps.patch_namespaced_deployment(
             name, namespace, [{"op": "replace", "path": "/spec/template", "value": template}]
         )
+
+    def cluster_ip(self, namespace: str, name: str) -> str:
+        from kubernetes import client
+
+        return str(client.CoreV1Api(self.api_client).read_namespaced_service(name, namespace).spec.cluster_ip)
 
 
 def rollout_progress(deployment: dict[str, Any]) -> tuple[bool, str]:
@@ -305,7 +314,7 @@ def finish_serving(
 ) -> Endpoint:
     """Once `rolled_out` says so (a wait here, or the triggerer's verdict), smoke-test the
     Service; on any failure undo the rollout. Returns the Service's endpoint."""
-    endpoint = service_endpoint(environment, spec.model_name, spec.model_version)
+    endpoint = service_endpoint(api, environment, spec.model_name, spec.model_version)
 
     def rolled_out_and_answering() -> str:
         message = rolled_out()
@@ -338,21 +347,22 @@ def smoke_images(smoke_images_uri: str, count: int = 4) -> list[bytes]:
     return images
 
 
-def service_endpoint(environment: Environment, model_name: str, version: int) -> Endpoint:
-    """The Service's address (DNS name inside the cluster, or DOGS_CATS_SERVING_URL)."""
-    host = f"{environment.serving_name}.{environment.namespace}.svc.cluster.local"
-    url = environment.serving_url or f"{host}:{HTTP_PORT}"
-    grpc_url = "" if environment.serving_url else f"{host}:{GRPC_PORT}"
-    return Endpoint(url, model_name, version, grpc_url=grpc_url)
+def service_endpoint(api: ClusterApi, environment: Environment, model_name: str, version: int) -> Endpoint:
+    """The Service's ClusterIP (reached from inside the cluster or a node, no cluster DNS
+    needed), or DOGS_CATS_SERVING_URL (a port-forward)."""
+    if environment.serving_url:
+        return Endpoint(environment.serving_url, model_name, version)
+    host = api.cluster_ip(environment.namespace, environment.serving_name)
+    return Endpoint(f"{host}:{HTTP_PORT}", model_name, version, grpc_url=f"{host}:{GRPC_PORT}")
 
 
-def served_endpoint(environment: Environment, model_name: str) -> Endpoint:
+def served_endpoint(api: ClusterApi, environment: Environment, model_name: str) -> Endpoint:
     """The Service's endpoint with the newest version the Deployment serves now."""
     from client.triton import Triton
 
-    triton = Triton(service_endpoint(environment, model_name, 0).url, "http", timeout_s=30)
+    triton = Triton(service_endpoint(api, environment, model_name, 0).url, "http", timeout_s=30)
     try:
         version = max(int(served) for served in triton.served_versions(model_name))
     finally:
         triton.close()
-    return service_endpoint(environment, model_name, version)
+    return service_endpoint(api, environment, model_name, version)

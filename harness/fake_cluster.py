@@ -53,6 +53,10 @@ class FakeCluster:
         self.behaviour = "healthy"  # the previous image starts fine
         self._set_template(template)
 
+    def cluster_ip(self, namespace: str, name: str) -> str:
+        assert ("Service", name) in self.objects, f"no Service {name} was applied"
+        return "10.96.0.10"
+
     # The controller
     def _set_template(self, template: dict[str, Any], manifest: dict[str, Any] | None = None) -> None:
         if self.deployment is None:

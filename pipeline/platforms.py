@@ -37,7 +37,7 @@ from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
 from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.rollout import RolloutOperator
+from pipeline.rollout import RolloutOperator, cluster_api
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +156,14 @@ class KubernetesPlatform:
         return TrainingPodOperator(task_id="train", environment=self.environment, plan=plan, outlets=[MODEL])
 
     def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
-        environment = self.environment
+        environment, flavour = self.environment, self.serving_flavour
 
         # A dict, so Airflow pushes one XCom per key for the pod's templated fields to pull.
         @task(task_id="build_context")
         def build_context(version: RepositoryVersion, plan: RunPlan) -> dict[str, Any]:
             from deploy.image import upload_build_context
 
-            return upload_build_context(version, plan.images_uri, environment.registry).to_dict()
+            return upload_build_context(version, plan.images_uri, environment, flavour).to_dict()
 
         build: Any = build_context(resolved(version), resolved(plan))
         image = ImageBuildPodOperator(
@@ -171,6 +171,7 @@ class KubernetesPlatform:
             environment=environment,
             context_uri=build["context_uri"],
             image_ref=build["image"],
+            build_args=build["build_args"],
         )
         # Applies the manifests, waits for the rollout in the triggerer, smoke-tests, undoes on failure.
         deploy = RolloutOperator(
@@ -182,7 +183,7 @@ class KubernetesPlatform:
     def served_endpoint(self, model_name: str) -> Endpoint:
         from deploy.rollout import served_endpoint
 
-        return served_endpoint(self.environment, model_name)
+        return served_endpoint(cluster_api(self.environment), self.environment, model_name)
 
 
 def platform_for(environment: Environment) -> Platform:

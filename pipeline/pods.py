@@ -18,6 +18,7 @@ from pipeline.plan import RunPlan
 
 BUILDKIT_UID = 1000  # the `user` account of moby/buildkit's rootless image
 AS_BUILDKIT_USER = {"run_as_user": BUILDKIT_UID, "run_as_group": BUILDKIT_UID}
+BUILDKITD_CONFIG = "/workspace/buildkitd.toml"
 
 
 def _pod_defaults(environment: Environment, component: str) -> dict[str, Any]:
@@ -39,11 +40,22 @@ def _pod_defaults(environment: Environment, component: str) -> dict[str, Any]:
         # A retried task reattaches to a pod still running instead of starting another.
         "reattach_on_restart": True,
         # Training and image builds run for many minutes: wait in the triggerer, not
-        # in a worker slot; the logs still stream into the task log, in chunks.
+        # in a worker slot. Deferred, the log would only be fetched once the pod ends
+        # (and lost if the pod is gone by then); every 30 s a worker fetches what is
+        # new and defers again, so the log streams into the task log in chunks.
         "deferrable": True,
         "poll_interval": 10,
+        "logging_interval": 30,
         "labels": {"app.kubernetes.io/name": "dogs-cats", "app.kubernetes.io/component": component},
     }
+
+
+def _storage_env(environment: Environment) -> list[k8s.V1EnvVar]:
+    """A GCS emulator the tasks use (the cluster's fake-gcs-server) is the pods' bucket too;
+    on real GCS nothing is set and Workload Identity supplies credentials."""
+    if not environment.storage_emulator_host:
+        return []
+    return [k8s.V1EnvVar(name="STORAGE_EMULATOR_HOST", value=environment.storage_emulator_host)]
 
 
 def _training_resources(gpus: int) -> k8s.V1ResourceRequirements:
@@ -75,6 +87,7 @@ class TrainingPodOperator(KubernetesPodOperator):
             "image": environment.training_image,
             "cmds": ["python", "-m", "training", "train"],
             "container_resources": _training_resources(environment.gpus),
+            "env_vars": _storage_env(environment),
             # Land on GPU nodes, and tolerate the taint GKE puts on them (none without GPUs).
             "node_selector": gpu_node_labels(environment),
             "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
@@ -93,87 +106,143 @@ class TrainingPodOperator(KubernetesPodOperator):
         return super().build_pod_request_obj(context, dry_run=dry_run)
 
 
+def _build_resources(gpus: int) -> k8s.V1ResourceRequirements:
+    if not gpus:
+        # The CPU runtime base is ~1 GB; requests small enough for a 2-core node.
+        return k8s.V1ResourceRequirements(
+            requests={"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "4Gi"},
+            limits={"memory": "4Gi", "ephemeral-storage": "12Gi"},
+        )
+    # The NGC base image is ~10 GB: BuildKit pulls, unpacks and pushes it.
+    return k8s.V1ResourceRequirements(
+        requests={"cpu": "2", "memory": "4Gi", "ephemeral-storage": "40Gi"},
+        limits={"memory": "8Gi", "ephemeral-storage": "60Gi"},
+    )
+
+
+def _builder_security(environment: Environment) -> k8s.V1SecurityContext:
+    if environment.builder_rootless:
+        # rootlesskit needs unconfined seccomp and AppArmor to create user
+        # namespaces; that, not privileged mode, is all BuildKit asks for.
+        return k8s.V1SecurityContext(
+            seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
+            app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"),
+            **AS_BUILDKIT_USER,
+        )
+    # As root BuildKit mounts its snapshots itself, which takes a privileged container.
+    return k8s.V1SecurityContext(privileged=True, run_as_user=0, run_as_group=0)
+
+
+def _buildkit_state(environment: Environment) -> str:
+    """Where buildkitd keeps its snapshots: the rootless user's data folder, or root's."""
+    return "/home/user/.local/share/buildkit" if environment.builder_rootless else "/var/lib/buildkit"
+
+
 class ImageBuildPodOperator(KubernetesPodOperator):
     """Build and push the Triton image with rootless BuildKit (Kaniko is archived).
 
-    An init container fetches the build context (tar.gz) from the bucket into a
-    shared emptyDir; `buildctl-daemonless.sh` builds it and pushes `image`.
-    `context_uri` and `image` are templated, so they may come from XCom.
+    An init container (the training image, which already holds this project's
+    storage code) fetches the build context from the bucket into a shared
+    emptyDir; `buildctl-daemonless.sh` builds it with the flavour's build
+    arguments and pushes `image_ref`. `context_uri`, `image_ref` and
+    `build_args` are templated, so they may come from XCom.
     """
 
-    template_fields = (*KubernetesPodOperator.template_fields, "context_uri", "image_ref")
+    template_fields = (*KubernetesPodOperator.template_fields, "context_uri", "image_ref", "build_args")
 
-    def __init__(self, *, environment: Environment, context_uri: str, image_ref: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        environment: Environment,
+        context_uri: str,
+        image_ref: str,
+        build_args: dict[str, str] | XComArg | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.environment = environment
         self.context_uri = context_uri
         self.image_ref = image_ref
-        defaults: dict[str, Any] = {
-            **_pod_defaults(environment, "image-build"),
-            "name": "dogs-cats-build",
-            "image": environment.builder_image,
-            "cmds": ["buildctl-daemonless.sh"],
-            # Rootless BuildKit cannot create the nested process sandbox inside a pod.
-            "env_vars": [
-                k8s.V1EnvVar(name="BUILDKITD_FLAGS", value="--oci-worker-no-process-sandbox"),
-                k8s.V1EnvVar(name="DOCKER_CONFIG", value="/home/user/.docker"),
-            ],
-            # rootlesskit needs unconfined seccomp and AppArmor to create user
-            # namespaces; that, not privileged mode, is all BuildKit asks for.
-            "container_security_context": k8s.V1SecurityContext(
-                seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
-                app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"),
-                **AS_BUILDKIT_USER,
-            ),
-            # The NGC base image is ~10 GB: BuildKit pulls, unpacks and pushes it.
-            "container_resources": k8s.V1ResourceRequirements(
-                requests={"cpu": "2", "memory": "4Gi", "ephemeral-storage": "40Gi"},
-                limits={"memory": "8Gi", "ephemeral-storage": "60Gi"},
-            ),
-            "volumes": [
-                k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
-                k8s.V1Volume(name="buildkitd", empty_dir=k8s.V1EmptyDirVolumeSource()),
-                # A dockerconfigjson Secret, mounted where buildctl looks for credentials.
+        self.build_args = build_args or {}
+        # Rootless BuildKit cannot create the nested process sandbox inside a pod; a plain-HTTP
+        # registry (a local one) needs BuildKit's registry config, which the init container writes.
+        flags = ["--oci-worker-no-process-sandbox"] if environment.builder_rootless else []
+        if environment.registry_plain_http:
+            flags.append(f"--config={BUILDKITD_CONFIG}")
+        buildkitd_flags = " ".join(flags)
+        env_vars = [k8s.V1EnvVar(name="BUILDKITD_FLAGS", value=buildkitd_flags)]
+        volumes = [
+            k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()),
+            k8s.V1Volume(name="buildkitd", empty_dir=k8s.V1EmptyDirVolumeSource()),
+        ]
+        volume_mounts = [
+            k8s.V1VolumeMount(name="workspace", mount_path="/workspace", read_only=True),
+            k8s.V1VolumeMount(name="buildkitd", mount_path=_buildkit_state(environment)),
+        ]
+        if environment.registry_secret:
+            # A dockerconfigjson Secret, mounted where buildctl looks for credentials.
+            env_vars.append(k8s.V1EnvVar(name="DOCKER_CONFIG", value="/home/user/.docker"))
+            volumes.append(
                 k8s.V1Volume(
                     name="registry-credentials",
                     secret=k8s.V1SecretVolumeSource(
                         secret_name=environment.registry_secret,
                         items=[k8s.V1KeyToPath(key=".dockerconfigjson", path="config.json")],
                     ),
-                ),
-            ],
-            "volume_mounts": [
-                k8s.V1VolumeMount(name="workspace", mount_path="/workspace", read_only=True),
-                k8s.V1VolumeMount(name="buildkitd", mount_path="/home/user/.local/share/buildkit"),
+                )
+            )
+            volume_mounts.append(
                 k8s.V1VolumeMount(
                     name="registry-credentials", mount_path="/home/user/.docker", read_only=True
-                ),
-            ],
+                )
+            )
+        defaults: dict[str, Any] = {
+            **_pod_defaults(environment, "image-build"),
+            "name": "dogs-cats-build",
+            "image": environment.builder_image,
+            "cmds": ["buildctl-daemonless.sh"],
+            "env_vars": env_vars,
+            "container_security_context": _builder_security(environment),
+            "container_resources": _build_resources(environment.gpus),
+            "volumes": volumes,
+            "volume_mounts": volume_mounts,
             # Pulling a 10 GB base image on a fresh node takes minutes.
             "startup_timeout_seconds": 900,
             "init_container_logs": True,
         }
         super().__init__(**{**defaults, **kwargs})
 
+    def _build_args(self) -> dict[str, str]:
+        assert isinstance(self.build_args, dict), f"build_args not rendered: {self.build_args!r}"
+        return self.build_args
+
     def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
-        """Fill in the context and image once templates (or XCom) have been rendered."""
+        """Fill in the context, build arguments and image once templates (or XCom) have been rendered."""
+        plain_http = self.environment.registry_plain_http
+        output = f"type=image,name={self.image_ref},push=true" + (
+            ",registry.insecure=true" if plain_http else ""
+        )
         self.arguments = [
             "build",
             "--frontend=dockerfile.v0",
             "--local=context=/workspace/context",
             "--local=dockerfile=/workspace/context",
-            f"--output=type=image,name={self.image_ref},push=true",
+            *(f"--opt=build-arg:{key}={value}" for key, value in sorted(self._build_args().items())),
+            f"--output={output}",
         ]
+        fetch = 'python -m deploy unpack-context "$CONTEXT_URI" /workspace/context'
+        if plain_http:
+            registry = self.environment.registry.split("/")[0]
+            fetch += f" && printf '[registry.\"%s\"]\\n  http = true\\n' {registry} > {BUILDKITD_CONFIG}"
         self.init_containers = [
             k8s.V1Container(
                 name="fetch-context",
-                image=self.environment.context_fetch_image,
+                image=self.environment.training_image,
                 command=["sh", "-c"],
-                args=[
-                    'gcloud storage cp "$CONTEXT_URI" /tmp/context.tar.gz'
-                    " && mkdir -p /workspace/context"
-                    " && tar -xzf /tmp/context.tar.gz -C /workspace/context"
+                args=[fetch],
+                env=[
+                    k8s.V1EnvVar(name="CONTEXT_URI", value=self.context_uri),
+                    *_storage_env(self.environment),
                 ],
-                env=[k8s.V1EnvVar(name="CONTEXT_URI", value=self.context_uri)],
                 security_context=k8s.V1SecurityContext(
                     **AS_BUILDKIT_USER,
                     run_as_non_root=True,

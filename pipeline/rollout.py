@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from core.settings import Environment
 from deploy import Endpoint
 from deploy.kubernetes import ServingSpec
 from deploy.rollout import (
+    DeploymentFailed,
     KubernetesApi,
     RolloutFailed,
     finish_serving,
@@ -32,6 +34,13 @@ from deploy.rollout import (
 from model_repository.repository import RepositoryVersion
 from pipeline.assets import SERVED_MODEL, annotate
 from pipeline.plan import RunPlan
+
+
+def cluster_api(environment: Environment) -> KubernetesApi:
+    """The cluster as Airflow's Kubernetes connection reaches it."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    return KubernetesApi(KubernetesHook(conn_id=environment.kubernetes_conn_id).api_client)
 
 
 class RolloutTrigger(BaseTrigger):
@@ -107,9 +116,7 @@ class RolloutOperator(BaseOperator):
         self.deferrable, self.poll_s = deferrable, poll_s
 
     def _api(self) -> KubernetesApi:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        return KubernetesApi(KubernetesHook(conn_id=self.environment.kubernetes_conn_id).api_client)
+        return cluster_api(self.environment)
 
     def _spec(self) -> ServingSpec:
         version: RepositoryVersion = self.version
@@ -154,9 +161,13 @@ class RolloutOperator(BaseOperator):
         return self._finish(self._api(), verdict)
 
     def _finish(self, api: KubernetesApi, rolled_out: Any) -> Endpoint:
-        endpoint = finish_serving(
-            api, self._spec(), self._plan().smoke_images_uri, self.environment, rolled_out
-        )
+        try:
+            endpoint = finish_serving(
+                api, self._spec(), self._plan().smoke_images_uri, self.environment, rolled_out
+            )
+        except DeploymentFailed as failed:
+            # Already rolled back; a retry would roll the same image out and fail the same way.
+            raise AirflowFailException(str(failed)) from failed
         annotate(
             SERVED_MODEL,
             url=endpoint.url,

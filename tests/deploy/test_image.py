@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Environment
 from deploy.image import (
     DOCKERFILE,
+    DOCKERFILES,
     context_files,
     deterministic_targz,
     triton_base_image,
+    unpack_build_context,
     upload_build_context,
 )
 from harness.data import fake_model
@@ -80,12 +83,43 @@ def test_archive_bytes_depend_only_on_content() -> None:
 def test_image_tag_is_the_version_and_the_content_digest(tmp_path: Path, packaged: Packaged) -> None:
     _, version = packaged
     bucket = tmp_path / "bucket"
-    build = upload_build_context(version, str(bucket / "images"), "registry.example/team/")
-    assert build.image == f"registry.example/team/dogs-cats-triton:v2-{build.digest[:12]}"
-    assert build.context_uri == str(bucket / "images" / f"dogs-cats-triton-v2-{build.digest[:12]}.tar.gz")
+    environment = Environment(registry="registry.example/team/")
+    build = upload_build_context(version, str(bucket / "images"), environment, "onnxruntime")
+    tag = build.image.rsplit(":", 1)[1]
+    assert re.fullmatch(r"v2-[0-9a-f]{12}", tag)
+    assert build.image == f"registry.example/team/dogs-cats-triton:{tag}"
+    assert build.context_uri == str(bucket / "images" / f"dogs-cats-triton-{tag}.tar.gz")
     assert Path(build.context_uri).read_bytes()[:2] == b"\x1f\x8b"
-    again = upload_build_context(version, str(bucket / "images"), "registry.example/team")
+    assert build.build_args == {}
+    again = upload_build_context(version, str(bucket / "images"), environment, "onnxruntime")
     assert again == build, "a retried task builds the same tag"
+
+
+def test_the_cpu_flavour_builds_on_the_runtime_image_it_is_given(tmp_path: Path, packaged: Packaged) -> None:
+    _, version = packaged
+    images = str(tmp_path / "bucket" / "images")
+    with pytest.raises(ValueError, match="DOGS_CATS_CPU_RUNTIME_IMAGE is empty"):
+        upload_build_context(version, images, Environment(), "python")
+    first = upload_build_context(version, images, Environment(cpu_runtime_image="r/runtime:1"), "python")
+    assert first.build_args == {"RUNTIME_IMAGE": "r/runtime:1"}
+    unpacked = tmp_path / "context"
+    unpack_build_context(first.context_uri, unpacked)
+    assert (unpacked / "Dockerfile").read_bytes() == DOCKERFILES["python"].read_bytes()
+    assert (unpacked / "model_repository" / "dogs_cats" / "2" / "model.onnx").is_file()
+    other = upload_build_context(version, images, Environment(cpu_runtime_image="r/runtime:2"), "python")
+    assert other.image != first.image, "another base is another image"
+
+
+def test_unpacking_refuses_anything_but_plain_files_inside(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as archive:
+        info = tarfile.TarInfo("../escape")
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    (tmp_path / "bad.tar.gz").write_bytes(raw.getvalue())
+    with pytest.raises(ValueError, match=re.escape("refusing '../escape'")):
+        unpack_build_context(str(tmp_path / "bad.tar.gz"), tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
 
 
 def test_a_missing_version_is_refused(tmp_path: Path, packaged: Packaged) -> None:

@@ -7,6 +7,8 @@ schemas with kubernetes-validate.
 
 from __future__ import annotations
 
+from typing import Any
+
 import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
@@ -83,11 +85,14 @@ def test_operator_defaults_survive_where_not_overridden() -> None:
     )
     assert operator.startup_timeout_seconds == 60
     assert operator.get_logs is True
+    assert operator.logging_interval == 30, "deferred, the log still streams in chunks"
     assert operator.on_finish_action.value == "delete_pod"
 
 
-def _build_pod(**kwargs: str) -> dict:
-    environment = Environment(platform="kubernetes", namespace="ml", registry_secret="push-creds")
+def _build_pod(environment: Environment | None = None, **kwargs: Any) -> dict:
+    environment = environment or Environment(
+        platform="kubernetes", namespace="ml", registry_secret="push-creds"
+    )
     operator = ImageBuildPodOperator(
         task_id="build_image",
         environment=environment,
@@ -102,7 +107,9 @@ def test_build_pod_fetches_the_context_and_pushes_the_tagged_image() -> None:
     pod = _build_pod()
     (fetch,) = pod["spec"]["initContainers"]
     assert {"name": "CONTEXT_URI", "value": "gs://b/images/dogs-cats-triton-v3-abc.tar.gz"} in fetch["env"]
-    assert "gcloud storage cp" in fetch["args"][0]
+    # The training image holds the project's storage code: gs://, an emulator, or a folder.
+    assert fetch["image"] == Environment().training_image
+    assert fetch["args"] == ['python -m deploy unpack-context "$CONTEXT_URI" /workspace/context']
     (builder,) = pod["spec"]["containers"]
     assert builder["image"] == Environment().builder_image
     assert builder["image"].endswith("-rootless")
@@ -128,6 +135,45 @@ def test_build_pod_is_rootless_not_privileged() -> None:
 def test_build_pod_is_valid_against_the_kubernetes_schema() -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", **_build_pod()}
     kubernetes_validate.validate(pod, "1.33", strict=True)
+
+
+def test_build_pod_on_a_local_cluster_uses_its_registry_emulator_and_cpu_runtime() -> None:
+    """`make cluster`'s settings: a plain-HTTP registry without credentials, the GCS emulator,
+    rootful BuildKit, the CPU flavour's base image as a build argument."""
+    environment = Environment(
+        platform="kubernetes",
+        registry="10.88.0.1:5000",
+        registry_plain_http=True,
+        registry_secret="",
+        builder_rootless=False,
+        storage_emulator_host="http://10.88.0.1:4443",
+    )
+    operator = ImageBuildPodOperator(
+        task_id="build_image",
+        environment=environment,
+        context_uri="gs://b/c.tar.gz",
+        image_ref="10.88.0.1:5000/dogs-cats-triton:v1-d",
+        build_args={"RUNTIME_IMAGE": "10.88.0.1:5000/runtime:1"},
+    )
+    pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", **pod}, "1.33", strict=True)
+    (fetch,) = pod["spec"]["initContainers"]
+    assert {"name": "STORAGE_EMULATOR_HOST", "value": "http://10.88.0.1:4443"} in fetch["env"]
+    assert (
+        "printf '[registry.\"%s\"]\\n  http = true\\n' 10.88.0.1:5000 > /workspace/buildkitd.toml"
+        in fetch["args"][0]
+    )
+    (builder,) = pod["spec"]["containers"]
+    assert builder["securityContext"] == {"privileged": True, "runAsUser": 0, "runAsGroup": 0}
+    assert {"name": "BUILDKITD_FLAGS", "value": "--config=/workspace/buildkitd.toml"} in builder["env"]
+    assert "--opt=build-arg:RUNTIME_IMAGE=10.88.0.1:5000/runtime:1" in builder["args"]
+    assert (
+        "--output=type=image,name=10.88.0.1:5000/dogs-cats-triton:v1-d,push=true,registry.insecure=true"
+        in builder["args"]
+    )
+    assert not any(volume["name"] == "registry-credentials" for volume in pod["spec"]["volumes"])
+    mounts = {mount["name"]: mount["mountPath"] for mount in builder["volumeMounts"]}
+    assert mounts["buildkitd"] == "/var/lib/buildkit"
 
 
 def test_build_pod_takes_its_context_and_image_from_templates() -> None:

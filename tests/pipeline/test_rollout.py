@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from core.settings import Environment, RunConfig
 from deploy.kubernetes import ServingSpec, serving_manifests
@@ -159,7 +159,8 @@ def test_the_operator_applies_then_defers_and_undoes_when_the_trigger_reports_fa
         second.execute({})
     assert _image(cluster) == "r/dogs-cats-triton:v2"
     verdict = {"status": "failed", "message": "deployment dogs-cats-triton exceeded its progress deadline"}
-    with pytest.raises(DeploymentFailed, match=r"progress deadline .*\(rolled back to revision 1\)"):
+    # Failed for good (no retry): the same image would fail the same way.
+    with pytest.raises(AirflowFailException, match=r"progress deadline .*\(rolled back to revision 1\)"):
         second.execute_complete({}, verdict)
     assert _image(cluster) == "r/dogs-cats-triton:v1"
 
