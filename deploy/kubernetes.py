@@ -62,6 +62,9 @@ class ServingSpec:
         return {"name": self.name, "namespace": self.namespace, "labels": labels}
 
 
+PRE_STOP_SLEEP_S = 10
+
+
 def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -109,6 +112,10 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
         # never sends traffic to a pod still loading.
         "readinessProbe": _http_probe("/v2/health/ready", 5, 3),
         "livenessProbe": _http_probe("/v2/health/live", 10, 3),
+        # Triton stops accepting connections on SIGTERM, but the Service keeps sending new
+        # ones to a terminating pod until kube-proxy has dropped it (refused, seen on the
+        # cluster test): keep serving a while first. Kubernetes' own sleep, no binary needed.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_S}}},
         "resources": _resources(spec.gpus),
         "securityContext": {
             "runAsNonRoot": True,
@@ -155,8 +162,8 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     **_gpu_placement(spec),
-                    # Let in-flight requests finish when a pod is replaced.
-                    "terminationGracePeriodSeconds": 60,
+                    # The preStop sleep, then Triton's 30 s exit timeout for in-flight requests.
+                    "terminationGracePeriodSeconds": PRE_STOP_SLEEP_S + 50,
                     "containers": [container],
                     "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
                 },

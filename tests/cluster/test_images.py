@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.docker import DockerEngine, training_cpu_image, triton_cpu_image
+from cluster.docker import DockerEngine, triton_cpu_image
 from cluster.node import Node
 from core.constants import MODEL_NAME
 from core.settings import Environment, to_arguments
 from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
-from harness.cluster import kubectl, running_cluster
+from harness.cluster import docker_engine, kubectl, project_images, running_cluster
 from model_repository.repository import package_model
 from pipeline.stack import wait_for
 from training.job import TrainingJob
@@ -34,12 +34,8 @@ def node() -> Iterator[Node]:
 
 @pytest.fixture(scope="module")
 def engine(node: Node) -> Iterator[DockerEngine]:
-    engine = DockerEngine(node.root / "docker")
-    engine.start()
-    try:
+    with docker_engine(node) as engine:
         yield engine
-    finally:
-        engine.stop()
 
 
 def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
@@ -83,9 +79,9 @@ def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
 
 
 def test_the_cpu_training_image_trains_a_model_in_a_pod(
-    node: Node, engine: DockerEngine, session_images: Path, tmp_path: Path
+    node: Node, session_images: Path, tmp_path: Path
 ) -> None:
-    image = training_cpu_image(engine, node.root / "cache", "test")
+    image = project_images(node).training
     data = tmp_path / "data"
     stage_dataset(
         str(session_images), str(data / "dataset"), StagingOptions(val_fraction=0.25), cache_dir=tmp_path

@@ -34,6 +34,8 @@ def test_deployment_serves_the_image_on_a_gpu_with_triton_s_health_probes() -> N
     assert {port["containerPort"] for port in container["ports"]} == {8000, 8001, 8002}
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # A terminating pod keeps serving until the Service has stopped sending it connections.
+    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["requests"]["memory"]

@@ -1,0 +1,340 @@
+"""The whole `dogs_cats` DAG on the real single-node cluster, under the live scheduler.
+
+DOGS_CATS_PLATFORM=kubernetes with the cluster's settings (cluster/platform.py):
+the bucket is gs:// on the cluster's GCS emulator, training runs in a pod of
+the CPU training image, BuildKit builds the Triton image in a pod and pushes it
+to the cluster's registry, the deploy task rolls it out with server-side apply
+and smoke-tests it through the Service, and batch inference reaches Triton at
+the Service's ClusterIP. On the way: a training pod deleted mid-run is retried
+and resumes from its checkpoint; a second model rolls out while a client sends
+requests without one failing; `kubectl rollout status/history/undo` work on
+what the DAG deployed and the DAG deploys again after an undo; a broken model
+fails, is rolled back, and the previous one answers throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from cluster.node import GCS_ENDPOINT, Node
+from cluster.platform import NAMESPACE, kubernetes_environment, prepare_namespace
+from core import storage
+from core.constants import MODEL_NAME
+from core.images import decode_rgb
+from core.settings import join_uri
+from harness.airflow import running_stack, stored_plan
+from harness.cluster import kubectl, project_images, running_cluster
+from harness.data import write_images
+from harness.gcs import storage_on_emulator
+from pipeline.plan import RunPlan
+from pipeline.stack import AirflowApi, AirflowStack, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+DAG = "dogs_cats"
+BUCKET = "dogs-cats-cluster"
+DEPLOYMENT = "deployment/dogs-cats-triton"
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    with running_cluster() as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def stack(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+    images = project_images(node)
+    prepare_namespace(node)
+    with storage_on_emulator(GCS_ENDPOINT) as client:
+        client.create_bucket(BUCKET)
+    settings = kubernetes_environment(node, images)
+    # A broken model is judged by the rollout's deadline: short here, so the test stays short.
+    settings["DOGS_CATS_ROLLOUT_TIMEOUT_S"] = "150"
+    with running_stack(tmp_path_factory.mktemp("cluster-dag"), **settings) as stack:
+        stack.wait_for_dag(DAG)
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def conf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    source = write_images(tmp_path_factory.mktemp("source"), per_class=64, size=IMAGE_SIZE)
+    return {
+        "data_bucket": f"gs://{BUCKET}",
+        "source": str(source),
+        "model": "small",
+        "image_size": IMAGE_SIZE,
+        # Long enough to delete the training pod mid-run (about a second an epoch here).
+        "epochs": 30,
+        "early_stopping_patience": 30,
+        "batch_size": 8,
+        "max_batch_size": 8,
+        "min_val_accuracy": 0.0,
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: AirflowStack, node: Node, conf: dict[str, Any]) -> dict[str, Any]:
+    """Run 1; its training pod is deleted once two epochs are checkpointed in the bucket."""
+    api = stack.api()
+    run_id = api.trigger(DAG, conf)
+    plan: RunPlan = wait_for("the plan", lambda: stored_plan(api, run_id), 120)
+    state = join_uri(plan.model_uri, "checkpoints", "state.json")
+
+    def two_epochs_checkpointed() -> bool:
+        return storage.exists(state) and json.loads(storage.read_text(state))["completed_epochs"] >= 2
+
+    with storage_on_emulator(GCS_ENDPOINT):
+        wait_for("two epochs of run 1 in its checkpoint", two_epochs_checkpointed, 600, 0.5)
+    pods = kubectl(
+        node, "get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=training", "-o", "name"
+    )
+    (pod,) = pods.stdout.split()
+    kubectl(node, "delete", "-n", NAMESPACE, pod, "--wait=false")
+    run = api.wait_until_finished(DAG, run_id, 1500)
+    return {**run, "plan": plan}
+
+
+def test_every_stage_runs_on_the_cluster(stack: AirflowStack, node: Node, first_run: dict[str, Any]) -> None:
+    api, run_id = stack.api(), first_run["dag_run_id"]
+    states = {(ti["task_id"], ti.get("map_index", -1)): ti["state"] for ti in api.task_instances(DAG, run_id)}
+    assert first_run["state"] == "success", states
+    assert set(states.values()) == {"success"}
+    plan: RunPlan = first_run["plan"]
+    assert plan.config.platform == "kubernetes"
+    assert plan.model_uri.startswith(f"gs://{BUCKET}/")
+    # The image BuildKit pushed is the one the Deployment runs.
+    image = kubectl(node, "get", DEPLOYMENT, "-n", NAMESPACE, "-o", "jsonpath={..containers[0].image}").stdout
+    assert image.startswith("10.88.0.1:5000/dogs-cats-triton:v1-")
+    assert "pushing manifest for " + image in _task_log(api, run_id, "build_image", 1)
+
+
+def test_a_deleted_training_pod_is_retried_and_resumes_from_its_checkpoint(
+    stack: AirflowStack, first_run: dict[str, Any]
+) -> None:
+    api, run_id = stack.api(), first_run["dag_run_id"]
+    (train,) = [ti for ti in api.task_instances(DAG, run_id) if ti["task_id"] == "train"]
+    assert train["try_number"] == 2
+    retried = _task_log(api, run_id, "train", 2)
+    assert "resuming after epoch" in retried, "the pod's log streams into the task log"
+
+
+def test_predictions_match_in_process_onnx_runtime(first_run: dict[str, Any], tmp_path: Path) -> None:
+    plan: RunPlan = first_run["plan"]
+    with storage_on_emulator(GCS_ENDPOINT):
+        lines = [
+            json.loads(line)
+            for line in storage.read_text(join_uri(plan.predictions_uri, "predictions.jsonl")).splitlines()
+        ]
+        report = json.loads(storage.read_text(join_uri(plan.predictions_uri, "report.json")))
+        model = tmp_path / "model.onnx"
+        storage.download_file(join_uri(plan.model_uri, "model.onnx"), model)
+        images = np.stack([decode_rgb(storage.read_bytes(line["image"]), IMAGE_SIZE) for line in lines])
+        classes = json.loads(storage.read_text(join_uri(plan.dataset_uri, "manifest.json")))["classes"]
+    assert lines
+    assert report["failed"] == 0
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"image": images})
+    for line, row in zip(lines, probabilities, strict=True):
+        assert line["label"] == classes[int(np.argmax(row))]
+        assert line["confidence"] == pytest.approx(float(np.max(row)), abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def second_run(
+    stack: AirflowStack, node: Node, conf: dict[str, Any], first_run: dict[str, Any]
+) -> dict[str, Any]:
+    """Run 2 (a new model, version 2) while a client calls the Service throughout."""
+    api = stack.api()
+    with Hammer(_service_url(node)) as hammer:
+        run = api.wait_until_finished(DAG, api.trigger(DAG, conf), 1500)
+        # Until the old pod has exited: a kept-alive connection stays on it until then.
+        wait_for("only the new pod", lambda: _serving_pods(node) == 1, 180)
+        time.sleep(3)
+    return {**run, "hammer": hammer}
+
+
+def test_a_new_model_rolls_out_with_no_failed_request(second_run: dict[str, Any]) -> None:
+    hammer: Hammer = second_run["hammer"]
+    assert second_run["state"] == "success"
+    assert hammer.failures == [], hammer.failures[:3]
+    assert hammer.answered > 50
+    assert hammer.versions_seen[0] == "1", hammer.versions_seen
+    assert hammer.versions_seen[-1] == "2", hammer.versions_seen
+
+
+def test_kubectl_rollout_undo_and_a_deploy_after_it(
+    stack: AirflowStack, node: Node, second_run: dict[str, Any]
+) -> None:
+    assert "successfully rolled out" in kubectl(node, "rollout", "status", DEPLOYMENT, "-n", NAMESPACE).stdout
+    history = kubectl(node, "rollout", "history", DEPLOYMENT, "-n", NAMESPACE).stdout
+    assert len([line for line in history.splitlines() if line[:1].isdigit()]) >= 2, history
+    kubectl(node, "rollout", "undo", DEPLOYMENT, "-n", NAMESPACE)
+    kubectl(node, "rollout", "status", DEPLOYMENT, "-n", NAMESPACE, "--timeout=300s")
+    wait_for("the old pod to go", lambda: _serving_pods(node) == 1, 180)
+    assert _served_version(node) == "1"
+
+    # The deploy task again, after kubectl's undo left its own field manager on the template.
+    api, run_id = stack.api(), second_run["dag_run_id"]
+    _clear(api, run_id, "deploy")
+    run = api.wait_until_finished(DAG, run_id, 900)
+    assert run["state"] == "success"
+    wait_for("the old pod to go", lambda: _serving_pods(node) == 1, 180)
+    assert _served_version(node) == "2"
+
+
+def test_a_broken_model_is_rolled_back_while_the_previous_one_answers(
+    stack: AirflowStack, node: Node, second_run: dict[str, Any]
+) -> None:
+    api, run_id = stack.api(), second_run["dag_run_id"]
+    plan = stored_plan(api, run_id)
+    assert plan is not None
+    revision_before, good_image = _revision(node), _image(node)
+    with storage_on_emulator(GCS_ENDPOINT):
+        storage.write_bytes(
+            join_uri(plan.repository_uri, MODEL_NAME, "2", "model.onnx"), b"not an onnx model"
+        )
+    with Hammer(_service_url(node)) as hammer:
+        _clear(api, run_id, "build_context")  # a new context, a new image, a new rollout
+        run = api.wait_until_finished(DAG, run_id, 1200)
+        wait_for("the broken pod to go", lambda: _serving_pods(node) == 1, 180)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG, run_id)}
+    assert run["state"] == "failed"
+    assert states["build_image"] == "success", states
+    assert states["deploy"] == "failed", states
+    message = _task_log(api, run_id, "deploy", _try_number(api, run_id, "deploy"))
+    assert "not rolled out" in message
+    assert "rolled back to revision" in message
+    assert hammer.failures == [], hammer.failures[:3]
+    assert set(hammer.versions_seen) == {"2"}
+    assert _served_version(node) == "2"
+    assert _revision(node) > revision_before, "the undo is a new revision of the old template"
+    assert _image(node) == good_image
+
+
+class Hammer:
+    """A client calling the Service in a loop, recording each failure and the version that answered."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failures: list[str] = []
+        self.versions_seen: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        wait_for("the first answer", lambda: self.answered > 0 or bool(self.failures), 60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        """Alternates a kept-alive connection, which stays on one pod until that pod exits, with
+        a new connection per call, which follows the Service's endpoints as they change."""
+        from client.triton import Triton, classify, model_info
+
+        images = np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        kept = Triton(self.url, "http", timeout_s=10)
+        info = model_info(kept, MODEL_NAME)
+        new_connection = False
+        while not self._stop.is_set():
+            triton = Triton(self.url, "http", timeout_s=10) if new_connection else kept
+            try:
+                (version,) = triton.served_versions(MODEL_NAME)[-1:]
+                answers = classify(triton, info, images)
+                assert len(answers) == 2
+                self.answered += 1
+                if not self.versions_seen or self.versions_seen[-1] != version:
+                    self.versions_seen.append(version)
+            except Exception as failure:
+                kind = "new" if new_connection else "kept-alive"
+                self.failures.append(f"{time.strftime('%X')} ({kind} connection): {failure!r}")
+                if not new_connection:
+                    kept.close()
+                    kept = Triton(self.url, "http", timeout_s=10)
+            finally:
+                if new_connection:
+                    triton.close()
+            new_connection = not new_connection
+            time.sleep(0.05)
+        kept.close()
+
+
+def _service_url(node: Node) -> str:
+    ip = kubectl(
+        node, "get", "service", "dogs-cats-triton", "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"
+    )
+    return f"{ip.stdout}:8000"
+
+
+def _served_version(node: Node) -> str:
+    from client.triton import Triton
+
+    triton = Triton(_service_url(node), "http", timeout_s=10)
+    try:
+        return max(triton.served_versions(MODEL_NAME))
+    finally:
+        triton.close()
+
+
+def _serving_pods(node: Node) -> int:
+    """Pods behind the Service, terminating ones included."""
+    selector = "app.kubernetes.io/name=dogs-cats-triton"
+    pods = kubectl(node, "get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout
+    return len(json.loads(pods)["items"])
+
+
+def _revision(node: Node) -> int:
+    jsonpath = "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"
+    return int(kubectl(node, "get", DEPLOYMENT, "-n", NAMESPACE, "-o", jsonpath).stdout)
+
+
+def _image(node: Node) -> str:
+    return kubectl(node, "get", DEPLOYMENT, "-n", NAMESPACE, "-o", "jsonpath={..containers[0].image}").stdout
+
+
+def _clear(api: AirflowApi, run_id: str, task_id: str) -> None:
+    """Clear a task and everything after it, as the UI's Clear button does; the run is queued again."""
+    status, body = api.request(
+        "POST",
+        f"/api/v2/dags/{DAG}/clearTaskInstances",
+        {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [task_id],
+            "include_downstream": True,
+            "only_failed": False,
+            "reset_dag_runs": True,
+        },
+    )
+    assert status == 200, body
+    wait_for(
+        "the run to be queued again", lambda: api.dag_run(DAG, run_id)["state"] in ("queued", "running"), 30
+    )
+
+
+def _try_number(api: AirflowApi, run_id: str, task_id: str) -> int:
+    (instance,) = [ti for ti in api.task_instances(DAG, run_id) if ti["task_id"] == task_id]
+    return int(instance["try_number"])
+
+
+def _task_log(api: AirflowApi, run_id: str, task_id: str, try_number: int) -> str:
+    status, body = api.request(
+        "GET",
+        f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}?full_content=true",
+    )
+    assert status == 200, body
+    return json.dumps(body)
