@@ -97,6 +97,7 @@ def _gpu_placement(spec: ServingSpec) -> dict[str, Any]:
 
 
 def deployment(spec: ServingSpec) -> dict[str, Any]:
+    change_cause = f"{spec.model_name} version {spec.model_version} ({spec.image})"
     container = {
         "name": "triton",
         "image": spec.image,
@@ -133,7 +134,11 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {
             **spec.metadata(),
-            "annotations": {"dogs-cats-triton/model-version": str(spec.model_version)},
+            "annotations": {
+                "dogs-cats-triton/model-version": str(spec.model_version),
+                # What `kubectl rollout history` lists for each revision.
+                "kubernetes.io/change-cause": change_cause,
+            },
         },
         "spec": {
             "replicas": spec.replicas,

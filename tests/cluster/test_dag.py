@@ -178,6 +178,7 @@ def test_kubectl_rollout_undo_and_a_deploy_after_it(
     assert "successfully rolled out" in kubectl(node, "rollout", "status", DEPLOYMENT, "-n", NAMESPACE).stdout
     history = kubectl(node, "rollout", "history", DEPLOYMENT, "-n", NAMESPACE).stdout
     assert len([line for line in history.splitlines() if line[:1].isdigit()]) >= 2, history
+    assert "dogs_cats version 2 (10.88.0.1:5000/dogs-cats-triton:v2-" in history, history
     kubectl(node, "rollout", "undo", DEPLOYMENT, "-n", NAMESPACE)
     kubectl(node, "rollout", "status", DEPLOYMENT, "-n", NAMESPACE, "--timeout=300s")
     wait_for("the old pod to go", lambda: _serving_pods(node) == 1, 180)

@@ -45,6 +45,8 @@ def test_deployment_serves_the_image_on_a_gpu_with_triton_s_health_probes() -> N
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert deployment["spec"]["template"]["metadata"]["labels"]["dogs-cats-triton/model-version"] == "3"
+    change_cause = deployment["metadata"]["annotations"]["kubernetes.io/change-cause"]
+    assert change_cause.startswith("dogs_cats version 3 (")
 
 
 @pytest.mark.security
