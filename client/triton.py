@@ -15,6 +15,7 @@ from typing import Any, get_args
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from geventhttpclient.response import HTTPConnectionClosed
 from tritonclient.utils import InferenceServerException
 
 from core.constants import ENCODED_INPUT_NAME, GRPC_PORT, HTTP_PORT, MODEL_NAME, OUTPUT_NAME, ensemble_name
@@ -46,13 +47,15 @@ class Triton:
     def __init__(self, url: str, protocol: InferenceProtocol = "http", timeout_s: float = 60.0) -> None:
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
         self.module: Any = httpclient if protocol == "http" else grpcclient
-        if protocol == "http":
-            self.client: Any = httpclient.InferenceServerClient(
-                url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
-        else:
-            self.client = grpcclient.InferenceServerClient(url)
+        self.client: Any = self._connect()
         self.last_latency_s = 0.0
+
+    def _connect(self) -> Any:
+        if self.protocol == "http":
+            return httpclient.InferenceServerClient(
+                self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+            )
+        return grpcclient.InferenceServerClient(self.url)
 
     def model_config(self, model_name: str) -> dict[str, Any]:
         if self.protocol == "http":
@@ -69,16 +72,30 @@ class Triton:
         return list(self.client.get_model_metadata(model_name, as_json=True)["versions"])
 
     def infer(self, model_name: str, inputs: list[Any], output: Any) -> Any:
-        """One request; its client-side latency is kept in `last_latency_s`."""
+        """One request; its client-side latency is kept in `last_latency_s`.
+
+        A request whose connection drops before an answer is sent once more, on a
+        new connection. Behind a Service a kept-alive connection stays on one pod;
+        when a rollout replaces that pod, Triton keeps answering on the connection
+        until its exit timeout and then exits under whatever request is in flight.
+        Inference changes nothing on the server, so sending it again is safe; the
+        HTTP client resends only idempotent methods by itself, and infer is a POST."""
         started = time.perf_counter()
-        if self.protocol == "http":
-            result = self.client.infer(model_name, inputs=inputs, outputs=[output])
-        else:
-            result = self.client.infer(
-                model_name, inputs=inputs, outputs=[output], client_timeout=self.timeout_s
-            )
+        try:
+            result = self._infer(model_name, inputs, output)
+        except Exception as failure:
+            if not _connection_dropped(failure):
+                raise
+            self.client.close()
+            self.client = self._connect()
+            result = self._infer(model_name, inputs, output)
         self.last_latency_s = time.perf_counter() - started
         return result
+
+    def _infer(self, model_name: str, inputs: list[Any], output: Any) -> Any:
+        if self.protocol == "http":
+            return self.client.infer(model_name, inputs=inputs, outputs=[output])
+        return self.client.infer(model_name, inputs=inputs, outputs=[output], client_timeout=self.timeout_s)
 
     def close(self) -> None:
         self.client.close()
@@ -96,6 +113,13 @@ def model_info(triton: Triton, model_name: str = MODEL_NAME) -> ModelInfo:
         num_classes=int(model_output["dims"][0]),
         max_batch_size=int(config.get("max_batch_size", 1)) or 1,
     )
+
+
+def _connection_dropped(failure: Exception) -> bool:
+    """The connection went away under the request: no answer came from the server."""
+    if isinstance(failure, InferenceServerException):
+        return failure.status() == "StatusCode.UNAVAILABLE"  # gRPC: the channel lost its server
+    return isinstance(failure, ConnectionError | HTTPConnectionClosed)
 
 
 def classify(triton: Triton, info: ModelInfo, images: np.ndarray, top_k: int = 1) -> list[list[Prediction]]:
