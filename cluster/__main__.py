@@ -63,12 +63,8 @@ def _ready_platform(node: Node, env_file: Path) -> int:
     if node.pid("kube-apiserver") is None:
         print("the cluster is not running: make cluster", file=sys.stderr)
         return 1
-    engine = DockerEngine(node.root / "docker")
-    engine.start()
-    try:
+    with DockerEngine(node.root / "docker").started() as engine:
         images = build_images(node, engine)
-    finally:
-        engine.stop()
     prepare_namespace(node)
     bucket = create_bucket(DEMO_BUCKET)
     env_file.write_text(env_file_text(kubernetes_environment(node, images)))

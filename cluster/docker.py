@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,15 @@ class DockerEngine:
             if time.monotonic() > deadline:
                 raise ClusterError(f"dockerd did not start; see {self.root / 'dockerd.log'}")
             time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def started(self) -> Iterator[DockerEngine]:
+        """The engine running for a while (a build), stopped afterwards."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> bool:
         pid_file = self.root / "dockerd.pid"

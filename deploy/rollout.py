@@ -9,6 +9,7 @@ apps/v1, since no API server runs here.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -360,9 +361,10 @@ def served_endpoint(api: ClusterApi, environment: Environment, model_name: str) 
     """The Service's endpoint with the newest version the Deployment serves now."""
     from client.triton import Triton
 
-    triton = Triton(service_endpoint(api, environment, model_name, 0).url, "http", timeout_s=30)
+    endpoint = service_endpoint(api, environment, model_name, 0)
+    triton = Triton(endpoint.url, "http", timeout_s=30)
     try:
         version = max(int(served) for served in triton.served_versions(model_name))
     finally:
         triton.close()
-    return service_endpoint(api, environment, model_name, version)
+    return dataclasses.replace(endpoint, version=version)

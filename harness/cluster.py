@@ -28,22 +28,11 @@ def running_cluster() -> Iterator[Node]:
         node.down()
 
 
-@contextmanager
-def docker_engine(node: Node) -> Iterator[DockerEngine]:
-    """The cluster's image builder, started for a while."""
-    engine = DockerEngine(node.root / "docker")
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-
-
 @functools.cache
 def project_images(node: Node) -> ClusterImages:
     """The kubernetes platform's images, built from this checkout once per test session; the
     registry keeps them while later test modules restart the cluster."""
-    with docker_engine(node) as engine:
+    with DockerEngine(node.root / "docker").started() as engine:
         return build_images(node, engine, training_tag="test")
 
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from cluster.node import GCS_ENDPOINT, Node
-from cluster.platform import NAMESPACE, kubernetes_environment, prepare_namespace
+from cluster.platform import NAMESPACE, create_bucket, kubernetes_environment, prepare_namespace
 from core import storage
 from core.constants import MODEL_NAME
 from core.images import decode_rgb
@@ -55,8 +55,7 @@ def node() -> Iterator[Node]:
 def stack(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     images = project_images(node)
     prepare_namespace(node)
-    with storage_on_emulator(GCS_ENDPOINT) as client:
-        client.create_bucket(BUCKET)
+    create_bucket(BUCKET)
     settings = kubernetes_environment(node, images)
     # A broken model is judged by the rollout's deadline: short here, so the test stays short.
     settings["DOGS_CATS_ROLLOUT_TIMEOUT_S"] = "150"

@@ -17,7 +17,7 @@ from cluster.node import Node
 from core.constants import MODEL_NAME
 from core.settings import Environment, to_arguments
 from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
-from harness.cluster import docker_engine, kubectl, project_images, running_cluster
+from harness.cluster import kubectl, project_images, running_cluster
 from model_repository.repository import package_model
 from pipeline.stack import wait_for
 from training.job import TrainingJob
@@ -34,7 +34,7 @@ def node() -> Iterator[Node]:
 
 @pytest.fixture(scope="module")
 def engine(node: Node) -> Iterator[DockerEngine]:
-    with docker_engine(node) as engine:
+    with DockerEngine(node.root / "docker").started() as engine:
         yield engine
 
 
