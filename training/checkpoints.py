@@ -5,7 +5,7 @@ After every epoch the whole model (weights and optimizer state) is written as
 last, so it always names a complete checkpoint: a crash at any moment loses at
 most the epoch in progress, and no epoch is trained twice. The same callback
 does early stopping, with its counters in the state file, so stopping survives
-a restart too; the best epoch's weights are kept as `best.weights.h5`.
+a restart too; the best epoch's model weights are kept as `best-epoch-NNN.weights.npz`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from core import storage
 from core.settings import join_uri
@@ -84,8 +85,8 @@ class BucketCheckpoint(keras.callbacks.Callback):
         value = float(logs.get(self.monitor, math.inf))
         if value < self.state["best"]:
             superseded.append(self.state["best_weights"])
-            best_name = f"best-epoch-{completed:03d}.weights.h5"
-            self._upload(best_name, self.model.save_weights)
+            best_name = f"best-epoch-{completed:03d}.weights.npz"
+            self._upload(best_name, lambda path: np.savez(path, *self.model.get_weights()))
             self.state.update(best=value, best_epoch=completed, best_weights=best_name, wait=0)
         else:
             self.state["wait"] += 1
@@ -113,8 +114,12 @@ class BucketCheckpoint(keras.callbacks.Callback):
             storage.upload_file(path, join_uri(self.uri, name))
 
     def restore_best(self, model: keras.Model) -> None:
-        """Load the best epoch's weights (early stopping keeps the best, not the last)."""
+        """Load the best epoch's weights (early stopping keeps the best, not the last).
+
+        Model weights only: Keras' weights file carries the optimizer too, and a best epoch
+        from the head phase holds another optimizer than a fine-tuned model's."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / self.state["best_weights"]
             storage.download_file(join_uri(self.uri, self.state["best_weights"]), path)
-            model.load_weights(path)
+            with np.load(path) as saved:
+                model.set_weights([saved[f"arr_{index}"] for index in range(len(saved.files))])

@@ -91,7 +91,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["history"]["epoch"] == [1, 2, 3, 4, 5, 6], "no epoch twice, none lost"
     checkpoints = sorted(p.name for p in (output / "checkpoints").iterdir())
-    best = f"best-epoch-{metrics['best_epoch']:03d}.weights.h5"
+    best = f"best-epoch-{metrics['best_epoch']:03d}.weights.npz"
     assert checkpoints == sorted([best, "epoch-006.keras", "state.json"]), "superseded files are removed"
 
 
@@ -262,6 +262,38 @@ def test_fine_tuning_trains_only_the_top_blocks_after_the_head(tmp_path: Path) -
         assert moved(tuned), tuned
     for kept in ("conv_stem", "blocks_11_project_conv", "bn1", "blocks_15_bn2"):
         assert not moved(kept), kept
+
+
+def test_a_resumed_fine_tuning_keeps_its_optimizer_state(tmp_path: Path) -> None:
+    """A rerun asking for one more fine-tuning epoch continues Adam where it stopped (its step
+    count and moments come from the checkpoint) instead of starting a fresh optimizer."""
+    import warnings
+
+    import keras
+
+    dataset = _staged(tmp_path, per_class=16, val_fraction=0.25)
+    output = tmp_path / "m"
+    job = dict(
+        dataset_uri=dataset, output_uri=str(output), image_size=40, epochs=1, batch_size=8,
+        fine_tune_learning_rate=1e-3, early_stopping_patience=99,
+    )  # fmt: skip
+    train(TrainingJob(**job, fine_tune_epochs=1))  # type: ignore[arg-type]
+    tuned_once = keras.models.load_model(output / "checkpoints" / "epoch-002.keras").optimizer
+    steps = int(tuned_once.iterations.numpy())
+    moments = {v.path: v.numpy() for v in tuned_once.variables if "momentum" in v.path}
+    assert steps > 0
+    assert moments
+    assert all(np.any(m) for m in moments.values())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(TrainingJob(**job, fine_tune_epochs=2))  # type: ignore[arg-type]
+    assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (1, 3)
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    tuned_twice = keras.models.load_model(output / "checkpoints" / "epoch-003.keras").optimizer
+    assert int(tuned_twice.iterations.numpy()) == 2 * steps, "the step count went on, not from zero"
+    resumed = {v.path for v in tuned_twice.variables if "momentum" in v.path}
+    assert resumed == moments.keys(), "the same variables train on"
 
 
 def test_fine_tuning_is_refused_for_a_model_without_a_pretrained_backbone() -> None:
