@@ -117,6 +117,16 @@ class TrainingParams(_Options):
     fine_tune_learning_rate: float = Field(
         default=1e-5, gt=0, lt=1, description="Adam learning rate while fine-tuning the backbone."
     )
+    fine_tune_blocks: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description=(
+            "How many of EfficientNet-Lite0's 16 blocks, counted from the top, fine-tuning trains (with "
+            "the head convolution): the top ones are the most specific to ImageNet's classes; 4 are the "
+            "three 192-wide blocks and the 320-wide last, 8 reach down to the 14x14 resolution's first."
+        ),
+    )
     int8: bool = Field(
         default=True,
         description=(

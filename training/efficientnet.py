@@ -77,13 +77,17 @@ class _Builder:
         return layers.ReLU(6.0)(x) if relu6 else x
 
 
-def backbone(image_size: int) -> tuple[keras.Model, list[tuple[layers.Layer, str]]]:
-    """uint8 RGB [N, size, size, 3] -> pooled ImageNet features [N, 1280], and each layer's weight source."""
+def backbone(
+    image_size: int, backbone_size: int = BACKBONE_SIZE
+) -> tuple[keras.Model, list[tuple[layers.Layer, str]]]:
+    """uint8 RGB [N, size, size, 3] -> pooled ImageNet features [N, 1280], and each layer's weight source.
+
+    The images are resized to `backbone_size` inside (another size only for benchmarks.backbone_probe)."""
     build = _Builder()
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8")
     x = layers.Rescaling(1.0 / 128, offset=-127.0 / 128)(inputs)
-    if image_size != BACKBONE_SIZE:
-        x = layers.Resizing(BACKBONE_SIZE, BACKBONE_SIZE, interpolation="bilinear")(x)
+    if image_size != backbone_size:
+        x = layers.Resizing(backbone_size, backbone_size, interpolation="bilinear")(x)
     x = build.batch_norm(build.conv(x, STEM_FILTERS, 3, 2, "_conv_stem"), "_bn0")
     block, filters_in = 0, STEM_FILTERS
     for stage in STAGES:
@@ -142,8 +146,10 @@ def set_weights(sources: list[tuple[layers.Layer, str]], weights: dict[str, np.n
         layer.set_weights(values)
 
 
-def pretrained_backbone(image_size: int, weights: dict[str, np.ndarray]) -> keras.Model:
-    model, sources = backbone(image_size)
+def pretrained_backbone(
+    image_size: int, weights: dict[str, np.ndarray], backbone_size: int = BACKBONE_SIZE
+) -> keras.Model:
+    model, sources = backbone(image_size, backbone_size)
     set_weights(sources, weights)
     return model
 

@@ -45,10 +45,6 @@ from training.staging import MANIFEST
 
 log = logging.getLogger(__name__)
 
-# EfficientNet-Lite0's top four blocks (three 192-wide, then the 320-wide last) and its head
-# convolution: the layers most specific to ImageNet's classes, fine-tuned first (Keras guide).
-FINE_TUNED_BLOCKS = 4
-
 
 class ParityError(RuntimeError):
     """The ONNX export does not compute what the SavedModel computes."""
@@ -264,10 +260,10 @@ def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) ->
 def start_fine_tuning(model: keras.Model, job: TrainingJob, jit_compile: bool) -> None:
     """Unfreeze the backbone's top blocks and recompile at the low rate (a fresh optimizer:
     Adam's moments from the head phase do not fit the new variables)."""
-    unfreeze_top(model.get_layer("efficientnet_lite0"), FINE_TUNED_BLOCKS)
+    unfreeze_top(model.get_layer("efficientnet_lite0"), job.fine_tune_blocks)
     _compile(model, model.output_shape[-1] == 1, job.fine_tune_learning_rate, jit_compile)
     log.info(
-        "fine-tuning the top %d blocks at learning rate %g", FINE_TUNED_BLOCKS, job.fine_tune_learning_rate
+        "fine-tuning the top %d blocks at learning rate %g", job.fine_tune_blocks, job.fine_tune_learning_rate
     )
 
 

@@ -38,3 +38,20 @@ def test_only_the_new_head_trains_and_the_backbone_stays_in_inference_mode() -> 
     # Called in training mode, frozen BatchNorm still uses ImageNet's statistics: same features.
     features = np.asarray(backbone(images, training=True))
     np.testing.assert_allclose(features, np.asarray(backbone(images, training=False)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [1, 4, 8, 16])
+def test_fine_tuning_unfreezes_the_top_blocks_and_the_head_convolution_only(blocks: int) -> None:
+    from keras import layers
+
+    from training.efficientnet import backbone, unfreeze_top
+
+    model, _ = backbone(40)
+    unfreeze_top(model, blocks)
+    weighted = [layer for layer in model.layers if layer.weights]
+    trainable = {layer.name.split("_")[1] if layer.name.startswith("blocks_") else layer.name
+                 for layer in weighted if layer.trainable}  # fmt: skip
+    assert trainable == {*(str(block) for block in range(16 - blocks, 16)), "conv_head"}
+    assert not [
+        layer.name for layer in weighted if isinstance(layer, layers.BatchNormalization) and layer.trainable
+    ]
