@@ -75,6 +75,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
         train_ds = make_dataset(data_dir, splits["train"], labels, job, training=True)
         val_ds = make_dataset(data_dir, splits["val"], labels, job, training=False)
         model = checkpoints.resume() or compiled_model(job, labels, jit_compile=on_gpu)
+        steps_per_epoch = int(train_ds.cardinality())
 
         def fit_until(epochs: int) -> None:
             completed = checkpoints.state["completed_epochs"]
@@ -97,8 +98,10 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 fit_until(job.epochs)
             if job.fine_tune_epochs and not checkpoints.fine_tuning:
                 checkpoints.start_fine_tuning()
-                start_fine_tuning(model, job, on_gpu)
+                start_fine_tuning(model, job, steps_per_epoch, on_gpu)
             if checkpoints.fine_tuning:  # a resumed model is already unfrozen and recompiled
+                # Its optimizer goes on from its step count and moments, on this run's schedule.
+                model.optimizer.learning_rate = fine_tune_schedule(job, steps_per_epoch)
                 fit_until(checkpoints.state["fine_tune_from"] + job.fine_tune_epochs)
             checkpoints.restore_best(model)
             y_true = np.concatenate([np.asarray(y).reshape(-1) for _, y in val_ds]).astype(int)
@@ -257,17 +260,32 @@ def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) ->
     return model
 
 
-def start_fine_tuning(model: keras.Model, job: TrainingJob, jit_compile: bool) -> None:
+def start_fine_tuning(model: keras.Model, job: TrainingJob, steps_per_epoch: int, jit_compile: bool) -> None:
     """Unfreeze the backbone's top blocks and recompile at the low rate (a fresh optimizer:
     Adam's moments from the head phase do not fit the new variables)."""
     unfreeze_top(model.get_layer("efficientnet_lite0"), job.fine_tune_blocks)
-    _compile(model, model.output_shape[-1] == 1, job.fine_tune_learning_rate, jit_compile)
+    _compile(model, model.output_shape[-1] == 1, fine_tune_schedule(job, steps_per_epoch), jit_compile)
     log.info(
-        "fine-tuning the top %d blocks at learning rate %g", job.fine_tune_blocks, job.fine_tune_learning_rate
+        "fine-tuning the top %d blocks, learning rate %g falling to 0 over %d epochs",
+        job.fine_tune_blocks, job.fine_tune_learning_rate, job.fine_tune_epochs,
+    )  # fmt: skip
+
+
+def fine_tune_schedule(job: TrainingJob, steps_per_epoch: int) -> keras.optimizers.schedules.CosineDecay:
+    """fine_tune_learning_rate falling to zero along a cosine over the fine-tuning steps (at a
+    constant 1e-4, the epochs after the first lost accuracy on the whole dataset). It follows
+    the optimizer's step count, which a resumed run restores."""
+    return keras.optimizers.schedules.CosineDecay(
+        job.fine_tune_learning_rate, decay_steps=max(job.fine_tune_epochs * steps_per_epoch, 1)
     )
 
 
-def _compile(model: keras.Model, binary: bool, learning_rate: float, jit_compile: bool) -> None:
+def _compile(
+    model: keras.Model,
+    binary: bool,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    jit_compile: bool,
+) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=(
