@@ -131,6 +131,16 @@ class TrainingParams(_Options):
             "set, against +0.25 for 4)."
         ),
     )
+    backbone_size: int = Field(
+        default=224,
+        ge=32,
+        le=512,
+        description=(
+            "efficientnet_lite0 only: the size images are resized to inside the model for the backbone "
+            "(ImageNet's 224); a larger one sees more of each photo's detail at (size/224)^2 the compute, "
+            "in training and in serving alike."
+        ),
+    )
     int8: bool = Field(
         default=True,
         description=(
@@ -143,6 +153,8 @@ class TrainingParams(_Options):
     def _only_a_pretrained_backbone_is_fine_tuned(self) -> Self:
         if self.fine_tune_epochs and self.model != "efficientnet_lite0":
             raise ValueError(f"fine_tune_epochs needs the pretrained efficientnet_lite0, not {self.model}")
+        if self.backbone_size != 224 and self.model != "efficientnet_lite0":
+            raise ValueError(f"backbone_size needs the pretrained efficientnet_lite0, not {self.model}")
         return self
 
 

@@ -82,7 +82,7 @@ def backbone(
 ) -> tuple[keras.Model, list[tuple[layers.Layer, str]]]:
     """uint8 RGB [N, size, size, 3] -> pooled ImageNet features [N, 1280], and each layer's weight source.
 
-    The images are resized to `backbone_size` inside (another size only for benchmarks.backbone_probe)."""
+    The images are resized to `backbone_size` inside (ImageNet's 224 unless the run's backbone_size says)."""
     build = _Builder()
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8")
     x = layers.Rescaling(1.0 / 128, offset=-127.0 / 128)(inputs)

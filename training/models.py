@@ -17,6 +17,7 @@ from keras import layers
 
 from core.constants import INPUT_NAME, MODEL_NAME
 from core.settings import ModelChoice
+from training.efficientnet import BACKBONE_SIZE
 
 # Keras' default 0.99 needs hundreds of steps before the moving statistics used
 # at inference match the data: short runs on small datasets then evaluate as
@@ -39,14 +40,17 @@ WIDTHS: dict[str, Widths] = {
 }
 
 
-def build_model(model: ModelChoice, image_size: int, num_classes: int) -> keras.Model:
-    """Logits out: one for two classes, else one per class."""
+def build_model(
+    model: ModelChoice, image_size: int, num_classes: int, *, backbone_size: int = BACKBONE_SIZE
+) -> keras.Model:
+    """Logits out: one for two classes, else one per class. `backbone_size`: efficientnet_lite0's
+    internal resolution."""
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
     units = 1 if num_classes == 2 else num_classes
     if model == "efficientnet_lite0":
-        return _pretrained(inputs, image_size, units)
+        return _pretrained(inputs, image_size, units, backbone_size)
     widths = WIDTHS[model]
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(x)
@@ -72,13 +76,13 @@ def build_model(model: ModelChoice, image_size: int, num_classes: int) -> keras.
     return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{model}")
 
 
-def _pretrained(inputs: keras.KerasTensor, image_size: int, units: int) -> keras.Model:
+def _pretrained(inputs: keras.KerasTensor, image_size: int, units: int, backbone_size: int) -> keras.Model:
     """The ImageNet backbone, frozen and always in inference mode (its BatchNorm statistics
     stay ImageNet's, as the Keras transfer-learning guide advises), then dropout and logits."""
     from training.efficientnet import pretrained_backbone
     from training.pretrained import efficientnet_lite0_weights
 
-    backbone = pretrained_backbone(image_size, efficientnet_lite0_weights())
+    backbone = pretrained_backbone(image_size, efficientnet_lite0_weights(), backbone_size)
     backbone.trainable = False
     x = backbone(inputs, training=False)
     x = layers.Dropout(0.2)(x)

@@ -255,7 +255,7 @@ def _to_uint8(images: tf.Tensor) -> tf.Tensor:
 
 
 def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) -> keras.Model:
-    model = build_model(job.model, job.image_size, len(labels))
+    model = build_model(job.model, job.image_size, len(labels), backbone_size=job.backbone_size)
     _compile(model, len(labels) == 2, job.learning_rate, jit_compile)
     return model
 

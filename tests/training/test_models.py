@@ -26,3 +26,20 @@ def test_tutorial_model_has_the_tutorial_shape() -> None:
 def test_one_class_is_refused() -> None:
     with pytest.raises(ValueError, match="at least two classes"):
         build_model("small", 32, 1)
+
+
+def test_the_pretrained_model_resizes_to_its_backbone_size_inside() -> None:
+    """Any internal resolution, same uint8 input at the run's image size."""
+    model = build_model("efficientnet_lite0", 40, 2, backbone_size=64)
+    backbone = model.get_layer("efficientnet_lite0")
+    (resize,) = [layer for layer in backbone.layers if layer.__class__.__name__ == "Resizing"]
+    assert (resize.height, resize.width) == (64, 64)
+    assert model.input_shape == (None, 40, 40, 3)
+    assert model(np.zeros((1, 40, 40, 3), np.uint8)).shape == (1, 1)
+
+
+def test_backbone_size_is_refused_for_a_model_trained_from_scratch() -> None:
+    from training.job import TrainingJob
+
+    with pytest.raises(ValueError, match="backbone_size needs the pretrained efficientnet_lite0"):
+        TrainingJob(dataset_uri="/d", output_uri="/m", model="small", backbone_size=256)
