@@ -8,7 +8,9 @@ needs is set here, before any test module imports it.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from harness.data import REPO_ROOT, write_images
 from harness.serving import free_port, serving_model_folder
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="dogs-cats-airflow-"))
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)  # each session used to leave one behind
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
