@@ -490,6 +490,8 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
     ]
     peer = sweep("peer", peer_rows, results)
     extra: dict[str, Any] = {}
+    # The DAG's params choose these two; batch size and concurrency are the client's defaults.
+    dag_options = {key: value for key, value in triton["options"].items() if key in ("protocol", "encoded")}
     with triton_serving(model_dir, work, *triton["server"]) as state:
         urls = {"http_url": state.http_url, "grpc_url": f"127.0.0.1:{state.grpc_port}"}
         warm_up(urls, images, work)
@@ -498,7 +500,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
             "folder": images,
             "work": str(work),
             "images_per_shard": 500,
-            "options": triton["options"],
+            "options": dag_options,
         }
         end_to_end = sweep("end_to_end", [in_clean_process("dag_batch_stage", **stage)], results)
         if full:

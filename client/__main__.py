@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--input", required=True, help="folder or gs://bucket/prefix of images")
     batch.add_argument("--output", required=True, help="folder or gs://bucket/prefix for predictions")
     batch.add_argument("--concurrency", type=int, default=4, help="requests in flight (worker threads)")
-    batch.add_argument("--batch-size", type=int, default=0, help="images per request (default: model max)")
+    batch.add_argument(
+        "--batch-size", type=int, default=0, help="images per request (default: the model's preferred batch)"
+    )
     batch.add_argument("--retries", type=int, default=6, help="attempts per request while Triton is down")
     batch.add_argument("--no-progress", action="store_true")
 

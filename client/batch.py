@@ -115,7 +115,7 @@ class BatchOptions:
     protocol: InferenceProtocol = "http"
     encoded: bool = False  # send file bytes to the <model>_jpeg ensemble instead of tensors
     concurrency: int = 4
-    batch_size: int = 0  # images per request; 0 takes the model's max_batch_size
+    batch_size: int = 0  # images per request; 0 takes the model's preferred batch (its server's choice)
     timeout_s: float = 60.0
     part_size: int = PART_SIZE
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -207,7 +207,7 @@ def classify_parts(
         lambda: connections.get().has_model(ensemble_name(info.name)), "checking the ensemble"
     ):
         raise ValueError(f"{url} does not serve {ensemble_name(info.name)}: run without --encoded")
-    batch_size = min(options.batch_size or info.max_batch_size, info.max_batch_size)
+    batch_size = min(options.batch_size or info.preferred_batch_size, info.max_batch_size)
     progress = Progress(enabled=options.progress)
     started, processed, resumed, count = time.monotonic(), 0, 0, 0
 
@@ -400,7 +400,7 @@ def merge_outputs(
             "protocol": options.protocol,
             "encoded": options.encoded,
             "concurrency": options.concurrency,
-            "batch_size": options.batch_size or "model max",
+            "batch_size": options.batch_size or "model's preferred",
         },
     )
     if this_run is not None:

@@ -33,6 +33,7 @@ class ModelInfo:
     image_size: int
     num_classes: int
     max_batch_size: int
+    preferred_batch_size: int  # the largest batch its dynamic batcher forms at once
 
 
 @dataclass(frozen=True)
@@ -102,16 +103,21 @@ class Triton:
 
 
 def model_info(triton: Triton, model_name: str = MODEL_NAME) -> ModelInfo:
-    """Read tensor names, image size and batch limit from the served config."""
+    """Read tensor names, image size and batch sizes from the served config."""
     config = triton.model_config(model_name)
     model_input, model_output = config["input"][0], config["output"][0]
+    max_batch_size = int(config.get("max_batch_size", 1)) or 1
+    preferred = config.get("dynamic_batching", {}).get("preferred_batch_size", [])
     return ModelInfo(
         name=model_name,
         input_name=model_input["name"],
         output_name=model_output["name"],
         image_size=int(model_input["dims"][0]),
         num_classes=int(model_output["dims"][0]),
-        max_batch_size=int(config.get("max_batch_size", 1)) or 1,
+        max_batch_size=max_batch_size,
+        preferred_batch_size=min(
+            max((int(size) for size in preferred), default=max_batch_size), max_batch_size
+        ),
     )
 
 

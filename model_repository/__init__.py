@@ -47,6 +47,10 @@ _ORT_THREADS_PARAMETER: dict[str, str] = {
     "onnxruntime": "intra_op_thread_count",
 }
 TENSORRT_WORKSPACE_BYTES = 1 << 30
+# Images per execution of a CPU instance: in-process ONNX Runtime's best batch on CPU
+# (benchmarks/README.md). The batcher merges smaller requests up to it, never two of it:
+# with one instance per core, a merged batch of 16 leaves the other instance idle.
+CPU_BATCH = 8
 
 
 def preferred_batch_sizes(max_batch_size: int) -> list[int]:
@@ -66,6 +70,15 @@ def _batched_config(name: str, max_batch_size: int) -> pb.ModelConfig:
 def _dynamic_batching(config: pb.ModelConfig, queue_delay_us: int) -> None:
     config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(config.max_batch_size))
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+
+
+def _cpu_batching(config: pb.ModelConfig) -> None:
+    """Batches of at most CPU_BATCH images where requests are smaller, formed at once.
+
+    The batcher sends the largest preferred size it can form: with only CPU_BATCH
+    preferred, two queued requests of 8 go to two instances instead of one. A queue
+    delay would let it wait for more, and it then merged past the preferred size."""
+    config.dynamic_batching.preferred_batch_size.append(min(CPU_BATCH, config.max_batch_size))
 
 
 def _image_tensor(image_size: int) -> dict:
@@ -110,13 +123,14 @@ def config_pbtxt(
     if tensorrt_fp16 and flavour != "onnxruntime":
         raise ValueError("TensorRT FP16 needs the onnxruntime flavour (a GPU server)")
     config = _batched_config(model_name, max_batch_size)
-    if flavour == "python":
-        config.backend = "python"
-    else:
-        config.platform = "onnxruntime_onnx"
     config.input.add(**_image_tensor(image_size))
     config.output.add(**_probabilities_tensor(num_classes))
-    _dynamic_batching(config, queue_delay_us=2000)
+    if flavour == "python":  # CPU instances, one per core
+        config.backend = "python"
+        _cpu_batching(config)
+    else:
+        config.platform = "onnxruntime_onnx"
+        _dynamic_batching(config, queue_delay_us=2000)
     config.instance_group.add(count=instances, kind=_INSTANCE_KINDS[flavour])
     if ort_threads:
         config.parameters[_ORT_THREADS_PARAMETER[flavour]].string_value = str(ort_threads)

@@ -1,18 +1,69 @@
-"""The Triton connection: a request whose connection drops before the answer is sent again."""
+"""The Triton connection: what it reads from the served config, and a request whose
+connection drops before the answer is sent again."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from geventhttpclient.response import HTTPConnectionClosed
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
-from client.triton import Triton
+from client.triton import PROTOCOLS, Triton, model_info
 from harness.http_server import reply_json
+from model_repository import Flavour, config_pbtxt
+
+
+class _ServedConfig:
+    """What Triton answers for a config.pbtxt, in the JSON form tritonclient hands over."""
+
+    def __init__(self, pbtxt: str) -> None:
+        message = text_format.Parse(pbtxt, pb.ModelConfig())
+        self.config = json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+    def model_config(self, model_name: str) -> dict[str, Any]:
+        return self.config
+
+
+@pytest.mark.parametrize(("flavour", "preferred"), [("python", 8), ("onnxruntime", 32)])
+def test_requests_are_the_batch_the_server_prefers(flavour: Flavour, preferred: int) -> None:
+    """A CPU server runs batches of 8 best; a GPU one takes its whole max_batch_size."""
+    served = _ServedConfig(
+        config_pbtxt(flavour, model_name="m", image_size=8, num_classes=2, max_batch_size=32)
+    )
+    info = model_info(served, "m")  # type: ignore[arg-type]
+    assert (info.preferred_batch_size, info.max_batch_size) == (preferred, 32)
+
+
+def test_a_model_without_a_batcher_is_sent_its_max_batch() -> None:
+    served = _ServedConfig(
+        config_pbtxt("python", model_name="m", image_size=8, num_classes=2, max_batch_size=16)
+    )
+    del served.config["dynamic_batching"]
+    assert model_info(served, "m").preferred_batch_size == 16  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_served_config_reads_the_same_over_both_protocols(served_model: dict, protocol: str) -> None:
+    url = served_model["url"] if protocol == "http" else served_model["grpc_url"]
+    triton = Triton(url, protocol)  # type: ignore[arg-type]
+    try:
+        info = model_info(triton)
+    finally:
+        triton.close()
+    assert (info.image_size, info.num_classes, info.max_batch_size, info.preferred_batch_size) == (
+        32,
+        2,
+        8,
+        8,
+    )
 
 
 class _PodThatExitsMidRequest(BaseHTTPRequestHandler):

@@ -40,6 +40,17 @@ def test_python_flavour_is_the_python_backend_with_the_model_file(tmp_path: Path
     assert list(config.output[0].dims) == [2]
 
 
+@pytest.mark.parametrize(("limit", "preferred"), [(32, [8]), (8, [8]), (4, [4])])
+def test_a_cpu_instance_batches_up_to_one_cpu_batch_and_never_waits(limit: int, preferred: list[int]) -> None:
+    """Two queued requests of 8 must go to two idle CPU instances, not merged onto one."""
+    config = parsed(
+        config_pbtxt("python", model_name="m", image_size=8, num_classes=2, max_batch_size=limit, instances=2)
+    )
+    assert list(config.dynamic_batching.preferred_batch_size) == preferred
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert config.HasField("dynamic_batching"), "small requests are still merged"
+
+
 def test_versions_grow_and_earlier_ones_stay(tmp_path: Path) -> None:
     repository = str(tmp_path / "repo")
     for expected in (1, 2, 3):
