@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
+from core.constants import BACKBONE_SIZE
 from training.staging import StagingOptions, stage_dataset
 
 PROBE_EPOCHS = 40
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from training.efficientnet import BACKBONE_SIZE, pretrained_backbone
+    from training.efficientnet import pretrained_backbone
     from training.job import TrainingJob
     from training.pretrained import efficientnet_lite0_weights
     from training.train import make_dataset

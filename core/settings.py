@@ -23,7 +23,7 @@ from typing import Any, Literal, Self, TypeVar, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.constants import GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
+from core.constants import BACKBONE_SIZE, GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 PlatformName = Literal["local", "kubernetes"]
@@ -132,7 +132,7 @@ class TrainingParams(_Options):
         ),
     )
     backbone_size: int = Field(
-        default=224,
+        default=BACKBONE_SIZE,
         ge=32,
         le=512,
         description=(
@@ -153,7 +153,7 @@ class TrainingParams(_Options):
     def _only_a_pretrained_backbone_is_fine_tuned(self) -> Self:
         if self.fine_tune_epochs and self.model != "efficientnet_lite0":
             raise ValueError(f"fine_tune_epochs needs the pretrained efficientnet_lite0, not {self.model}")
-        if self.backbone_size != 224 and self.model != "efficientnet_lite0":
+        if self.backbone_size != BACKBONE_SIZE and self.model != "efficientnet_lite0":
             raise ValueError(f"backbone_size needs the pretrained efficientnet_lite0, not {self.model}")
         return self
 

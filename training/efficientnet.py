@@ -16,7 +16,8 @@ import keras
 import numpy as np
 from keras import layers
 
-BACKBONE_SIZE = 224  # the resolution the ImageNet weights were trained at
+from core.constants import BACKBONE_SIZE
+
 FEATURES = 1280
 IMAGENET_CLASSES = 1000
 BN_EPSILON = 1e-3

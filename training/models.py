@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from core.constants import INPUT_NAME, MODEL_NAME
+from core.constants import BACKBONE_SIZE, INPUT_NAME, MODEL_NAME
 from core.settings import ModelChoice
-from training.efficientnet import BACKBONE_SIZE
 
 # Keras' default 0.99 needs hundreds of steps before the moving statistics used
 # at inference match the data: short runs on small datasets then evaluate as
