@@ -310,7 +310,7 @@ def dag_batch_stage(
     shutil.rmtree(output)
     return {
         "config": f"{len(shards)} shards of {images_per_shard}, 2 at a time, {sent.protocol} bs "
-        f"{sent.batch_size}, {sent.concurrency} in flight each",
+        f"{sent.batch_size or 'preferred'}, {sent.concurrency} in flight each",
         "img_s": report["images"] / seconds,
         "p50_ms": report["request_latency_ms"]["p50"],
         "p99_ms": report["request_latency_ms"]["p99"],
