@@ -201,7 +201,9 @@ def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
 def test_a_client_killed_mid_run_resumes_with_every_image_exactly_once(
     served_model: dict, tmp_path: Path
 ) -> None:
-    images = write_images(tmp_path / "in", per_class=150, size=40)  # 300 images, 2 parts of 256 at most
+    # 600 images in parts of 256: when the first part lands, a whole part and more are still to
+    # go (with 300, the 44 left ran out within the 50 ms poll on a server answering at once).
+    images = write_images(tmp_path / "in", per_class=300, size=40)
     output = tmp_path / "out"
     command = [sys.executable, "-m", "client", "--url", served_model["url"], "batch", "--input", str(images),
                "--output", str(output), "--concurrency", "1", "--batch-size", "1"]  # fmt: skip
