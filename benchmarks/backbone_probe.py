@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--bucket", type=Path, default=Path(".bench/bucket"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 256, 288])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[BACKBONE_SIZE, 256, 288])
     parser.add_argument("--train-images", type=int, default=6000)
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):

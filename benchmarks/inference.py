@@ -422,7 +422,7 @@ def client_peak_rss(state: ServerState, folder: Path, work: Path) -> float:
 
 
 def best(rows: list[Row]) -> Row:
-    return max(rows, key=lambda row: row["img_s"])
+    return leaders(rows, count=1)[0]
 
 
 def leaders(rows: list[Row], count: int = 2) -> list[Row]:

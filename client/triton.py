@@ -33,7 +33,7 @@ class ModelInfo:
     image_size: int
     num_classes: int
     max_batch_size: int
-    preferred_batch_size: int  # the largest batch its dynamic batcher forms at once
+    preferred_batch_size: int  # the largest batch its dynamic batcher forms at once (Triton keeps it <= max)
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,7 @@ def model_info(triton: Triton, model_name: str = MODEL_NAME) -> ModelInfo:
         image_size=int(model_input["dims"][0]),
         num_classes=int(model_output["dims"][0]),
         max_batch_size=max_batch_size,
-        preferred_batch_size=min(
-            max((int(size) for size in preferred), default=max_batch_size), max_batch_size
-        ),
+        preferred_batch_size=max((int(size) for size in preferred), default=max_batch_size),
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -32,7 +33,7 @@ def test_the_pretrained_model_resizes_to_its_backbone_size_inside() -> None:
     """Any internal resolution, same uint8 input at the run's image size."""
     model = build_model("efficientnet_lite0", 40, 2, backbone_size=64)
     backbone = model.get_layer("efficientnet_lite0")
-    (resize,) = [layer for layer in backbone.layers if layer.__class__.__name__ == "Resizing"]
+    (resize,) = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Resizing)]
     assert (resize.height, resize.width) == (64, 64)
     assert model.input_shape == (None, 40, 40, 3)
     assert model(np.zeros((1, 40, 40, 3), np.uint8)).shape == (1, 1)
