@@ -78,8 +78,12 @@ def server_ports() -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory, trained_model: str) -> Iterator[dict]:
-    """The session's model served by a real local tritonserver (stopped afterwards)."""
-    with serving_model_folder(trained_model, tmp_path_factory.mktemp("serving")) as (server, version):
+    """The session's model served by a real local tritonserver (stopped afterwards).
+
+    Its max_batch_size, 16, is above the CPU batch of 8 the server prefers, so a client that
+    took the max for the preferred batch would show."""
+    serving = tmp_path_factory.mktemp("serving")
+    with serving_model_folder(trained_model, serving, max_batch_size=16) as (server, version):
         state = server.state()
         assert state is not None
         yield {

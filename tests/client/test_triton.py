@@ -61,7 +61,7 @@ def test_the_served_config_reads_the_same_over_both_protocols(served_model: dict
     assert (info.image_size, info.num_classes, info.max_batch_size, info.preferred_batch_size) == (
         32,
         2,
-        8,
+        16,
         8,
     )
 
