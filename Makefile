@@ -20,7 +20,16 @@ export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
 # The single-node cluster's binaries (built once, reused) and run-time state.
 export DOGS_CATS_CLUSTER_DIR ?= $(CURDIR)/.cluster
 
-.PHONY: install browser up demo test lint unit integration faults stop cluster cluster-packages cluster-binaries cluster-down
+.PHONY: install browser up demo test check doctor lint unit integration faults stop cluster cluster-packages \
+	cluster-binaries cluster-down
+
+## What this machine lacks for `make test`, `make cluster` and `make demo`, one line each with its fix
+## (those targets run their part of it first, in the first seconds).
+doctor:
+	@$(PYTHON) -m cluster.preflight doctor
+
+preflight-%:
+	@$(PYTHON) -m cluster.preflight $*
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,20 +54,23 @@ up: install
 ## through the REST API; Airflow and Triton keep running afterwards (make stop).
 ## PLATFORM=kubernetes: on the single-node cluster (make cluster), its registry and its GCS emulator.
 ifeq ($(PLATFORM),kubernetes)
-demo: cluster
+demo: preflight-demo cluster
 	$(BIN)/python -m cluster platform --env-file $(DOGS_CATS_CLUSTER_DIR)/platform.env
 	set -a && . $(DOGS_CATS_CLUSTER_DIR)/platform.env && set +a && \
 	  $(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket gs://dogs-cats-demo
 else
-demo: install
+demo: preflight-demo install
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
 endif
 
 ## Lint, type-check, check the layers, then every test (unit, integration and cluster).
 ## As root it installs Debian's Chromium and the cluster's packages first; else it asks you to.
 ## The cluster's binaries are built once from the Go module proxy and reused.
-test: install lint browser cluster-packages cluster-binaries
+test: preflight-test install lint browser cluster-packages cluster-binaries
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The fast inner loop: lint, types, layers and the unit tests (no server starts), in a few minutes.
+check: lint unit
 
 lint: install
 	$(BIN)/ruff check .
@@ -81,19 +93,20 @@ faults: install
 stop: install
 	$(BIN)/python -m pipeline.stack stop
 
-## Debian's containerd, runc, CNI plugins and iptables, pinned in cluster/versions.env (as root).
+## Debian's containerd, runc, CNI plugins, iptables and docker.io at the upstream releases
+## cluster/versions.env pins, installed by name (as root); prints the exact revisions installed.
 cluster-packages:
-	@. cluster/versions.env; if ! dpkg -s $$(echo $$DEBIAN_PACKAGES | sed 's/=[^ ]*//g') >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$DEBIAN_PACKAGES; \
-	  else echo "the cluster needs root: sudo make cluster" >&2; exit 1; fi; fi
+	@$(PYTHON) -m cluster.preflight packages
 
-## kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, etcd, the registry and
-## the pause binary, built from the Go module proxy into $(DOGS_CATS_CLUSTER_DIR)/bin (reused).
+## kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, kubectl, etcd, the registry,
+## BuildKit and the pause binary, built from the Go module proxy into $(DOGS_CATS_CLUSTER_DIR)/bin
+## (reused); Go is GO_VERSION in cluster/versions.env, fetched by an older go (1.21+) itself.
 cluster-binaries:
 	CLUSTER_DIR=$(DOGS_CATS_CLUSTER_DIR) cluster/build.sh
 
-## A real single-node Kubernetes on 127.0.0.1 and its bridge; kubeconfig in $(DOGS_CATS_CLUSTER_DIR).
-cluster: install cluster-packages cluster-binaries
+## A real single-node Kubernetes on 127.0.0.1 and its bridge; `. .cluster/env` then puts its
+## kubectl and kubeconfig first (kubeconfig in $(DOGS_CATS_CLUSTER_DIR)).
+cluster: preflight-cluster install cluster-packages cluster-binaries
 	$(BIN)/python -m cluster up
 
 ## Stop every cluster process, unmount its volumes, remove its bridge and iptables rules.

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(node.kubeconfig)}}
         print(
-            f"cluster up: kubectl --kubeconfig {node.kubeconfig} get nodes\n"
+            f"cluster up: . {node.env_file} && kubectl get nodes  (the cluster's own kubectl)\n"
             f"Airflow's connection: export AIRFLOW_CONN_KUBERNETES_DEFAULT='{json.dumps(connection)}'"
         )
         return 0

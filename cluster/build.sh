@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Build the cluster's binaries from the Go module proxy into $CLUSTER_DIR/bin, pinned by
-# cluster/versions.env; a build whose versions are unchanged is reused (a stamp file).
+# cluster/versions.env; a build whose versions and script are unchanged is reused (a stamp file).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=cluster/versions.env
 source "$here/versions.env"
 bin=$(realpath -m "${CLUSTER_DIR:-$here/../.cluster}")/bin  # absolute: each build runs in its module
 stamp="$bin/.versions"
-if [[ -f "$stamp" ]] && cmp -s "$stamp" "$here/versions.env"; then
+if [[ -f "$stamp" ]] && cmp -s "$stamp" <(cat "$here/versions.env" "$here/build.sh"); then
   echo "cluster binaries in $bin are current"
   exit 0
 fi
+# The Go that builds them: GO_VERSION, which an older go (1.21+) fetches through the module proxy.
+GOTOOLCHAIN=$(cd "$here/.." && python3 -m cluster.preflight toolchain)
+export GOTOOLCHAIN
+[[ $GOTOOLCHAIN == local ]] || echo "Go $(GOTOOLCHAIN=local go env GOVERSION) is older than $GO_VERSION: fetching $GOTOOLCHAIN"
 mkdir -p "$bin"
 build() {  # build <module folder> <output> [packages]: a static binary, stripped, versioned
   local folder=$1 output=$2; shift 2
@@ -37,7 +41,8 @@ started=$SECONDS
 (cd "$here/build/buildkit" && go mod edit -require="github.com/moby/buildkit@$BUILDKIT_VERSION" \
   -require="github.com/rootless-containers/rootlesskit/v3@$ROOTLESSKIT_VERSION")
 build kubernetes "$bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
+  k8s.io/kubernetes/cmd/kubectl
 build etcd "$bin/etcd"
 build registry "$bin/registry"
 build pause "$bin/pause"
@@ -46,5 +51,5 @@ build buildkit "$bin/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/bu
   github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit
 # BuildKit's own wrapper that starts a throwaway buildkitd (under rootlesskit when not root) for one build.
 install -m 0755 "$(cd "$here/build/buildkit" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)/examples/buildctl-daemonless/buildctl-daemonless.sh" "$bin/"
-cp "$here/versions.env" "$stamp"
+cat "$here/versions.env" "$here/build.sh" > "$stamp"
 echo "built the cluster binaries into $bin in $((SECONDS - started)) s"

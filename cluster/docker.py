@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.node import REGISTRY, ClusterError, pinned
+from cluster.node import REGISTRY, ClusterError
+from cluster.versions import pinned
 
 BASE_IMAGE = "dogs-cats-base:bookworm"
 # Debian packages of the base: Python 3.11 (the venvs), its shared library (the python

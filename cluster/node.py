@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cluster.images import push_binary_image
 from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
+from cluster.versions import pinned
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ BUILT = (
     "kube-scheduler",
     "kubelet",
     "kube-proxy",
+    "kubectl",
     "registry",
     "pause",
 )
@@ -97,6 +99,21 @@ class Node:
     def kubeconfig(self) -> Path:
         """The admin's kubeconfig: kubectl, the tests and Airflow's kubernetes_default use it."""
         return self.root / "kubeconfig"
+
+    @property
+    def env_file(self) -> Path:
+        """Sourced by a shell (`. .cluster/env`), puts this cluster's kubectl and kubeconfig first."""
+        return self.root / "env"
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The kubectl built with the cluster (cluster/build.sh), never whichever one PATH has."""
+        return subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     @property
     def api_url(self) -> str:
@@ -151,6 +168,7 @@ class Node:
             if component == "registry":  # the sandbox image every pod starts with
                 push_binary_image(REGISTRY, PAUSE_IMAGE, pinned("PAUSE_TAG"), self.bin / "pause")
         self._wait_node_ready(timeout_s)
+        self.env_file.write_text(f'export PATH="{self.bin}:$PATH" KUBECONFIG="{self.kubeconfig}"\n')
 
     def _start(self, component: str, command: list[str]) -> None:
         log.info("starting %s", component)
@@ -646,15 +664,6 @@ def fake_gcs_server_binary() -> Path:
     binary = root / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     return binary
-
-
-def pinned(name: str) -> str:
-    """A version from cluster/versions.env, the one file of pins."""
-    for line in Path(__file__).with_name("versions.env").read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key == name:
-            return value.strip('"')
-    raise KeyError(f"{name} is not pinned in cluster/versions.env")
 
 
 def _run(command: list[str]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 from dataclasses import dataclass
 
 from cluster.docker import DockerEngine, builder_image, training_cpu_image, triton_cpu_runtime_image
@@ -49,11 +48,8 @@ def prepare_namespace(node: Node, namespace: str = NAMESPACE) -> None:
             "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace},
         },
     ]
-    result = subprocess.run(
-        ["kubectl", f"--kubeconfig={node.kubeconfig}", "apply", "-f", "-"],
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-        capture_output=True,
-        text=True,
+    result = node.kubectl(
+        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
     )
     if result.returncode != 0:
         raise ClusterError(f"could not create namespace {namespace}: {result.stderr}")

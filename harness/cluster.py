@@ -39,13 +39,7 @@ def project_images(node: Node) -> ClusterImages:
 def kubectl(
     node: Node, *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["kubectl", f"--kubeconfig={node.kubeconfig}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = node.kubectl(*args, stdin=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
     return result

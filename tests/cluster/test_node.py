@@ -17,6 +17,7 @@ import pytest
 
 from cluster.images import push_binary_image
 from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, cluster_chains
+from cluster.versions import pinned
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import kubectl, running_cluster
 from pipeline.rollout import RolloutTrigger
@@ -81,6 +82,23 @@ def test_the_node_is_ready_and_listens_only_on_loopback_and_its_bridge(node: Nod
     listening = _listening_addresses({pid for pid in node.status().values() if pid})
     assert listening, "the components listen somewhere"
     assert listening <= {"127.0.0.1", BRIDGE_IP}, listening
+
+
+def test_kubectl_is_the_one_built_with_the_cluster(node: Node) -> None:
+    """Every call goes through cluster/build.sh's kubectl, of the cluster's own release, so a
+    machine with no kubectl on PATH (or another release of it) runs the same."""
+    versions = json.loads(kubectl(node, "version", "-o", "json").stdout)
+    release = pinned("KUBERNETES_VERSION")
+    assert versions["clientVersion"]["gitVersion"] == release
+    assert versions["serverVersion"]["gitVersion"] == release
+    # What the README tells a user to run: `. .cluster/env`, then kubectl.
+    shell = subprocess.run(
+        ["bash", "-c", f". {node.env_file} && command -v kubectl && echo $KUBECONFIG"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout.split() == [str(node.bin / "kubectl"), str(node.kubeconfig)]
 
 
 def test_a_deployment_rolls_out_updates_and_undoes_as_kubectl_reports(
