@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -208,13 +207,6 @@ def _revision(replica_set: dict[str, Any]) -> int:
     return int(replica_set["metadata"].get("annotations", {}).get(REVISION_ANNOTATION, 0))
 
 
-@dataclass(frozen=True)
-class RolloutResult:
-    deployment: str
-    namespace: str
-    message: str
-
-
 def apply_all(
     api: ClusterApi, manifests: list[dict[str, Any]], retired: Sequence[dict[str, Any]] = ()
 ) -> None:
@@ -235,33 +227,6 @@ def undo_on_failure(api: ClusterApi, namespace: str, name: str, check: Callable[
         revision = undo(api, namespace, name)
         now = f"rolled back to revision {revision}" if revision else "no earlier revision to roll back to"
         raise DeploymentFailed(f"{failure} ({now})") from failure
-
-
-def roll_out(
-    api: ClusterApi,
-    manifests: list[dict[str, Any]],
-    smoke_test: Callable[[], None],
-    *,
-    retired: Sequence[dict[str, Any]] = (),
-    timeout_s: float,
-    poll_s: float = 5.0,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> RolloutResult:
-    """Delete what is `retired`, apply the manifests, wait for the Deployment, smoke-test
-    it; undo on any failure."""
-    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
-    namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
-    apply_all(api, manifests, retired)
-
-    def wait_and_smoke_test() -> str:
-        message = wait_for_rollout(
-            api, namespace, name, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock
-        )
-        smoke_test()
-        return message
-
-    return RolloutResult(name, namespace, undo_on_failure(api, namespace, name, wait_and_smoke_test))
 
 
 def smoke_test(url: str, model_name: str, version: int, images: list[bytes], timeout_s: float = 30.0) -> None:
@@ -306,36 +271,28 @@ def start_serving(
     return spec
 
 
+SmokeTest = Callable[[str, str, int, list[bytes]], None]  # (url, model, version, images)
+
+
 def finish_serving(
     api: ClusterApi,
     spec: ServingSpec,
     smoke_images_uri: str,
     environment: Environment,
     rolled_out: Callable[[], str],
+    smoke: SmokeTest = smoke_test,
 ) -> Endpoint:
-    """Once `rolled_out` says so (a wait here, or the triggerer's verdict), smoke-test the
+    """Once `rolled_out` says so (a wait here, or the triggerer's verdict), `smoke`-test the
     Service; on any failure undo the rollout. Returns the Service's endpoint."""
     endpoint = service_endpoint(api, environment, spec.model_name, spec.model_version)
 
     def rolled_out_and_answering() -> str:
         message = rolled_out()
-        smoke_test(endpoint.url, spec.model_name, spec.model_version, smoke_images(smoke_images_uri))
+        smoke(endpoint.url, spec.model_name, spec.model_version, smoke_images(smoke_images_uri))
         return message
 
     log.info("%s", undo_on_failure(api, spec.namespace, spec.name, rolled_out_and_answering))
     return endpoint
-
-
-def deploy_to_kubernetes(
-    api: ClusterApi, version: RepositoryVersion, image: str, smoke_images_uri: str, environment: Environment
-) -> Endpoint:
-    """Roll the image holding `version` out, waiting in this process; the Endpoint is the Service."""
-    spec = start_serving(api, version, image, smoke_images_uri, environment)
-
-    def rolled_out() -> str:
-        return wait_for_rollout(api, spec.namespace, spec.name, timeout_s=environment.rollout_timeout_s)
-
-    return finish_serving(api, spec, smoke_images_uri, environment, rolled_out)
 
 
 def smoke_images(smoke_images_uri: str, count: int = 4) -> list[bytes]:

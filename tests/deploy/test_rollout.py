@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +20,15 @@ from deploy.rollout import (
     DeploymentFailed,
     KubernetesApi,
     RolloutFailed,
-    roll_out,
+    SmokeTest,
+    finish_serving,
     rollout_progress,
+    start_serving,
     wait_for_rollout,
 )
 from harness.fake_cluster import FakeCluster
 from harness.http_server import reply_json
+from model_repository.repository import RepositoryVersion
 
 
 class FakeTime:
@@ -53,19 +57,36 @@ def _manifests(version: int) -> list[dict[str, Any]]:
     return serving_manifests(_spec(version))
 
 
-def _roll_out(cluster: FakeCluster, version: int, smoke: Any = None, max_replicas: int = 0) -> Any:
-    time = FakeTime()
-    spec = _spec(version, max_replicas)
-    return roll_out(
-        cluster,
-        serving_manifests(spec),
-        smoke or (lambda: None),
-        retired=retired_manifests(spec),
-        timeout_s=5,
-        poll_s=1,
-        sleep=time.sleep,
-        clock=time.clock,
-    )
+def _roll_out(
+    cluster: FakeCluster,
+    smoke_images: Path,
+    version: int,
+    smoke: SmokeTest | None = None,
+    max_replicas: int = 0,
+) -> str:
+    """What the deploy task runs, `start_serving` then `finish_serving`, with the wait in
+    fake time and the smoke test passed in; returns the rollout's last status message."""
+    time, messages = FakeTime(), []
+    environment = Environment(platform="kubernetes", serving_max_replicas=max_replicas)
+    packaged = RepositoryVersion("r", "m", version, "onnxruntime", 8)
+    spec = start_serving(cluster, packaged, f"r/dogs-cats-triton:v{version}", str(smoke_images), environment)
+
+    def rolled_out() -> str:
+        messages.append(
+            wait_for_rollout(
+                cluster, spec.namespace, spec.name, timeout_s=5, poll_s=1, sleep=time.sleep, clock=time.clock
+            )
+        )
+        return messages[-1]
+
+    finish_serving(cluster, spec, str(smoke_images), environment, rolled_out, smoke or (lambda *_: None))
+    return messages[-1]
+
+
+@pytest.fixture
+def smoke_images(tmp_path: Path) -> Path:
+    (tmp_path / "cat.jpg").write_bytes(b"the smoke test is passed in: these bytes go to it unread")
+    return tmp_path
 
 
 def _image(cluster: FakeCluster) -> str:
@@ -73,69 +94,71 @@ def _image(cluster: FakeCluster) -> str:
     return str(cluster.deployment["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
-def test_a_healthy_rollout_completes_and_is_smoke_tested() -> None:
+def test_a_healthy_rollout_completes_and_is_smoke_tested(smoke_images: Path) -> None:
     cluster, smoked = FakeCluster(), []
-    result = _roll_out(cluster, 1, lambda: smoked.append(True))
-    assert "successfully rolled out" in result.message
-    assert smoked == [True]
+    message = _roll_out(
+        cluster, smoke_images, 1, lambda url, model, version, images: smoked.append((version, images))
+    )
+    assert "successfully rolled out" in message
+    assert smoked == [(1, [(smoke_images / "cat.jpg").read_bytes()])]
     assert [m["kind"] for m in cluster.applied] == ["Service", "PodDisruptionBudget", "Deployment"]
 
 
-def test_rerunning_the_same_deploy_changes_nothing() -> None:
+def test_rerunning_the_same_deploy_changes_nothing(smoke_images: Path) -> None:
     cluster = FakeCluster()
-    _roll_out(cluster, 1)
-    _roll_out(cluster, 1)
+    _roll_out(cluster, smoke_images, 1)
+    _roll_out(cluster, smoke_images, 1)
     assert cluster.deployment is not None
     assert cluster.deployment["metadata"]["generation"] == 1
     assert len(cluster.replica_sets) == 1
 
 
-def test_turning_autoscaling_off_deletes_the_hpa_and_restores_the_replica_count() -> None:
+def test_turning_autoscaling_off_deletes_the_hpa_and_restores_the_replica_count(smoke_images: Path) -> None:
     cluster = FakeCluster()
-    _roll_out(cluster, 1, max_replicas=4)
+    _roll_out(cluster, smoke_images, 1, max_replicas=4)
     assert ("HorizontalPodAutoscaler", "dogs-cats-triton") in cluster.objects
     assert "replicas" not in cluster.objects["Deployment", "dogs-cats-triton"]["spec"], "the HPA owns it"
-    _roll_out(cluster, 2)
+    _roll_out(cluster, smoke_images, 2)
     assert ("HorizontalPodAutoscaler", "dogs-cats-triton") not in cluster.objects
     assert cluster.objects["Deployment", "dogs-cats-triton"]["spec"]["replicas"] == 2
 
 
-def test_a_stuck_rollout_times_out_and_rolls_back() -> None:
+def test_a_stuck_rollout_times_out_and_rolls_back(smoke_images: Path) -> None:
     cluster = FakeCluster()
-    _roll_out(cluster, 1)
+    _roll_out(cluster, smoke_images, 1)
     cluster.behaviour = "stuck"
     with pytest.raises(DeploymentFailed, match=r"not rolled out after 5 s.*\(rolled back to revision 1\)"):
-        _roll_out(cluster, 2)
+        _roll_out(cluster, smoke_images, 2)
     assert _image(cluster) == "r/dogs-cats-triton:v1"
     (restored,) = cluster.templates_replaced
     assert "pod-template-hash" not in restored["metadata"]["labels"], "as kubectl rollout undo strips it"
 
 
-def test_a_failed_rollout_rolls_back_and_names_the_reason() -> None:
+def test_a_failed_rollout_rolls_back_and_names_the_reason(smoke_images: Path) -> None:
     cluster = FakeCluster()
-    _roll_out(cluster, 1)
+    _roll_out(cluster, smoke_images, 1)
     cluster.behaviour = "deadline"
     with pytest.raises(DeploymentFailed, match=r"exceeded its progress deadline.*rolled back to revision 1"):
-        _roll_out(cluster, 2)
+        _roll_out(cluster, smoke_images, 2)
     assert _image(cluster) == "r/dogs-cats-triton:v1"
 
 
-def test_a_failed_smoke_test_rolls_back() -> None:
+def test_a_failed_smoke_test_rolls_back(smoke_images: Path) -> None:
     cluster = FakeCluster()
-    _roll_out(cluster, 1)
-    _roll_out(cluster, 2)
+    _roll_out(cluster, smoke_images, 1)
+    _roll_out(cluster, smoke_images, 2)
 
-    def failing_smoke() -> None:
-        raise RolloutFailed("smoke test: serves versions ['2'], not 3")
+    def failing_smoke(url: str, model: str, version: int, images: list[bytes]) -> None:
+        raise RolloutFailed(f"smoke test: serves versions ['2'], not {version}")
 
     with pytest.raises(DeploymentFailed, match=r"smoke test.*rolled back to revision 2"):
-        _roll_out(cluster, 3, failing_smoke)
+        _roll_out(cluster, smoke_images, 3, failing_smoke)
     assert _image(cluster) == "r/dogs-cats-triton:v2"
 
 
-def test_a_first_deploy_that_fails_has_nothing_to_roll_back_to() -> None:
+def test_a_first_deploy_that_fails_has_nothing_to_roll_back_to(smoke_images: Path) -> None:
     with pytest.raises(DeploymentFailed, match="no earlier revision to roll back to"):
-        _roll_out(FakeCluster("deadline"), 1)
+        _roll_out(FakeCluster("deadline"), smoke_images, 1)
 
 
 ROLLED = {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 2}

@@ -9,7 +9,15 @@ import pytest
 
 from core.images import ImageDecodeError
 from core.settings import Environment
-from deploy.rollout import DeploymentFailed, RolloutFailed, deploy_to_kubernetes, smoke_test
+from deploy import Endpoint
+from deploy.rollout import (
+    DeploymentFailed,
+    RolloutFailed,
+    finish_serving,
+    smoke_test,
+    start_serving,
+    wait_for_rollout,
+)
 from harness.fake_cluster import FakeCluster
 from model_repository.repository import RepositoryVersion
 
@@ -34,6 +42,23 @@ def test_smoke_test_fails_on_an_image_the_server_cannot_decode(served_model: dic
         smoke_test(served_model["url"], "dogs_cats", 1, [b"not an image"])
 
 
+def _deploy(
+    cluster: FakeCluster,
+    version: RepositoryVersion,
+    image: str,
+    smoke_images_uri: str,
+    environment: Environment,
+) -> Endpoint:
+    """The deploy task without deferring (RolloutOperator(deferrable=False)): apply, wait here,
+    then the real smoke test against the local tritonserver standing in for the Service."""
+    spec = start_serving(cluster, version, image, smoke_images_uri, environment)
+
+    def rolled_out() -> str:
+        return wait_for_rollout(cluster, spec.namespace, spec.name, timeout_s=environment.rollout_timeout_s)
+
+    return finish_serving(cluster, spec, smoke_images_uri, environment, rolled_out)
+
+
 def _version(served_model: dict, number: int) -> RepositoryVersion:
     packaged: RepositoryVersion = served_model["version"]
     return RepositoryVersion(packaged.repository_uri, "dogs_cats", number, "onnxruntime", 8)
@@ -45,7 +70,7 @@ def test_deploy_task_rolls_out_and_returns_the_service_endpoint(
     environment = Environment(platform="kubernetes", serving_url=served_model["url"])
     cluster = FakeCluster()
     cats = str(session_images / "cat")
-    endpoint = deploy_to_kubernetes(cluster, _version(served_model, 1), "r/i:v1-abc", cats, environment)
+    endpoint = _deploy(cluster, _version(served_model, 1), "r/i:v1-abc", cats, environment)
     assert endpoint.url == served_model["url"]
     assert endpoint.version == 1
     assert cluster.deployment is not None
@@ -57,9 +82,9 @@ def test_deploy_task_rolls_back_when_the_new_pods_serve_the_wrong_model(
     environment = Environment(platform="kubernetes", serving_url=served_model["url"])
     cluster = FakeCluster()
     cats = str(session_images / "cat")
-    deploy_to_kubernetes(cluster, _version(served_model, 1), "r/i:v1", cats, environment)
+    _deploy(cluster, _version(served_model, 1), "r/i:v1", cats, environment)
     with pytest.raises(DeploymentFailed, match=r"not 2.*rolled back to revision 1"):
-        deploy_to_kubernetes(cluster, _version(served_model, 2), "r/i:v2", cats, environment)
+        _deploy(cluster, _version(served_model, 2), "r/i:v2", cats, environment)
     assert cluster.deployment is not None
     assert cluster.deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "r/i:v1"
 
@@ -68,5 +93,5 @@ def test_deploy_task_without_smoke_images_applies_nothing(tmp_path: Path) -> Non
     cluster = FakeCluster()
     version = RepositoryVersion("r", "dogs_cats", 1, "onnxruntime", 8)
     with pytest.raises(DeploymentFailed, match="no images under"):
-        deploy_to_kubernetes(cluster, version, "r/i:v1", str(tmp_path), Environment())
+        _deploy(cluster, version, "r/i:v1", str(tmp_path), Environment())
     assert cluster.applied == []
