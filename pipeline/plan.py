@@ -11,7 +11,7 @@ the bucket documented by code:
                                                         shards/ (listing + one output folder per shard)
 
 The batch stage gets a `BatchJob` of its own, which the dogs_cats_batch DAG
-builds too: both run the same tasks (pipeline/batch.py).
+builds too: both run the same tasks (pipeline/tasks.py).
 
 The plan is a frozen pydantic model: it crosses XCom whole, through Airflow's
 pydantic serialiser (`model_dump` out, `model_validate` back in), so every task

@@ -37,7 +37,7 @@ from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
 from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.rollout import RolloutOperator, cluster_api
+from pipeline.rollout_operator import RolloutOperator, cluster_api
 
 log = logging.getLogger(__name__)
 

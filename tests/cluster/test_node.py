@@ -20,7 +20,7 @@ from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, cluster_chains
 from cluster.versions import pinned
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import kubectl, running_cluster
-from pipeline.rollout import RolloutTrigger
+from pipeline.rollout_operator import RolloutTrigger
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 NAMESPACE = "rollout-test"

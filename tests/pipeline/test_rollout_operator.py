@@ -27,7 +27,7 @@ from harness.fake_cluster import Behaviour, FakeCluster
 from harness.http_server import reply_json
 from model_repository.repository import RepositoryVersion
 from pipeline.plan import make_plan
-from pipeline.rollout import RolloutOperator, RolloutTrigger
+from pipeline.rollout_operator import RolloutOperator, RolloutTrigger
 
 CONN_ID = "kubernetes_fake"
 
@@ -126,7 +126,7 @@ def test_the_trigger_survives_serialisation() -> None:
     """The triggerer rebuilds the trigger from what serialize() returns."""
     trigger = RolloutTrigger(namespace="n", name="d", kubernetes_conn_id="k", deadline=12.5, poll_s=3)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "pipeline.rollout.RolloutTrigger"
+    assert classpath == "pipeline.rollout_operator.RolloutTrigger"
     assert RolloutTrigger(**kwargs).serialize() == (classpath, kwargs)
 
 

@@ -1,0 +1,181 @@
+"""Every task body of both DAGs, in one place; the DAG files only wire them.
+
+`dogs_cats` runs plan_run -> stage_data -> (the platform's train task) ->
+quality_gate -> package -> (the platform's deploy task) -> plan_batch ->
+batch_inference; `dogs_cats_batch` runs plan_standing_batch -> batch_inference.
+The batch stage streams the input listing into shard files, classifies each
+shard in a mapped task (resumable, so a retried shard finishes what it
+started), and merges all shards into predictions.jsonl and the report.
+
+Tasks pass URIs and typed objects (RunPlan, BatchJob, RepositoryVersion,
+Endpoint), never data; the work itself lives in the stage packages. The
+deployment's settings (`Environment`, and so the platform) are read when a task
+runs, as the DAG files read them when they are parsed.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import XComArg, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.serde import allow_class
+
+from core.constants import MODEL_NAME
+from core.settings import Environment
+from deploy import Endpoint
+from model_repository.repository import RepositoryVersion
+from pipeline.assets import DATASET, PREDICTIONS, REPOSITORY_VERSION, annotate
+from pipeline.plan import BatchJob, RunPlan
+from pipeline.platforms import platform_for, resolved
+
+# Every task is safe to retry: staging and training resume, packaging reuses the version of a
+# model already packaged, deployment and inference rewrite, and a classified shard's parts stay.
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "dogs-cats-triton",
+    "retries": 1,
+    "retry_delay": timedelta(seconds=30),
+}
+# Tasks pass these typed objects; Airflow deserialises XCom only into classes it allows.
+for xcom_class in (RunPlan, BatchJob, RepositoryVersion, Endpoint):
+    allow_class(xcom_class)
+
+
+@task(task_id="plan")
+def plan_run() -> RunPlan:
+    """Validate the conf once and decide every URI of this run."""
+    from core.settings import RunConfig, config_from_params
+    from pipeline.plan import make_plan
+
+    context = get_current_context()
+    return make_plan(config_from_params(RunConfig, dict(context["params"])), context["run_id"])
+
+
+@task(outlets=[DATASET])
+def stage_data(plan: RunPlan) -> dict[str, Any]:
+    from core.settings import join_uri, options_of
+    from training.staging import StagingOptions, stage_dataset
+
+    options = options_of(StagingOptions, plan.config)
+    manifest = stage_dataset(plan.config.source, plan.dataset_uri, options, cache_dir=Environment().cache_dir)
+    annotate(DATASET, manifest=join_uri(plan.dataset_uri, "manifest.json"), counts=manifest["counts"])
+    return {"dataset_uri": plan.dataset_uri, "classes": manifest["classes"], "counts": manifest["counts"]}
+
+
+@task
+def quality_gate(plan: RunPlan) -> None:
+    """Skip packaging and deployment of a model under min_val_accuracy, saying why."""
+    from training.evaluate import model_gate_reason
+
+    if reason := model_gate_reason(plan.model_uri, plan.config.min_val_accuracy):
+        raise AirflowSkipException(reason)
+
+
+@task(outlets=[REPOSITORY_VERSION])
+def package(plan: RunPlan) -> RepositoryVersion:
+    from model_repository.repository import package_model
+
+    platform = platform_for(Environment())
+    version = package_model(
+        plan.model_uri,
+        plan.repository_uri,
+        flavour=platform.serving_flavour,
+        model_name=MODEL_NAME,
+        max_batch_size=plan.config.max_batch_size,
+        precision=plan.config.serving_precision,
+        tensorrt_fp16=plan.config.tensorrt_fp16,
+        **platform.instance_options(),
+    )
+    annotate(
+        REPOSITORY_VERSION, repository=version.repository_uri, version=version.version, model=plan.model_uri
+    )
+    return version
+
+
+@task
+def plan_batch(plan: RunPlan, endpoint: Endpoint, staged: dict[str, Any]) -> BatchJob:
+    """The run's inference input through the endpoint just deployed; folders named after
+    the staged classes count as ground truth in the report."""
+    return plan.batch_job(endpoint, tuple(staged["classes"]))
+
+
+@task(task_id="plan_batch")
+def plan_standing_batch() -> BatchJob:
+    """The input, a per-run output folder and the endpoint serving now; skipped without an input.
+    Folders named after the served model's labels count as ground truth in the report."""
+    from client.triton import Triton, class_names, model_info
+    from core.settings import BatchParams, BatchRunConfig, config_from_params, join_uri, options_of, safe_name
+
+    context = get_current_context()
+    config = config_from_params(BatchRunConfig, dict(context["params"]))
+    if not config.input or not config.output:
+        raise AirflowSkipException(
+            "no input or output: trigger with conf input and output, "
+            "or set DOGS_CATS_BATCH_INPUT and DOGS_CATS_BATCH_OUTPUT for the standing input"
+        )
+    endpoint = platform_for(Environment()).served_endpoint(MODEL_NAME)
+    triton = Triton(endpoint.url)
+    try:
+        labels = class_names(triton, model_info(triton, endpoint.model_name))
+    finally:
+        triton.close()
+    return BatchJob(
+        params=options_of(BatchParams, config),
+        input_uri=config.input,
+        output_uri=join_uri(config.output, safe_name(context["run_id"])),
+        endpoint=endpoint,
+        class_names=labels,
+    )
+
+
+@task
+def list_shards(job: BatchJob) -> list[str]:
+    """Stream the input listing into shard files; one mapped task per shard follows."""
+    from client.batch import write_shards
+
+    return write_shards(job.input_uri, job.shards_uri, job.params.images_per_shard)
+
+
+@task(max_active_tis_per_dagrun=4)
+def classify_shard(shard_uri: str, job: BatchJob) -> str:
+    from client.batch import run_batch, shard_images, shard_output
+
+    shard_out = shard_output(job.output_uri, shard_uri)
+    run_batch(job.url, shard_uri, shard_out, job.options(), images=shard_images(shard_uri))
+    return shard_out
+
+
+@task(outlets=[PREDICTIONS])
+def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]:
+    """All shards' predictions and one report (JSON and HTML)."""
+    from client.batch import merge_outputs
+    from core.settings import join_uri
+
+    report = merge_outputs(
+        # One slice request; iterating asks past the end, which the Task SDK logs as an
+        # "XCom not found" ERROR in a task that succeeds (apache/airflow#73175).
+        list(shard_outputs[:]),
+        job.output_uri,
+        input_uri=job.input_uri,
+        options=job.options(),
+        class_names=job.class_names,
+    )
+    written = {
+        name: join_uri(job.output_uri, name) for name in ("predictions.jsonl", "report.json", "report.html")
+    }
+    annotate(
+        PREDICTIONS,
+        **written,
+        model=f"{job.endpoint.model_name} v{job.endpoint.version}",
+        images=report["images"],
+        accuracy=report.get("accuracy_by_folder"),
+    )
+    return written
+
+
+def batch_inference(job: XComArg) -> XComArg:
+    """list_shards -> classify_shard (one per shard) -> merge_predictions, for `job`."""
+    shards = list_shards(resolved(job))
+    classified = classify_shard.partial(job=job).expand(shard_uri=shards)
+    return merge_predictions(resolved(classified), resolved(job))
