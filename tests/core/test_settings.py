@@ -94,10 +94,10 @@ def test_safe_name_turns_run_ids_into_object_names() -> None:
     assert safe_name("manual__2026-11-22T02:45:01.955+00:00") == "manual__2026-11-22T02_45_01.955_00_00"
 
 
-def test_readme_documents_every_param() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_the_docs_document_every_param() -> None:
+    readme = (REPO_ROOT / "docs" / "parameters.md").read_text()
     missing = [name for name in RunConfig.model_fields if f"`{name}`" not in readme]
-    assert missing == [], f"README's params table lacks {missing}"
+    assert missing == [], f"docs/parameters.md's params table lacks {missing}"
 
 
 def test_local_server_threads_share_the_cores_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
