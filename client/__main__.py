@@ -25,9 +25,11 @@ from client.triton import (
     is_refusal,
     model_info,
 )
+from core.errors import ProjectError, reports_errors
 from core.images import ImageDecodeError, decode_rgb
 
 
+@reports_errors("python -m client")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client")
     parser.add_argument("--url", help="Triton host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
@@ -62,14 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         return _batch(args)
     except TritonUnavailable as exc:
-        print(f"error: Triton at {args.url} is unavailable: {exc}", file=sys.stderr)
-        return 2
+        raise ProjectError(f"Triton at {args.url} is unavailable: {exc}") from exc
     except (InputChanged, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ProjectError(str(exc)) from exc
     except (InferenceServerException, ConnectionError, OSError) as exc:
-        print(f"error: cannot reach Triton at {args.url}: {exc}", file=sys.stderr)
-        return 2
+        raise ProjectError(f"cannot reach Triton at {args.url}: {exc}") from exc
 
 
 def _batch(args: argparse.Namespace) -> int:

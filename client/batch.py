@@ -51,6 +51,7 @@ from client.triton import (
 )
 from core import storage
 from core.constants import ensemble_name
+from core.errors import ProjectError
 from core.images import IMAGE_SUFFIXES, ImageDecodeError, decode_rgb
 from core.settings import join_uri
 
@@ -63,11 +64,11 @@ PART_SIZE = 256  # images; the unit of resumption, big enough to keep the worker
 RETRYABLE_GRPC = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED", "UNKNOWN")
 
 
-class TritonUnavailable(RuntimeError):
+class TritonUnavailable(ProjectError, RuntimeError):
     """Triton stayed unreachable (or kept failing) through the retry budget."""
 
 
-class InputChanged(ValueError):
+class InputChanged(ProjectError, ValueError):
     """The images under the input differ from those an earlier run recorded."""
 
 

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 from cluster.node import ClusterError, Node, node_from_environment
+from core.errors import reports_errors
 
 
+@reports_errors("python -m cluster")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "platform"])
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             node.up()
         except ClusterError as failure:
-            print(f"{failure}\nstop what started with: make cluster-down", file=sys.stderr)
-            return 1
+            if not any(node.status().values()):
+                raise
+            raise ClusterError(f"{failure}\nstop what started with: make cluster-down") from failure
         connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(node.kubeconfig)}}
         print(
             f"cluster up: . {node.env_file} && kubectl get nodes  (the cluster's own kubectl)\n"
@@ -61,8 +64,7 @@ def _ready_platform(node: Node, env_file: Path) -> int:
     )
 
     if node.pid("kube-apiserver") is None:
-        print("the cluster is not running: make cluster", file=sys.stderr)
-        return 1
+        raise ClusterError("the cluster is not running: make cluster")
     with DockerEngine(node.root / "docker").started() as engine:
         images = build_images(node, engine)
     prepare_namespace(node)

@@ -30,6 +30,7 @@ from pathlib import Path
 from cluster.images import push_binary_image
 from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
 from cluster.versions import pinned
+from core.errors import ProjectError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ BUILT = (
 )
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ProjectError, RuntimeError):
     """A component did not come up; the message carries its log's tail."""
 
 

@@ -7,12 +7,14 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.errors import ProjectError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 # Far above any photo worth classifying, far below what exhausts memory when decoded.
 MAX_IMAGE_PIXELS = 50_000_000
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ProjectError, ValueError):
     """The bytes are not an image Pillow can fully decode; the message says why."""
 
 

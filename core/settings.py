@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.constants import BACKBONE_SIZE, GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
+from core.errors import refused_settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 PlatformName = Literal["local", "kubernetes"]
@@ -443,4 +444,4 @@ def options_from_namespace(
     try:
         return options.model_validate(values)
     except ValidationError as exc:
-        parser.error(str(exc))
+        parser.error(refused_settings(exc))

@@ -18,6 +18,8 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from core.errors import ProjectError
+
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
 
@@ -243,8 +245,17 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(GCS_SCHEME)
 
 
+class NotFound(ProjectError, FileNotFoundError):
+    """A file or object that is not there, named the same way for folders and buckets."""
+
+
 def read_bytes(uri: str) -> bytes:
-    return storage_for(uri).read_bytes(uri)
+    from google.api_core.exceptions import NotFound as ObjectNotFound
+
+    try:
+        return storage_for(uri).read_bytes(uri)
+    except (FileNotFoundError, ObjectNotFound) as missing:
+        raise NotFound(f"{uri} does not exist") from missing
 
 
 def write_bytes(uri: str, data: bytes) -> None:

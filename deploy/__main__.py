@@ -15,10 +15,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from core.errors import reports_errors
 from core.settings import Environment
-from deploy.local_triton import TritonError, serve, served_models, server_from_environment
+from deploy.local_triton import serve, served_models, server_from_environment
 
 
+@reports_errors("python -m deploy")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy")
     parser.add_argument("command", choices=["serve", "status", "stop", "unpack-context"])
@@ -41,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     environment = Environment()
     server = server_from_environment(environment)
     if args.command == "serve":
-        try:
-            served = serve(environment, args.repository)
-        except TritonError as exc:
-            parser.exit(1, f"{exc}\n")
+        served = serve(environment, args.repository)
         print(f"serving {served} on http://127.0.0.1:{environment.triton_http_port}")
         return 0
     if args.command == "status":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from core import storage
 from core.constants import ensemble_name
+from core.errors import ProjectError
 from core.settings import Environment
 from deploy import Endpoint
 from model_repository.repository import RepositoryVersion
@@ -39,7 +40,7 @@ SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
 PYTHON_STUB_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-class TritonError(RuntimeError):
+class TritonError(ProjectError, RuntimeError):
     """The local server could not start, or a model could not be loaded."""
 
 
@@ -378,5 +379,7 @@ def _endpoint(state: ServerState, model_name: str, version: int) -> Endpoint:
 def _local_repository(repository_uri: str, state_dir: Path) -> Path:
     """Triton reads a local folder: a gs:// repository is mirrored into the state folder."""
     if not storage.is_remote(repository_uri):
+        if not Path(repository_uri).is_dir():
+            raise TritonError(f"no model repository at {repository_uri}")
         return Path(repository_uri)
     return storage.download_tree(repository_uri, state_dir / "model_repository")

@@ -21,6 +21,7 @@ import numpy as np
 
 from core import storage
 from core.constants import GRPC_PORT, HTTP_PORT
+from core.errors import ProjectError
 from core.settings import Environment
 from deploy import Endpoint
 from deploy.kubernetes import ServingSpec, retired_manifests, serving_manifests
@@ -32,11 +33,11 @@ FIELD_MANAGER = "dogs-cats-triton"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 
 
-class RolloutFailed(RuntimeError):
+class RolloutFailed(ProjectError, RuntimeError):
     """The rollout did not complete (stuck, failed, or the smoke test said no)."""
 
 
-class DeploymentFailed(RuntimeError):
+class DeploymentFailed(ProjectError, RuntimeError):
     """The new model is not serving; the message says why and what now serves."""
 
 

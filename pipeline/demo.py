@@ -14,12 +14,14 @@ import json
 import sys
 from pathlib import Path
 
+from core.errors import reports_errors
 from core.settings import Environment, join_uri
 from pipeline.stack import StackError, follow, login_banner, stack_from_environment
 
 DAG_ID = "dogs_cats"
 
 
+@reports_errors("python -m pipeline.demo")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.demo")
     parser.add_argument(

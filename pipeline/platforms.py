@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from airflow.sdk import BaseOperator, XComArg, task
 
+from core.errors import ProjectError
 from core.settings import Environment, PlatformName, ort_threads_per_instance, to_arguments, training_python
 from deploy import Endpoint
 from model_repository import Flavour
@@ -71,7 +72,7 @@ def resolved(output: XComArg) -> Any:
     return output
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(ProjectError, RuntimeError):
     """The training process exited non-zero; the message carries its last lines."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from core.errors import ProjectError
 from core.settings import Environment
 
 AIRFLOW = Path(sys.executable).with_name("airflow")
@@ -37,11 +38,11 @@ USERNAME = "admin"  # the simple auth manager's generated admin, the only login 
 FINISHED = frozenset({"success", "failed"})
 
 
-class StackError(RuntimeError):
+class StackError(ProjectError, RuntimeError):
     """Airflow refused what was asked of it, or did not answer in time; the message says why."""
 
 
-class StandaloneExited(RuntimeError):
+class StandaloneExited(ProjectError, RuntimeError):
     """`airflow standalone` died while starting; the message carries its log's tail."""
 
 

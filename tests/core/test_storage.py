@@ -111,10 +111,13 @@ def test_gcs_round_trip_on_the_emulator(gcs_bucket: str, tmp_path: Path) -> None
 
 @pytest.mark.integration
 def test_gcs_missing_object_raises_not_found(gcs_bucket: str) -> None:
-    from google.api_core.exceptions import NotFound
-
-    with pytest.raises(NotFound):
+    with pytest.raises(storage.NotFound, match=f"{gcs_bucket}/nothing/here does not exist"):
         storage.read_bytes(f"{gcs_bucket}/nothing/here")
+
+
+def test_a_missing_local_file_is_named_as_a_missing_object_is(tmp_path: Path) -> None:
+    with pytest.raises(storage.NotFound, match=f"{tmp_path}/nothing does not exist"):
+        storage.read_bytes(str(tmp_path / "nothing"))
 
 
 def test_gcs_uri_without_bucket_is_refused() -> None:
