@@ -238,6 +238,32 @@ class RunConfig(BatchParams, TrainingParams, StagingParams, DataLocation):
         return join_uri(self.data_bucket, area, safe_name(run_id))
 
 
+class PodSize(BaseModel):
+    """What the scheduler reserves for a container (requests) and the memory past which it is
+    killed (limit). Set one as JSON, e.g. DOGS_CATS_TRAINING_POD_GPU='{"cpu": "8", ...}'."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: str
+    memory: str
+    memory_limit: str
+    ephemeral_storage: str = ""
+    ephemeral_storage_limit: str = ""
+
+    def resources(self, gpus: int = 0) -> dict[str, dict[str, str]]:
+        """The container's `resources`, in the Kubernetes API's shape. GPUs are a limit:
+        Kubernetes schedules extended resources by their limits."""
+        requests = {"cpu": self.cpu, "memory": self.memory}
+        limits = {"memory": self.memory_limit}
+        if self.ephemeral_storage:
+            requests["ephemeral-storage"] = self.ephemeral_storage
+        if self.ephemeral_storage_limit:
+            limits["ephemeral-storage"] = self.ephemeral_storage_limit
+        if gpus:
+            limits["nvidia.com/gpu"] = str(gpus)
+        return {"requests": requests, "limits": limits}
+
+
 class Environment(BaseSettings):
     """Deployment-level settings, read from DOGS_CATS_* environment variables."""
 
@@ -308,6 +334,43 @@ class Environment(BaseSettings):
         validation_alias="STORAGE_EMULATOR_HOST",
         description="A GCS emulator the pods use too (the cluster's fake-gcs-server); empty on real GCS.",
     )
+    # Pod sizes, one per pod and flavour: the GPU one where gpus > 0, else the CPU one.
+    training_pod_gpu: PodSize = Field(
+        default=PodSize(cpu="4", memory="16Gi", memory_limit="24Gi"),
+        description="Training beside a GPU: CPU and memory enough that the input pipeline keeps it fed.",
+    )
+    training_pod_cpu: PodSize = Field(
+        default=PodSize(cpu="1", memory="2Gi", memory_limit="8Gi"),
+        description="Training on CPUs: requests small enough for a 2-core node (`make cluster`'s).",
+    )
+    build_pod_gpu: PodSize = Field(
+        default=PodSize(
+            cpu="2",
+            memory="4Gi",
+            memory_limit="8Gi",
+            ephemeral_storage="40Gi",
+            ephemeral_storage_limit="60Gi",
+        ),
+        description="Building the NGC-based image: BuildKit pulls, unpacks and pushes a ~10 GB base.",
+    )
+    build_pod_cpu: PodSize = Field(
+        default=PodSize(
+            cpu="500m",
+            memory="512Mi",
+            memory_limit="4Gi",
+            ephemeral_storage="4Gi",
+            ephemeral_storage_limit="12Gi",
+        ),
+        description="Building the CPU image: a ~1 GB runtime base, requests small enough for a 2-core node.",
+    )
+    triton_pod_gpu: PodSize = Field(
+        default=PodSize(cpu="2", memory="8Gi", memory_limit="16Gi"),
+        description="Triton on a GPU node; the memory limit keeps a leak from taking the node down with it.",
+    )
+    triton_pod_cpu: PodSize = Field(
+        default=PodSize(cpu="500m", memory="1Gi", memory_limit="4Gi"),
+        description="Triton's CPU image: small requests, so it fits beside the rest on a small node.",
+    )
     serving_name: str = "dogs-cats-triton"
     serving_replicas: int = Field(default=2, ge=1)
     serving_max_replicas: int = Field(default=0, ge=0, description="Above serving_replicas adds an HPA.")
@@ -325,6 +388,11 @@ class Environment(BaseSettings):
         default="", description="Standing input that dogs_cats_batch re-classifies after each deployment."
     )
     batch_output: str = Field(default="", description="Where dogs_cats_batch writes, one folder per run.")
+
+    def pod_size(self, pod: Literal["training", "build", "triton"]) -> PodSize:
+        """The size of one of the platform's pods, for this deployment's flavour (GPU or CPU)."""
+        size: PodSize = getattr(self, f"{pod}_pod_{'gpu' if self.gpus else 'cpu'}")
+        return size
 
 
 def gpu_node_labels(environment: Environment) -> dict[str, str]:

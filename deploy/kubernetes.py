@@ -29,6 +29,7 @@ class ServingSpec:
     gpu_node_labels: dict[str, str]
     model_name: str
     model_version: int
+    resources: dict[str, dict[str, str]]  # the Triton container's requests and limits
     gpus: int = 1  # 0: a CPU node, the CPU Triton image
 
     @classmethod
@@ -45,6 +46,7 @@ class ServingSpec:
             gpu_node_labels=gpu_node_labels(environment),
             model_name=model_name,
             model_version=model_version,
+            resources=environment.pod_size("triton").resources(environment.gpus),
             gpus=environment.gpus,
         )
 
@@ -71,18 +73,6 @@ def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
         "periodSeconds": period_s,
         "failureThreshold": failures,
         "timeoutSeconds": 5,
-    }
-
-
-def _resources(gpus: int) -> dict[str, Any]:
-    if not gpus:
-        # A CPU node (the CPU Triton image): small requests, so it fits beside the rest.
-        return {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
-    return {
-        "requests": {"cpu": "2", "memory": "8Gi"},
-        # Kubernetes schedules GPUs by limit; the memory limit keeps a leak from
-        # taking the node down with it.
-        "limits": {"nvidia.com/gpu": str(gpus), "memory": "16Gi"},
     }
 
 
@@ -117,7 +107,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
         # ones to a terminating pod until kube-proxy has dropped it (refused, seen on the
         # cluster test): keep serving a while first. Kubernetes' own sleep, no binary needed.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_S}}},
-        "resources": _resources(spec.gpus),
+        "resources": spec.resources,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,

@@ -58,17 +58,6 @@ def _storage_env(environment: Environment) -> list[k8s.V1EnvVar]:
     return [k8s.V1EnvVar(name="STORAGE_EMULATOR_HOST", value=environment.storage_emulator_host)]
 
 
-def _training_resources(gpus: int) -> k8s.V1ResourceRequirements:
-    if not gpus:
-        # A CPU node: TensorFlow on its cores; requests small enough for a 2-core node.
-        return k8s.V1ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "8Gi"})
-    # The GPU is a limit (Kubernetes schedules extended resources by limits);
-    # CPU and memory requests keep the input pipeline from being starved.
-    return k8s.V1ResourceRequirements(
-        requests={"cpu": "4", "memory": "16Gi"}, limits={"nvidia.com/gpu": str(gpus), "memory": "24Gi"}
-    )
-
-
 class TrainingPodOperator(KubernetesPodOperator):
     """`python -m training train` in a GPU pod, with defaults learnt the hard way.
 
@@ -86,7 +75,9 @@ class TrainingPodOperator(KubernetesPodOperator):
             "name": "dogs-cats-train",
             "image": environment.training_image,
             "cmds": ["python", "-m", "training", "train"],
-            "container_resources": _training_resources(environment.gpus),
+            "container_resources": k8s.V1ResourceRequirements(
+                **environment.pod_size("training").resources(environment.gpus)
+            ),
             "env_vars": _storage_env(environment),
             # Land on GPU nodes, and tolerate the taint GKE puts on them (none without GPUs).
             "node_selector": gpu_node_labels(environment),
@@ -104,20 +95,6 @@ class TrainingPodOperator(KubernetesPodOperator):
         assert isinstance(self.plan, RunPlan), f"the plan was not rendered: {self.plan!r}"
         self.arguments = to_arguments(self.plan.training)
         return super().build_pod_request_obj(context, dry_run=dry_run)
-
-
-def _build_resources(gpus: int) -> k8s.V1ResourceRequirements:
-    if not gpus:
-        # The CPU runtime base is ~1 GB; requests small enough for a 2-core node.
-        return k8s.V1ResourceRequirements(
-            requests={"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "4Gi"},
-            limits={"memory": "4Gi", "ephemeral-storage": "12Gi"},
-        )
-    # The NGC base image is ~10 GB: BuildKit pulls, unpacks and pushes it.
-    return k8s.V1ResourceRequirements(
-        requests={"cpu": "2", "memory": "4Gi", "ephemeral-storage": "40Gi"},
-        limits={"memory": "8Gi", "ephemeral-storage": "60Gi"},
-    )
 
 
 def _builder_security(environment: Environment) -> k8s.V1SecurityContext:
@@ -202,7 +179,8 @@ class ImageBuildPodOperator(KubernetesPodOperator):
             "cmds": ["buildctl-daemonless.sh"],
             "env_vars": env_vars,
             "container_security_context": _builder_security(environment),
-            "container_resources": _build_resources(environment.gpus),
+            # The build needs no GPU: gpus picks the NGC or the CPU flavour it builds.
+            "container_resources": k8s.V1ResourceRequirements(**environment.pod_size("build").resources()),
             "volumes": volumes,
             "volume_mounts": volume_mounts,
             # Pulling a 10 GB base image on a fresh node takes minutes.

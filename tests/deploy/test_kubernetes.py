@@ -37,8 +37,8 @@ def test_deployment_serves_the_image_on_a_gpu_with_triton_s_health_probes() -> N
     # A terminating pod keeps serving until the Service has stopped sending it connections.
     assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"] == Environment().triton_pod_gpu.resources(gpus=1)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["requests"]["memory"]
     shm = next(volume for volume in pod["volumes"] if volume["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]

@@ -116,6 +116,8 @@ def test_build_pod_fetches_the_context_and_pushes_the_tagged_image() -> None:
     assert builder["command"] == ["buildctl-daemonless.sh"]
     assert "--output=type=image,name=registry.example/dogs-cats-triton:v3-abc,push=true" in builder["args"]
     assert "--local=context=/workspace/context" in builder["args"]
+    # No GPU for the build: the GPU flavour's size, for the ~10 GB NGC base it pulls.
+    assert builder["resources"] == Environment().build_pod_gpu.resources()
     credentials = next(v for v in pod["spec"]["volumes"] if v["name"] == "registry-credentials")
     assert credentials["secret"]["secretName"] == "push-creds"
     assert pod["metadata"]["namespace"] == "ml"
@@ -188,3 +190,18 @@ def test_build_pod_takes_its_context_and_image_from_templates() -> None:
     pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
     assert pod["spec"]["initContainers"][0]["env"] == [{"name": "CONTEXT_URI", "value": "gs://b/c.tar.gz"}]
     assert "--output=type=image,name=r/i:v1-d,push=true" in pod["spec"]["containers"][0]["args"]
+
+
+def test_pod_sizes_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pod's size is a typed setting (one per pod and flavour), set as JSON in the environment."""
+    monkeypatch.setenv("DOGS_CATS_TRAINING_POD_GPU", '{"cpu": "8", "memory": "32Gi", "memory_limit": "48Gi"}')
+    (gpu,) = _pod()["spec"]["containers"]
+    assert gpu["resources"] == {
+        "requests": {"cpu": "8", "memory": "32Gi"},
+        "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"},
+    }
+    (cpu,) = _pod(gpus=0)["spec"]["containers"]
+    assert cpu["resources"] == Environment().training_pod_cpu.resources()
+    monkeypatch.setenv("DOGS_CATS_TRAINING_POD_CPU", '{"cpu": "1", "memory": "2Gi"}')
+    with pytest.raises(ValueError, match="memory_limit"):
+        Environment()
