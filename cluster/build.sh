@@ -14,7 +14,7 @@ fi
 # The Go that builds them: GO_VERSION, which an older go (1.21+) fetches through the module proxy.
 GOTOOLCHAIN=$(cd "$here/.." && python3 -m cluster.preflight toolchain)
 export GOTOOLCHAIN
-[[ $GOTOOLCHAIN == local ]] || echo "Go $(GOTOOLCHAIN=local go env GOVERSION) is older than $GO_VERSION: fetching $GOTOOLCHAIN"
+[[ $GOTOOLCHAIN == local ]] || echo "$(GOTOOLCHAIN=local go env GOVERSION) is older than go$GO_VERSION: the go command fetches $GOTOOLCHAIN"
 mkdir -p "$bin"
 build() {  # build <module folder> <output> [packages]: a static binary, stripped, versioned
   local folder=$1 output=$2; shift 2
