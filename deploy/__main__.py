@@ -1,9 +1,11 @@
-"""`python -m deploy {serve,status,stop,unpack-context}`: manage the local tritonserver the DAG deploys to.
+"""`python -m deploy {serve,status,stop,manifests,unpack-context}`: the served model.
 
-`serve` starts it again (after a reboot, say) on the repository last deployed,
-or the one given, with the newest version of each model; `status` shows the
-server and what it serves. `unpack-context URI FOLDER` is the cluster path's
-image build pod fetching its build context from the bucket.
+`serve` starts the local tritonserver again (after a reboot, say) on the
+repository last deployed, or the one given, with the newest version of each
+model; `status` shows the server and what it serves. `manifests --image REF
+--model-version N` prints, as YAML, what the kubernetes deploy task applies for
+the current DOGS_CATS_* settings (`... | kubectl diff -f -`). `unpack-context
+URI FOLDER` is the cluster path's image build pod fetching its build context.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from core.constants import MODEL_NAME
 from core.errors import reports_errors
 from core.settings import Environment
 from deploy.local_triton import serve, served_models, server_from_environment
@@ -23,14 +26,22 @@ from deploy.local_triton import serve, served_models, server_from_environment
 @reports_errors("python -m deploy")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy")
-    parser.add_argument("command", choices=["serve", "status", "stop", "unpack-context"])
+    parser.add_argument("command", choices=["serve", "status", "stop", "manifests", "unpack-context"])
     parser.add_argument("context", nargs="*", help="unpack-context: the context's URI and a folder")
     parser.add_argument(
         "--repository",
         default="",
         help="serve: a model repository (folder or gs://); default: the last deployed",
     )
+    parser.add_argument("--image", help="manifests: the Triton image the Deployment runs")
+    parser.add_argument("--model-version", type=int, help="manifests: the model version that image serves")
+    parser.add_argument("--model", default=MODEL_NAME, help="manifests: the model's name")
     args = parser.parse_args(argv)
+    if args.command == "manifests":
+        if not args.image or args.model_version is None:
+            parser.error("manifests takes --image and --model-version")
+        print(manifests_yaml(Environment(), args.image, args.model, args.model_version), end="")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "unpack-context":
         from deploy.image import unpack_build_context
@@ -55,6 +66,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print("stopped" if server.stop() else "no local tritonserver was running")
     return 0
+
+
+def manifests_yaml(environment: Environment, image: str, model_name: str, model_version: int) -> str:
+    """The serving manifests as the deploy task applies them, as YAML documents in apply order."""
+    import yaml
+
+    from deploy.kubernetes import ServingSpec, retired_manifests, serving_manifests
+
+    spec = ServingSpec.from_environment(
+        environment, image=image, model_name=model_name, model_version=model_version
+    )
+    retired = ", ".join(f"{m['kind']}/{m['metadata']['name']}" for m in retired_manifests(spec))
+    header = "# What the deploy task server-side applies, in this order"
+    header += f"; it first deletes, if present: {retired}\n" if retired else "\n"
+    return header + yaml.safe_dump_all(serving_manifests(spec), sort_keys=False, explicit_start=True)
 
 
 if __name__ == "__main__":

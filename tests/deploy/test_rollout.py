@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s_client
 
 from core.settings import Environment
+from deploy.__main__ import main as deploy_main
 from deploy.kubernetes import ServingSpec, retired_manifests, serving_manifests
 from deploy.rollout import (
     FIELD_MANAGER,
@@ -257,3 +259,21 @@ def test_delete_removes_the_named_object_and_tolerates_its_absence(api_server: s
         "/apis/autoscaling/v2/namespaces/dogs-cats/horizontalpodautoscalers/dogs-cats-triton",
         "/apis/autoscaling/v2/namespaces/dogs-cats/horizontalpodautoscalers/missing",
     ]
+
+
+@pytest.mark.parametrize("max_replicas", [0, 4])
+def test_the_printed_manifests_are_what_the_deploy_task_applies(
+    smoke_images: Path, max_replicas: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m deploy manifests` against the objects start_serving sends to the API server."""
+    monkeypatch.setenv("DOGS_CATS_PLATFORM", "kubernetes")
+    monkeypatch.setenv("DOGS_CATS_SERVING_MAX_REPLICAS", str(max_replicas))
+    image = "r/dogs-cats-triton:v7"
+    assert deploy_main(["manifests", "--image", image, "--model-version", "7", "--model", "m"]) == 0
+    printed = capsys.readouterr().out
+    cluster = FakeCluster()
+    start_serving(
+        cluster, RepositoryVersion("r", "m", 7, "onnxruntime", 8), image, str(smoke_images), Environment()
+    )
+    assert list(yaml.safe_load_all(printed)) == cluster.applied
+    assert ("deletes, if present: HorizontalPodAutoscaler/dogs-cats-triton" in printed) is (max_replicas == 0)
