@@ -23,7 +23,7 @@ from pathlib import Path
 from core import storage
 from core.constants import ensemble_name, preprocess_name
 from core.settings import Environment, join_uri
-from model_repository import Flavour
+from model_repository.config import Flavour
 from model_repository.repository import RepositoryVersion
 
 PACKAGING = Path(__file__).resolve().parents[1] / "packaging"

@@ -13,19 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from importlib import resources
 
 from core import storage
 from core.constants import INT8_MODEL_FILE, LABELS_FILE, ensemble_name, preprocess_name
 from core.settings import Precision, join_uri
-from model_repository import (
-    Flavour,
-    config_pbtxt,
-    ensemble_config_pbtxt,
-    preprocess_config_pbtxt,
-    preprocess_imports,
-    preprocess_model,
-    python_backend_model,
-)
+from model_repository.config import Flavour, config_pbtxt, ensemble_config_pbtxt, preprocess_config_pbtxt
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +138,24 @@ def packaged_version(repository_uri: str, model_name: str, source: str) -> int |
 def _source_marker(model_uri: str, precision: Precision) -> str:
     """What source.txt says: the model folder, plus the precision when it is not FP32."""
     return model_uri if precision == "fp32" else f"{model_uri} ({precision})"
+
+
+def _package_file(*parts: str) -> bytes:
+    return resources.files("model_repository").joinpath(*parts).read_bytes()
+
+
+def python_backend_model() -> bytes:
+    """Source of the python-backend model that runs model.onnx with ONNX Runtime."""
+    return _package_file("python_backend", "model.py")
+
+
+def preprocess_model() -> bytes:
+    """Source of the python-backend model that decodes encoded images."""
+    return _package_file("preprocess", "model.py")
+
+
+def preprocess_imports() -> dict[str, bytes]:
+    """The package the preprocessing model imports (`from core.images import ...`), by path
+    relative to its version folder, so the server decodes exactly as the client and staging do."""
+    core = resources.files("core")
+    return {f"core/{name}": core.joinpath(name).read_bytes() for name in ("__init__.py", "images.py")}

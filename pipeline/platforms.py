@@ -33,7 +33,7 @@ from airflow.sdk import BaseOperator, XComArg, task
 from core.errors import ProjectError
 from core.settings import Environment, PlatformName, ort_threads_per_instance, to_arguments, training_python
 from deploy import Endpoint
-from model_repository import Flavour
+from model_repository.config import Flavour
 from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
 from pipeline.plan import RunPlan

@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from client.triton import PROTOCOLS, Triton, model_info
 from harness.http_server import reply_json
-from model_repository import Flavour, config_pbtxt
+from model_repository.config import Flavour, config_pbtxt
 
 
 class _ServedConfig:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from core.constants import INPUT_NAME
 from core.settings import Environment
 from deploy.local_triton import (
     LocalTriton,
@@ -22,7 +23,6 @@ from deploy.local_triton import (
     server_from_environment,
 )
 from harness.data import REPO_ROOT
-from model_repository import INPUT_NAME
 from model_repository.repository import package_model
 
 

@@ -7,14 +7,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from harness.data import fake_model
-from model_repository import (
-    config_pbtxt,
-    preferred_batch_sizes,
+from model_repository.config import config_pbtxt, preferred_batch_sizes
+from model_repository.repository import (
+    existing_versions,
+    package_model,
     preprocess_imports,
     preprocess_model,
     python_backend_model,
 )
-from model_repository.repository import existing_versions, package_model
 
 
 def parsed(config_pbtxt: str) -> pb.ModelConfig:
