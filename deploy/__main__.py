@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "unpack-context":
-        from deploy.image import unpack_build_context
+        from triton_image.context import unpack_build_context
 
         if len(args.context) != 2:
             parser.error("unpack-context takes the context's URI and a folder")

@@ -162,7 +162,7 @@ class KubernetesPlatform:
         # A dict, so Airflow pushes one XCom per key for the pod's templated fields to pull.
         @task(task_id="build_context")
         def build_context(version: RepositoryVersion, plan: RunPlan) -> dict[str, Any]:
-            from deploy.image import upload_build_context
+            from triton_image.context import upload_build_context
 
             return upload_build_context(version, plan.images_uri, environment, flavour).to_dict()
 

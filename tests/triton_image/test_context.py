@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from core.settings import Environment
-from deploy.image import (
+from harness.data import fake_model
+from harness.tools import hadolint
+from model_repository.repository import RepositoryVersion, package_model
+from triton_image.context import (
     DOCKERFILE,
     DOCKERFILES,
     context_files,
@@ -19,9 +22,6 @@ from deploy.image import (
     unpack_build_context,
     upload_build_context,
 )
-from harness.data import fake_model
-from harness.tools import hadolint
-from model_repository.repository import RepositoryVersion, package_model
 
 
 def test_dockerfile_passes_hadolint() -> None:

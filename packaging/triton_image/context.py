@@ -26,7 +26,7 @@ from core.settings import Environment, join_uri
 from model_repository.config import Flavour
 from model_repository.repository import RepositoryVersion
 
-PACKAGING = Path(__file__).resolve().parents[1] / "packaging"
+PACKAGING = Path(__file__).resolve().parents[1]  # packaging/, the Dockerfiles' folder
 DOCKERFILE = PACKAGING / "Dockerfile"
 # The image each serving flavour runs on: the NGC image's ONNX Runtime backend (GPU nodes),
 # or the CPU runtime's python backend (packaging/Dockerfile.cpu-runtime).
