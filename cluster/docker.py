@@ -13,16 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.node import REGISTRY, ClusterError
+from cluster.node import REGISTRY, ClusterError, docker_process
 from cluster.versions import pinned
 
 BASE_IMAGE = "dogs-cats-base:bookworm"
@@ -83,20 +81,16 @@ class DockerEngine:
             "--exec-opt=native.cgroupdriver=cgroupfs",
             f"--data-root={self.root / 'data'}",
             f"--exec-root={self.root / 'exec'}",
-            f"--pidfile={self.root / 'dockerd.pid'}",
+            # Its own pid file in its exec root: dockerd refuses one that names a running process.
+            f"--pidfile={self.root / 'exec' / 'dockerd.pid'}",
             f"--host=unix://{self.socket}",
             "--bridge=none",
             "--iptables=false",
             "--ip-masq=false",
             f"--insecure-registry={REGISTRY}",
         ]
-        with (self.root / "dockerd.log").open("ab") as log:
-            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while not self.running():
-            if time.monotonic() > deadline:
-                raise ClusterError(f"dockerd did not start; see {self.root / 'dockerd.log'}")
-            time.sleep(0.5)
+        docker_process(self.root).start(command)
+        docker_process(self.root).wait_until_ready(self.running, timeout_s, ClusterError)
 
     @contextlib.contextmanager
     def started(self) -> Iterator[DockerEngine]:
@@ -108,15 +102,7 @@ class DockerEngine:
             self.stop()
 
     def stop(self) -> bool:
-        pid_file = self.root / "dockerd.pid"
-        if not pid_file.exists():
-            return False
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        return True
+        return docker_process(self.root).stop(grace_s=30)
 
     def has_image(self, reference: str) -> bool:
         return (

@@ -31,6 +31,7 @@ from cluster.images import push_binary_image
 from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
 from cluster.versions import pinned
 from core.errors import ProjectError
+from core.processes import Supervised, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -164,31 +165,19 @@ class Node:
         }
         for component in COMPONENTS:
             if self.pid(component) is None:
-                self._start(component, commands[component]())
+                log.info("starting %s", component)
+                self.process(component).start(commands[component]())
             self._wait_ready(component, timeout_s)
             if component == "registry":  # the sandbox image every pod starts with
                 push_binary_image(REGISTRY, PAUSE_IMAGE, pinned("PAUSE_TAG"), self.bin / "pause")
         self._wait_node_ready(timeout_s)
         self.env_file.write_text(f'export PATH="{self.bin}:$PATH" KUBECONFIG="{self.kubeconfig}"\n')
 
-    def _start(self, component: str, command: list[str]) -> None:
-        log.info("starting %s", component)
-        with self.log_file(component).open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pid_file(component).write_text(str(process.pid))
+    def process(self, component: str) -> Supervised:
+        return Supervised(component, self.pid_file(component), self.log_file(component))
 
     def pid(self, component: str) -> int | None:
-        try:
-            pid = int(self.pid_file(component).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if _running(pid) else None
+        return self.process(component).pid()
 
     def _wait_ready(self, component: str, timeout_s: float) -> None:
         probes = {
@@ -202,32 +191,25 @@ class Node:
             "kubelet": lambda: _http_ok("http://127.0.0.1:10248/healthz"),
             "kube-proxy": lambda: _http_ok("http://127.0.0.1:10256/healthz"),
         }
-        deadline = time.monotonic() + timeout_s
-        while not probes[component]():
-            if self.pid(component) is None:
-                raise ClusterError(f"{component} exited; last lines of its log:\n{self._tail(component)}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{component} not ready after {timeout_s:.0f} s:\n{self._tail(component)}")
-            time.sleep(0.5)
+        self.process(component).wait_until_ready(probes[component], timeout_s, ClusterError)
         log.info("%s is ready", component)
 
     def _wait_node_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             node = self.api_get(f"/api/v1/nodes/{NODE_NAME}")
             conditions = {
                 c["type"]: c["status"] for c in (node or {}).get("status", {}).get("conditions", [])
             }
-            if conditions.get("Ready") == "True":
-                return
-            time.sleep(1)
-        raise ClusterError(f"node {NODE_NAME} not Ready after {timeout_s:.0f} s:\n{self._tail('kubelet')}")
+            return conditions.get("Ready") == "True"
 
-    def _tail(self, component: str, lines: int = 25) -> str:
-        text = (
-            self.log_file(component).read_text(errors="replace") if self.log_file(component).exists() else ""
+        wait_for(
+            f"node {NODE_NAME} to be Ready",
+            ready,
+            timeout_s,
+            interval_s=1,
+            detail=self.process("kubelet").tail,
+            error=ClusterError,
         )
-        return "\n".join(text.splitlines()[-lines:])
 
     # -- the API, as the admin ----------------------------------------------------------------
 
@@ -593,19 +575,11 @@ state = "{folder / "state"}"
     def down(self) -> list[str]:
         """Stop every component (pods first), unmount, and undo the host changes; returns what stopped."""
         stopped: list[str] = []
-        docker = self.root / "docker" / "dockerd.pid"  # the image builder (cluster/docker.py)
-        if docker.exists():
-            with contextlib.suppress(ValueError):
-                if _running(docker_pid := int(docker.read_text())):
-                    _stop(docker_pid)
-                    stopped.append("dockerd")
-            docker.unlink(missing_ok=True)
+        if docker_process(self.root / "docker").stop(grace_s=30):  # the image builder (cluster/docker.py)
+            stopped.append("dockerd")
         for component in reversed(COMPONENTS):
-            pid = self.pid(component)
-            if pid is not None:
-                _stop(pid)
+            if self.process(component).stop(grace_s=20):
                 stopped.append(component)
-            self.pid_file(component).unlink(missing_ok=True)
         _stop_pods()
         _stop_shims(self.run / "containerd")
         self._unmount_all()
@@ -648,6 +622,11 @@ state = "{folder / "state"}"
         return {component: self.pid(component) for component in COMPONENTS}
 
 
+def docker_process(root: Path) -> Supervised:
+    """dockerd, the image builder of cluster/docker.py, started from its folder `root`."""
+    return Supervised("dockerd", root / "dockerd.pid", root / "dockerd.log")
+
+
 def node_from_environment() -> Node:
     default = Path(__file__).resolve().parent.parent / ".cluster"
     return Node(Path(os.environ.get("DOGS_CATS_CLUSTER_DIR", default)).resolve())
@@ -675,14 +654,6 @@ def _run(command: list[str]) -> None:
 
 def _sysctl(key: str) -> str:
     return Path("/proc/sys", key).read_text().strip()
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # Chains the cluster leaves in iptables: kube-proxy's and the kubelet's (KUBE-*), and the CNI
@@ -726,17 +697,6 @@ def cluster_chains() -> list[str]:
                 if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
             ]
     return found
-
-
-def _stop(pid: int, timeout_s: float = 20.0) -> None:
-    """SIGTERM the component's process group; SIGKILL what is left after `timeout_s`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _stop_pods() -> None:

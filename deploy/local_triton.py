@@ -15,10 +15,7 @@ import importlib.util
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -27,6 +24,7 @@ from pathlib import Path
 from core import storage
 from core.constants import ensemble_name
 from core.errors import ProjectError
+from core.processes import ProcessFailed, Supervised, running, wait_for
 from core.settings import Environment
 from deploy import Endpoint
 from model_repository.repository import RepositoryVersion
@@ -100,12 +98,18 @@ class LocalTriton:
     def state_file(self) -> Path:
         return self.state_dir / STATE_FILE
 
+    @property
+    def process(self) -> Supervised:
+        return Supervised(
+            "tritonserver", self.state_dir / "tritonserver.pid", self.state_dir / "tritonserver.log"
+        )
+
     def state(self) -> ServerState | None:
         """The running server's state, or None (a stale file is removed)."""
         if not self.state_file.exists():
             return None
         state = ServerState(**json.loads(self.state_file.read_text()))
-        if _alive(state.pid):
+        if running(state.pid):
             return state
         self.state_file.unlink()
         return None
@@ -128,7 +132,6 @@ class LocalTriton:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backends(self.state_dir / "backends")
         _stop_orphaned_stubs(backends)
-        log_file = self.state_dir / "tritonserver.log"
         command = [
             str(pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={repository}",
@@ -148,36 +151,22 @@ class LocalTriton:
         # The python backend stub takes its packages from the first python3 on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        with log_file.open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # outlive the task process that started it
-            )
+        pid = self.process.start(command, env)  # its own session: it outlives the task that started it
         state = ServerState(
-            pid=process.pid,
+            pid=pid,
             repository=str(repository),
             http_port=self.ports["http"],
             grpc_port=self.ports["grpc"],
             metrics_port=self.ports["metrics"],
-            log_file=str(log_file),
+            log_file=str(self.process.log_file),
         )
-        deadline = time.monotonic() + timeout_s
-        while not _ready(state.http_url):
-            if process.poll() is not None:
-                raise TritonError(
-                    f"tritonserver exited with code {process.returncode}; last log lines:\n" + _tail(log_file)
-                )
-            if time.monotonic() > deadline:
-                process.terminate()
-                process.wait(timeout=30)
-                raise TritonError(f"tritonserver not ready after {timeout_s:.0f} s:\n" + _tail(log_file))
-            time.sleep(0.2)
+        try:
+            self.process.wait_until_ready(lambda: _ready(state.http_url), timeout_s, TritonError)
+        except TritonError:
+            self.process.stop(grace_s=30, group=False)
+            raise
         self.state_file.write_text(json.dumps(asdict(state), indent=2))
-        log.info("tritonserver pid %d ready on http://%s", process.pid, state.http_url)
+        log.info("tritonserver pid %d ready on http://%s", pid, state.http_url)
         return state
 
     def load(self, state: ServerState, model_name: str, timeout_s: float) -> int:
@@ -197,23 +186,17 @@ class LocalTriton:
             client.close()
         version = served_models(state).get(model_name)
         if version is None:
-            raise TritonError(
-                f"{model_name} has no READY version after loading:\n" + _tail(Path(state.log_file))
-            )
+            raise TritonError(f"{model_name} has no READY version after loading:\n" + self.process.tail())
         return version
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """SIGTERM (Triton cleans its shared memory), SIGKILL as a last resort."""
+        """SIGTERM to the server alone (Triton stops its stubs and cleans its shared memory),
+        SIGKILL as a last resort, which leaves the stubs running: those are ended too."""
         state = self.state()
         if state is None:
             return False
-        os.kill(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(state.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(state.pid):
-            os.kill(state.pid, signal.SIGKILL)
-            _stop_orphaned_stubs(self.state_dir / "backends")  # SIGKILL leaves them running
+        self.process.stop(timeout_s, group=False)
+        _stop_orphaned_stubs(self.state_dir / "backends")
         self.state_file.unlink(missing_ok=True)
         log.info("stopped tritonserver pid %d", state.pid)
         return True
@@ -243,21 +226,6 @@ def _stop_orphaned_stubs(backends: Path) -> None:
                 (SHM_FOLDER / cmdline[2]).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers signal 0; reap it if it is ours.
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return finished == 0
-
-
 def _ready(http_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
@@ -269,18 +237,15 @@ def _ready(http_url: str) -> bool:
 def _ready_while_alive(state: ServerState, timeout_s: float) -> bool:
     """Whether the server answers ready within `timeout_s`; False as soon as its process
     is gone (a SIGKILLed server's pid outlives the signal for a moment)."""
-    deadline = time.monotonic() + timeout_s
-    while not _ready(state.http_url):
-        if time.monotonic() > deadline or not _alive(state.pid):
-            return False
-        time.sleep(0.5)
+
+    def gone() -> str | None:
+        return None if running(state.pid) else f"tritonserver pid {state.pid} exited"
+
+    try:
+        wait_for(f"tritonserver on {state.http_url}", lambda: _ready(state.http_url), timeout_s, failed=gone)
+    except ProcessFailed:
+        return False
     return True
-
-
-def _tail(log_file: Path, lines: int = 30) -> str:
-    if not log_file.exists():
-        return "(no log)"
-    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
 def served_models(state: ServerState) -> dict[str, int]:

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.processes import group_running
 from deploy.local_triton import LocalTriton
 from harness.data import REPO_ROOT
 from harness.serving import free_port
 from pipeline.plan import RunPlan
-from pipeline.stack import AirflowApi, AirflowStack, group_alive
+from pipeline.stack import AirflowApi, AirflowStack
 
 
 @contextmanager
@@ -37,7 +38,7 @@ def running_stack(root: Path, **environment: str) -> Iterator[AirflowStack]:
     finally:
         stack.stop()
         LocalTriton(root / "state", **triton).stop()
-        if stack.stopped_group is not None and group_alive(stack.stopped_group):
+        if stack.stopped_group is not None and group_running(stack.stopped_group):
             raise AssertionError(f"Airflow's process group {stack.stopped_group} outlived stop()")
 
 

@@ -25,8 +25,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
+from core import processes
 from core.errors import ProjectError
 from core.settings import Environment
 
@@ -38,6 +39,9 @@ USERNAME = "admin"  # the simple auth manager's generated admin, the only login 
 FINISHED = frozenset({"success", "failed"})
 
 
+T = TypeVar("T")
+
+
 class StackError(ProjectError, RuntimeError):
     """Airflow refused what was asked of it, or did not answer in time; the message says why."""
 
@@ -46,18 +50,17 @@ class StandaloneExited(ProjectError, RuntimeError):
     """`airflow standalone` died while starting; the message carries its log's tail."""
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 2.0) -> Any:
-    """Poll `check` until it returns something truthy; errors while polling count as not yet."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, urllib.error.URLError, StackError):
-            result = None
-        if result:
-            return result
-        time.sleep(interval_s)
-    raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float, interval_s: float = 2.0) -> T:
+    """Poll `check` until it returns something truthy; Airflow's API failing while polling
+    (not up yet, a 404 before the dag-processor has parsed) counts as not yet."""
+    return processes.wait_for(
+        what,
+        check,
+        timeout_s,
+        interval_s=interval_s,
+        tolerate=(OSError, urllib.error.URLError, StackError),
+        error=StackError,
+    )
 
 
 @dataclass
@@ -176,14 +179,13 @@ class AirflowStack:
         password: str = passwords[USERNAME]
         return password
 
+    @property
+    def process(self) -> processes.Supervised:
+        return processes.Supervised("airflow standalone", self.home / PID_FILE, self.log_file)
+
     def pid(self) -> int | None:
         """The standalone process still running from an earlier start, if any."""
-        try:
-            pid = int((self.home / PID_FILE).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        stat = _stat(Path(f"/proc/{pid}"))
-        return pid if stat is not None and stat[0] != "Z" else None
+        return self.process.pid()
 
     def start(self, timeout_s: float = 240.0) -> None:
         """Migrate the metadata DB and start standalone, unless it already runs; wait for the API."""
@@ -194,26 +196,26 @@ class AirflowStack:
             )
             if migrated.returncode != 0:
                 raise StackError(f"airflow db migrate failed:\n{migrated.stderr[-3000:]}")
-            with self.log_file.open("ab") as log:
-                process = subprocess.Popen(
-                    [str(AIRFLOW), "standalone"],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # its own process group, stopped as one
-                )
-            (self.home / PID_FILE).write_text(str(process.pid))
+            self.process.start([str(AIRFLOW), "standalone"], env=self.env)
         api = self.api()
 
         def up() -> bool:
-            if self.pid() is None:
-                raise StandaloneExited(
-                    f"airflow standalone exited; last lines of {self.log_file}:\n{self._tail()}"
-                )
             return (self.home / PASSWORDS_FILE).exists() and api.healthy()
 
-        wait_for(f"Airflow's API on {self.base_url}", up, timeout_s)
+        def exited() -> str | None:
+            if self.pid() is not None:
+                return None
+            return f"airflow standalone exited; last lines of {self.log_file}:\n{self.process.tail(40)}"
+
+        processes.wait_for(
+            f"Airflow's API on {self.base_url}",
+            up,
+            timeout_s,
+            interval_s=2.0,
+            failed=exited,
+            tolerate=(OSError, urllib.error.URLError, StackError),
+            error=StandaloneExited,
+        )
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> None:
         """Wait until the dag-processor has parsed `dag_id`, then make sure it is unpaused."""
@@ -232,42 +234,11 @@ class AirflowStack:
         triggerer waiting (and SIGTERM would orphan the LocalExecutor's workers);
         the group SIGKILL takes every one of them. Processes a task started in a
         session of their own (the local tritonserver) are not in the group."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        self.stopped_group = pid
-        os.killpg(pid, signal.SIGINT)
-        for signal_after_grace in (signal.SIGKILL, None):
-            deadline = time.monotonic() + grace_s
-            while group_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            if signal_after_grace is not None and group_alive(pid):
-                os.killpg(pid, signal_after_grace)
-        (self.home / PID_FILE).unlink(missing_ok=True)
-        return True
-
-    def _tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        self.stopped_group = self.pid()
+        return self.process.stop(grace_s, first=signal.SIGINT)
 
     def run_url(self, dag_id: str, run_id: str) -> str:
         return f"{self.base_url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"
-
-
-def _stat(process: Path) -> list[str] | None:
-    """A /proc/<pid> entry's state, ppid, pgrp, ... fields; None once it is gone."""
-    try:
-        return (process / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def group_alive(group: int) -> bool:
-    """Whether any process of the group still runs (zombies, which no signal moves, do not count)."""
-    for process in Path("/proc").glob("[0-9]*"):
-        stat = _stat(process)
-        if stat is not None and int(stat[2]) == group and stat[0] != "Z":
-            return True
-    return False
 
 
 def stack_from_environment() -> AirflowStack:

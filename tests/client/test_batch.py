@@ -31,8 +31,10 @@ from client.batch import (
     write_shards,
 )
 from core.images import decode_rgb
+from core.processes import wait_for
 from deploy.local_triton import SHM_FOLDER, SHM_REGION_PREFIX
 from harness.data import IMAGE_KINDS, REPO_ROOT, write_image_kinds, write_images
+from harness.http_server import gated_proxy
 from harness.serving import free_port, serving_model_folder
 
 QUICK = RetryPolicy(attempts=2, first_delay_s=0.001)
@@ -201,21 +203,22 @@ def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
 def test_a_client_killed_mid_run_resumes_with_every_image_exactly_once(
     served_model: dict, tmp_path: Path
 ) -> None:
-    # 600 images in parts of 256: when the first part lands, a whole part and more are still to
-    # go (with 300, the 44 left ran out within the 50 ms poll on a server answering at once).
-    images = write_images(tmp_path / "in", per_class=300, size=40)
+    # Behind a proxy that holds the 261st inference: the first part (256 images) is written, the
+    # client can finish nothing more, and it is killed there, however fast the server answers.
+    images = write_images(tmp_path / "in", per_class=150, size=40)
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "client", "--url", served_model["url"], "batch", "--input", str(images),
-               "--output", str(output), "--concurrency", "1", "--batch-size", "1"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (output / "parts" / "part-00000.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    with gated_proxy(served_model["url"], pass_infers=260) as proxy:
+        command = [sys.executable, "-m", "client", "--url", proxy.url, "batch", "--input", str(images),
+                   "--output", str(output), "--concurrency", "1", "--batch-size", "1"]  # fmt: skip
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for("the client to reach the gate", proxy.holding.is_set, 300, interval_s=0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
     assert (output / "parts" / "part-00000.json").exists()
+    assert not (output / "parts" / "part-00001.json").exists()
     assert not (output / "predictions.jsonl").exists()
 
+    command[command.index(proxy.url)] = served_model["url"]
     rerun = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads((output / "report.json").read_text())
@@ -239,8 +242,7 @@ def test_a_server_that_stays_down_ends_the_run_clearly_and_keeps_finished_parts(
         assert state is not None
 
         def kill_once_parts_appear() -> None:
-            while not (output / "parts" / "part-00002.json").exists():
-                time.sleep(0.01)
+            wait_for("the third part", (output / "parts" / "part-00002.json").exists, 300, interval_s=0.01)
             machine = psutil.Process(state.pid)
             stubs = machine.children(recursive=True)
             regions = [stub.cmdline()[2] for stub in stubs]
@@ -303,8 +305,8 @@ def test_retries_ride_out_a_server_restart(trained_model: str, tmp_path: Path) -
     regions: list[str] = []  # the stubs' shared-memory regions, named in their command lines
 
     def restart_once_parts_appear() -> None:
-        while not (tmp_path / "restarted" / "parts" / "part-00002.json").exists():
-            time.sleep(0.01)
+        third = tmp_path / "restarted" / "parts" / "part-00002.json"
+        wait_for("the third part", third.exists, 300, interval_s=0.01)
         regions.extend(p.cmdline()[2] for p in psutil.Process(state.pid).children())
         outage["down"] = time.time()
         os.kill(state.pid, signal.SIGKILL)  # no graceful drain: requests fail until it is back

@@ -158,7 +158,9 @@ def second_run(
         run = api.wait_until_finished(DAG, api.trigger(DAG, conf), 1500)
         # Until the old pod has exited: a kept-alive connection stays on it until then.
         wait_for("only the new pod", lambda: _serving_pods(node) == 1, 180)
-        time.sleep(3)
+        # Then answers on both kinds of connection with the old pod gone (the loop alternates).
+        answered = hammer.answered
+        wait_for("ten answers from the new pod alone", lambda: hammer.answered >= answered + 10, 120, 0.2)
     return {**run, "hammer": hammer}
 
 

@@ -7,6 +7,7 @@ the training image trains a model in a pod."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,4 +125,8 @@ def test_the_cpu_training_image_trains_a_model_in_a_pod(
     assert phase == "Succeeded", logs[-3000:]
     assert "validation accuracy" in logs, "its log reaches kubectl logs (the pod operator streams it)"
     assert (data / "model" / "model.onnx").is_file()
-    assert json.loads((data / "model" / "metrics.json").read_text())["val_accuracy"] >= 0
+    accuracy = json.loads((data / "model" / "metrics.json").read_text())["val_accuracy"]
+    logged = re.search(r"validation accuracy ([0-9.]+)%", logs)
+    assert logged is not None, logs[-3000:]
+    assert 0.0 <= accuracy <= 1.0
+    assert f"{accuracy:.2%}" == f"{logged.group(1)}%", "metrics.json holds what the pod reported"

@@ -24,6 +24,7 @@ from client.batch import BatchOptions, run_batch
 from client.triton import Triton, classify_encoded
 from core import storage
 from core.images import ImageDecodeError, decode_rgb
+from core.processes import wait_for
 from harness.data import REPO_ROOT, manifest_files, relative_files, write_image_kinds, write_images
 from harness.gcs import emulated_gcs_server
 from harness.serving import free_port
@@ -45,9 +46,7 @@ def test_staging_killed_midway_then_retried_matches_a_clean_run(tmp_path: Path) 
     killed = tmp_path / "killed"
     first = subprocess.Popen([*command, "--dataset-uri", str(killed)], env=env, cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while sum(1 for _ in killed.rglob("*.jpg")) < 50 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for("50 staged files", lambda: sum(1 for _ in killed.rglob("*.jpg")) >= 50, 120, interval_s=0.01)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     assert not (killed / "manifest.json").exists(), "killed before it finished"
@@ -71,11 +70,11 @@ def test_batch_into_gcs_rides_out_a_storage_outage(served_model: dict, tmp_path:
         output = f"{bucket}/predictions"
 
         def outage_once_parts_appear() -> None:
-            while not storage.exists(f"{output}/parts/part-00002.json"):
-                time.sleep(0.02)
+            third = f"{output}/parts/part-00002.json"
+            wait_for("the third part", lambda: storage.exists(third), 300, interval_s=0.02)
             server.stop()
             outage["down"] = time.time()
-            time.sleep(3)
+            time.sleep(3)  # the outage itself: the bucket stays away this long
             server.start()
             outage["up"] = time.time()
 

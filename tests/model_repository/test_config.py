@@ -11,31 +11,30 @@ from tritonclient.grpc import model_config_pb2 as pb
 from core.constants import MODEL_NAME
 from core.settings import RunConfig
 from harness.data import REPO_ROOT
-from model_repository.config import config_pbtxt, ensemble_config_pbtxt, preprocess_config_pbtxt
+from model_repository.config import Flavour, config_pbtxt, ensemble_config_pbtxt, preprocess_config_pbtxt
 
 REFERENCE = REPO_ROOT / "model_repository" / "reference"
 DEFAULTS = RunConfig(data_bucket="/unused")
 NUM_CLASSES = 2
 
+
+def _classifier(flavour: Flavour, instances: int = 1, ort_threads: int = 0) -> str:
+    return config_pbtxt(
+        flavour,
+        model_name=MODEL_NAME,
+        image_size=DEFAULTS.image_size,
+        num_classes=NUM_CLASSES,
+        max_batch_size=DEFAULTS.max_batch_size,
+        instances=instances,
+        ort_threads=ort_threads,
+    )
+
+
 WRITTEN = {
     # The local server on 2 cores: two instances of one ONNX Runtime thread each.
-    "dogs_cats.python.pbtxt": lambda: config_pbtxt(
-        "python",
-        model_name=MODEL_NAME,
-        image_size=DEFAULTS.image_size,
-        num_classes=NUM_CLASSES,
-        max_batch_size=DEFAULTS.max_batch_size,
-        instances=2,
-        ort_threads=1,
-    ),
+    "dogs_cats.python.pbtxt": lambda: _classifier("python", instances=2, ort_threads=1),
     # A GPU pod: one instance, ONNX Runtime's own threads.
-    "dogs_cats.onnxruntime.pbtxt": lambda: config_pbtxt(
-        "onnxruntime",
-        model_name=MODEL_NAME,
-        image_size=DEFAULTS.image_size,
-        num_classes=NUM_CLASSES,
-        max_batch_size=DEFAULTS.max_batch_size,
-    ),
+    "dogs_cats.onnxruntime.pbtxt": lambda: _classifier("onnxruntime"),
     "dogs_cats_preprocess.pbtxt": lambda: preprocess_config_pbtxt(
         model_name=MODEL_NAME, image_size=DEFAULTS.image_size, max_batch_size=DEFAULTS.max_batch_size
     ),
