@@ -40,7 +40,7 @@ BATCH = 8
 class _Worker:
     """One connection per thread; with `use_shm`, one registered region per thread too."""
 
-    def __init__(self, url: str, protocol: InferenceProtocol, use_shm: bool) -> None:
+    def __init__(self, url: str, protocol: InferenceProtocol, use_shm: bool, admin: dict[str, str]) -> None:
         self.module: Any = httpclient if protocol == "http" else grpcclient
         self.client = self.module.InferenceServerClient(url)
         self.binary = {"binary_data": True} if protocol == "http" else {}
@@ -49,7 +49,8 @@ class _Worker:
             self.name = f"bench-{uuid.uuid4().hex[:12]}"
             size = BATCH * IMAGE_SIZE * IMAGE_SIZE * 3
             self.region = shm.create_shared_memory_region(self.name, f"/{self.name}", size)
-            self.client.register_system_shared_memory(self.name, f"/{self.name}", size)
+            # Registering shared memory is one of Triton's control APIs: it takes the admin key.
+            self.client.register_system_shared_memory(self.name, f"/{self.name}", size, headers=admin)
 
     def classify(self, files: list[Path]) -> np.ndarray:
         images = np.stack([decode_rgb(path.read_bytes(), IMAGE_SIZE) for path in files])
@@ -71,7 +72,11 @@ class _Worker:
 
 
 def images_per_second(
-    files: list[Path], make_worker: Callable[[], _Worker], concurrency: int, http_url: str
+    files: list[Path],
+    make_worker: Callable[[], _Worker],
+    concurrency: int,
+    http_url: str,
+    admin: dict[str, str],
 ) -> float:
     workers: list[_Worker] = []
     local = threading.local()
@@ -91,9 +96,9 @@ def images_per_second(
             seconds = time.perf_counter() - started
     finally:
         # A tritonclient connection belongs to the thread that made it: unregister on a new one.
-        admin = httpclient.InferenceServerClient(http_url)
-        admin.unregister_system_shared_memory()
-        admin.close()
+        control = httpclient.InferenceServerClient(http_url)
+        control.unregister_system_shared_memory(headers=admin)
+        control.close()
         for worker in workers:
             worker.close()
     assert sum(len(answer) for answer in answers) == len(files)
@@ -130,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                         def worker(
                             protocol: InferenceProtocol = protocol, use_shm: bool = use_shm
                         ) -> _Worker:
-                            return _Worker(urls[protocol], protocol, use_shm)
+                            return _Worker(urls[protocol], protocol, use_shm, state.admin_headers(protocol))
 
-                        speed = images_per_second(files, worker, concurrency, urls["http"])
+                        speed = images_per_second(
+                            files, worker, concurrency, urls["http"], state.admin_headers()
+                        )
                         speeds.setdefault(name, []).append(speed)
                         ratios.setdefault(name, []).append(speed / ceiling)
                         print(f"round {round_number + 1}: {name}: {speed:.0f} img/s", file=sys.stderr)

@@ -16,6 +16,11 @@ BACKBONE_SIZE = 224  # the resolution efficientnet_lite0's ImageNet weights were
 
 # tritonserver's own defaults, kept on every platform so a client needs no port map.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+# Triton's APIs that change the server or write files (loading a model runs its code; trace
+# and logging settings name files), behind a header only the deployment holds. Inference,
+# health, metadata, model config and statistics stay open.
+ADMIN_KEY_HEADER = "dogs-cats-admin-key"
+RESTRICTED_TRITON_APIS = ("model-repository", "shared-memory", "trace", "logging")
 
 KAGGLE_CATS_AND_DOGS_URL = (
     "https://download.microsoft.com/download/3/E/1/"

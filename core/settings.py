@@ -372,6 +372,10 @@ class Environment(BaseSettings):
         description="Triton's CPU image: small requests, so it fits beside the rest on a small node.",
     )
     serving_name: str = "dogs-cats-triton"
+    triton_admin_secret: str = Field(
+        default="dogs-cats-triton-admin",
+        description="Secret with the key Triton's control APIs ask for; the deploy task creates it once.",
+    )
     serving_replicas: int = Field(default=2, ge=1)
     serving_max_replicas: int = Field(default=0, ge=0, description="Above serving_replicas adds an HPA.")
     serving_queue_time_target_us: int = Field(default=50_000, ge=1)

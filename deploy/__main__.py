@@ -20,7 +20,7 @@ from pathlib import Path
 from core.constants import MODEL_NAME
 from core.errors import reports_errors
 from core.settings import Environment
-from deploy.local_triton import serve, served_models, server_from_environment
+from deploy.local_triton import serve, server_from_environment
 
 
 @reports_errors("python -m deploy")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if state is None:
             print("no local tritonserver is running")
             return 1
-        print(json.dumps({**asdict(state), "models": served_models(state)}, indent=2))
+        print(json.dumps({**asdict(state), "models": server.served_models(state)}, indent=2))
         return 0
     print("stopped" if server.stop() else "no local tritonserver was running")
     return 0
@@ -78,8 +78,11 @@ def manifests_yaml(environment: Environment, image: str, model_name: str, model_
         environment, image=image, model_name=model_name, model_version=model_version
     )
     retired = ", ".join(f"{m['kind']}/{m['metadata']['name']}" for m in retired_manifests(spec))
-    header = "# What the deploy task server-side applies, in this order"
-    header += f"; it first deletes, if present: {retired}\n" if retired else "\n"
+    header = (
+        f"# What the deploy task server-side applies, in this order. It first creates, if absent,\n"
+        f"# Secret/{spec.admin_secret} (a random key for Triton's control APIs)"
+    )
+    header += f", and deletes, if present: {retired}\n" if retired else "\n"
     return header + yaml.safe_dump_all(serving_manifests(spec), sort_keys=False, explicit_start=True)
 
 

@@ -7,6 +7,7 @@ same thing. Each setting that is not obvious says why it is there.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ class ServingSpec:
     model_name: str
     model_version: int
     resources: dict[str, dict[str, str]]  # the Triton container's requests and limits
+    admin_secret: str  # the Secret holding the key Triton's control APIs ask for
     gpus: int = 1  # 0: a CPU node, the CPU Triton image
 
     @classmethod
@@ -47,6 +49,7 @@ class ServingSpec:
             model_name=model_name,
             model_version=model_version,
             resources=environment.pod_size("triton").resources(environment.gpus),
+            admin_secret=environment.triton_admin_secret,
             gpus=environment.gpus,
         )
 
@@ -65,6 +68,20 @@ class ServingSpec:
 
 
 PRE_STOP_SLEEP_S = 10
+ADMIN_KEY_SECRET_KEY = "admin-key"
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the images' command puts it in Triton's restricted-API flags
+
+
+def admin_key_secret(spec: ServingSpec) -> dict[str, Any]:
+    """The Secret the Triton pods read their admin key from: made once with a random key
+    (the deploy task creates it when absent and never overwrites it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {**spec.metadata(), "name": spec.admin_secret},
+        "type": "Opaque",
+        "stringData": {ADMIN_KEY_SECRET_KEY: secrets.token_urlsafe(32)},
+    }
 
 
 def _http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
@@ -107,6 +124,14 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
         # ones to a terminating pod until kube-proxy has dropped it (refused, seen on the
         # cluster test): keep serving a while first. Kubernetes' own sleep, no binary needed.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_S}}},
+        # Triton's control APIs (loading models, shared memory, trace and log files) ask for
+        # this key; the image's command refuses to start without it.
+        "env": [
+            {
+                "name": ADMIN_KEY_ENV,
+                "valueFrom": {"secretKeyRef": {"name": spec.admin_secret, "key": ADMIN_KEY_SECRET_KEY}},
+            }
+        ],
         "resources": spec.resources,
         "securityContext": {
             "runAsNonRoot": True,

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core import storage
-from core.constants import ensemble_name
+from core.constants import ADMIN_KEY_HEADER, RESTRICTED_TRITON_APIS, ensemble_name
 from core.errors import ProjectError
 from core.processes import ProcessFailed, Supervised, running, wait_for
 from core.settings import Environment
@@ -32,6 +33,7 @@ from model_repository.repository import RepositoryVersion
 log = logging.getLogger(__name__)
 
 STATE_FILE = "triton.json"
+ADMIN_KEY_FILE = "admin-key"  # mode 0600: the header value Triton's control APIs ask for
 LAST_DEPLOYED_FILE = "last_deployed.json"
 SHM_FOLDER = Path("/dev/shm")
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
@@ -54,6 +56,29 @@ class ServerState:
     @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """The header Triton's control APIs ask for, with the key kept beside the server's log.
+        Over gRPC Triton reads it as metadata named `triton-grpc-protocol-<header>`."""
+        name = ADMIN_KEY_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+        return {name: admin_key(Path(self.log_file).parent / ADMIN_KEY_FILE)}
+
+
+def admin_key(path: Path) -> str:
+    """The key in `path`, made (32 random bytes, URL-safe) the first time, readable by its owner alone."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def restricted_api_flags(key: str) -> list[str]:
+    """tritonserver's flags that put RESTRICTED_TRITON_APIS behind ADMIN_KEY_HEADER, on both protocols."""
+    setting = f"{','.join(RESTRICTED_TRITON_APIS)}:{ADMIN_KEY_HEADER}={key}"
+    return [f"--http-restricted-api={setting}", f"--grpc-restricted-protocol={setting}"]
 
 
 def pytriton_root() -> Path:
@@ -97,6 +122,12 @@ class LocalTriton:
     @property
     def state_file(self) -> Path:
         return self.state_dir / STATE_FILE
+
+    @property
+    def admin_key(self) -> str:
+        """The header value Triton's control APIs ask for: made once, kept in the state folder
+        (mode 0600), so only this user (and root) can load a model into the server."""
+        return admin_key(self.state_dir / ADMIN_KEY_FILE)
 
     @property
     def process(self) -> Supervised:
@@ -146,6 +177,7 @@ class LocalTriton:
             # CPU-only machine: no pinned memory pool, no GPU metrics.
             "--pinned-memory-pool-byte-size=0",
             "--allow-gpu-metrics=false",
+            *restricted_api_flags(self.admin_key),
         ]
         env = dict(os.environ)
         # The python backend stub takes its packages from the first python3 on PATH.
@@ -179,15 +211,33 @@ class LocalTriton:
 
         client = httpclient.InferenceServerClient(state.http_url, network_timeout=timeout_s)
         try:
-            client.load_model(model_name)
+            client.load_model(model_name, headers=state.admin_headers())
         except InferenceServerException as exc:
             raise TritonError(f"loading {model_name} failed: {exc.message()}") from exc
         finally:
             client.close()
-        version = served_models(state).get(model_name)
+        version = self.served_models(state).get(model_name)
         if version is None:
             raise TritonError(f"{model_name} has no READY version after loading:\n" + self.process.tail())
         return version
+
+    def served_models(self, state: ServerState) -> dict[str, int]:
+        """Each READY model with the newest version it serves, from the repository index."""
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        client = httpclient.InferenceServerClient(state.http_url, network_timeout=30)
+        try:
+            index = client.get_model_repository_index(headers=state.admin_headers())
+        except InferenceServerException as exc:
+            raise TritonError(f"reading the repository index failed: {exc.message()}") from exc
+        finally:
+            client.close()
+        served: dict[str, int] = {}
+        for entry in index:
+            if entry.get("state") == "READY" and entry.get("version"):
+                served[entry["name"]] = max(served.get(entry["name"], 0), int(entry["version"]))
+        return served
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """SIGTERM to the server alone (Triton stops its stubs and cleans its shared memory),
@@ -248,25 +298,6 @@ def _ready_while_alive(state: ServerState, timeout_s: float) -> bool:
     return True
 
 
-def served_models(state: ServerState) -> dict[str, int]:
-    """Each READY model with the newest version it serves, from the repository index."""
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
-    client = httpclient.InferenceServerClient(state.http_url, network_timeout=30)
-    try:
-        index = client.get_model_repository_index()
-    except InferenceServerException as exc:
-        raise TritonError(f"reading the repository index failed: {exc.message()}") from exc
-    finally:
-        client.close()
-    served: dict[str, int] = {}
-    for entry in index:
-        if entry.get("state") == "READY" and entry.get("version"):
-            served[entry["name"]] = max(served.get(entry["name"], 0), int(entry["version"]))
-    return served
-
-
 def server_from_environment(environment: Environment) -> LocalTriton:
     return LocalTriton(
         environment.state_dir,
@@ -309,17 +340,18 @@ def serve(environment: Environment, repository_uri: str = "") -> dict[str, int]:
         raise TritonError(f"{repository_uri} holds no model packaged by this project")
     for model_name in classifiers:
         _load_with_ensemble(server, state, model_name, environment)
-    return served_models(state)
+    return server.served_models(state)
 
 
 def served_endpoint(environment: Environment, model_name: str) -> Endpoint:
     """Where the local server answers for `model_name` now, and which version it serves."""
-    state = server_from_environment(environment).state()
+    server = server_from_environment(environment)
+    state = server.state()
     if state is None:
         raise TritonError(
             "no local tritonserver is running: run the dogs_cats DAG or `python -m deploy serve`"
         )
-    version = served_models(state).get(model_name)
+    version = server.served_models(state).get(model_name)
     if version is None:
         raise TritonError(f"the local tritonserver does not serve {model_name}")
     return _endpoint(state, model_name, version)

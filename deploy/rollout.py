@@ -24,7 +24,7 @@ from core.constants import GRPC_PORT, HTTP_PORT
 from core.errors import ProjectError
 from core.settings import Environment
 from deploy import Endpoint
-from deploy.kubernetes import ServingSpec, retired_manifests, serving_manifests
+from deploy.kubernetes import ServingSpec, admin_key_secret, retired_manifests, serving_manifests
 from model_repository.repository import RepositoryVersion
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ class ClusterApi(Protocol):
 
     def delete(self, manifest: dict[str, Any]) -> bool:
         """Delete the object `manifest` names; False when there was none."""
+        ...
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the object unless one of its name exists (kept as it is); False then."""
         ...
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
@@ -107,6 +111,25 @@ class KubernetesApi:
             )
         except ApiException as exc:
             if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api_client.call_api(
+                _plural_path(manifest).rsplit("/", 1)[0],
+                "POST",
+                header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                body=manifest,
+                response_types_map={201: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status == 409:  # AlreadyExists
                 return False
             raise
         return True
@@ -268,6 +291,10 @@ def start_serving(
     spec = ServingSpec.from_environment(
         environment, image=image, model_name=version.model_name, model_version=version.version
     )
+    if api.create(admin_key_secret(spec)):
+        log.info(
+            "created Secret %s/%s: the key Triton's control APIs ask for", spec.namespace, spec.admin_secret
+        )
     apply_all(api, serving_manifests(spec), retired_manifests(spec))
     return spec
 

@@ -40,6 +40,13 @@ class FakeCluster:
     def delete(self, manifest: dict[str, Any]) -> bool:
         return self.objects.pop((manifest["kind"], manifest["metadata"]["name"]), None) is not None
 
+    def create(self, manifest: dict[str, Any]) -> bool:
+        key = manifest["kind"], manifest["metadata"]["name"]
+        if key in self.objects:
+            return False
+        self.objects[key] = copy.deepcopy(manifest)
+        return True
+
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         assert self.deployment is not None
         self._advance()

@@ -6,8 +6,11 @@ the training image trains a model in a pod."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 
 from cluster.docker import DockerEngine, triton_cpu_image
 from cluster.node import Node
-from core.constants import MODEL_NAME
+from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
 from core.settings import Environment, to_arguments
 from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
 from harness.cluster import kubectl, project_images, running_cluster
@@ -67,6 +70,19 @@ def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
     assert cluster_ip.stdout.startswith("10.96.")
     # Both ways in (tensors and encoded bytes), the served version checked: what the deploy task runs.
     smoke_test(f"{cluster_ip.stdout}:8000", MODEL_NAME, version.version, smoke_images(smoke_uri))
+    # Triton's control APIs ask for the key in the Secret the deploy task made; inference did not.
+    secret = json.loads(
+        kubectl(node, "get", "secret", spec.admin_secret, "-n", spec.namespace, "-o", "json").stdout
+    )
+    key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    index = f"http://{cluster_ip.stdout}:8000/v2/repository/index"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(index, method="POST"), timeout=10)
+    assert refused.value.code == 403
+    with urllib.request.urlopen(
+        urllib.request.Request(index, method="POST", headers={ADMIN_KEY_HEADER: key}), timeout=10
+    ) as allowed:
+        assert allowed.status == 200
     user = kubectl(
         node,
         "get",

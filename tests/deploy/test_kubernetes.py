@@ -108,3 +108,16 @@ def test_autoscaler_only_when_asked_and_then_it_owns_the_replica_count() -> None
 def test_manifests_are_the_same_on_every_call() -> None:
     """Server-side apply of the same manifests is a no-op: a retried deploy changes nothing."""
     assert serving_manifests(_spec()) == serving_manifests(_spec())
+
+
+@pytest.mark.security
+def test_triton_pods_take_their_admin_key_from_the_secret() -> None:
+    (container,) = _by_kind(serving_manifests(_spec()))["Deployment"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["env"] == [
+        {
+            "name": "TRITON_ADMIN_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "dogs-cats-triton-admin", "key": "admin-key"}},
+        }
+    ]

@@ -3,19 +3,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from core.constants import INPUT_NAME
+from core.constants import INPUT_NAME, MODEL_NAME
 from core.settings import Environment
 from deploy.local_triton import (
+    ADMIN_KEY_FILE,
     LocalTriton,
     TritonError,
     deploy_version,
@@ -227,3 +230,61 @@ def test_a_repository_on_gcs_is_mirrored_and_served(trained_model: str, environm
             assert (mirrored / "config.pbtxt").is_file()
         finally:
             server_from_environment(environment).stop()
+
+
+EVIL_MODEL = b"""
+import pathlib
+class TritonPythonModel:
+    def initialize(self, args):
+        pathlib.Path(%r).write_text("code ran in the server")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.security
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_s_control_apis_need_the_admin_key(served_model: dict, tmp_path: Path, protocol: str) -> None:
+    """Loading a model runs its code as the server's user: only the key's holder may; anyone
+    on loopback still infers, checks health and reads metadata and config."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    server: LocalTriton = served_model["server"]
+    state = server.state()
+    assert state is not None
+    assert stat.S_IMODE((server.state_dir / ADMIN_KEY_FILE).stat().st_mode) == 0o600
+    module: Any = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(
+        state.http_url if protocol == "http" else f"127.0.0.1:{state.grpc_port}"
+    )
+    marker = tmp_path / "marker"
+    evil = {"backend": "python", "max_batch_size": 0, "input": [], "output": []}
+    try:
+        refusals = {
+            "a model with its code": lambda headers: client.load_model(
+                "evil",
+                config=json.dumps(evil),
+                files={"file:1/model.py": EVIL_MODEL % str(marker)},
+                headers=headers,
+            ),
+            "the repository index": lambda headers: client.get_model_repository_index(headers=headers),
+            "the log file": lambda headers: client.update_log_settings(
+                {"log_file": str(marker)}, headers=headers
+            ),
+        }
+        for what, call in refusals.items():
+            guessed = {name: "a guess" for name in state.admin_headers(protocol)}
+            for headers in (None, guessed):
+                with pytest.raises(InferenceServerException, match="restricted"):
+                    call(headers)
+            assert not marker.exists(), what
+        client.load_model(MODEL_NAME, headers=state.admin_headers(protocol))  # the key's holder may
+        assert client.is_server_ready()
+        assert client.get_model_metadata(MODEL_NAME)
+        assert client.get_model_config(MODEL_NAME)
+        image = module.InferInput(INPUT_NAME, [1, 32, 32, 3], "UINT8")
+        image.set_data_from_numpy(np.zeros((1, 32, 32, 3), np.uint8))
+        answer = client.infer(MODEL_NAME, [image])
+        assert answer.as_numpy("probabilities").shape == (1, 2)
+    finally:
+        client.close()

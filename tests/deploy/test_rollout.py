@@ -277,3 +277,16 @@ def test_the_printed_manifests_are_what_the_deploy_task_applies(
     )
     assert list(yaml.safe_load_all(printed)) == cluster.applied
     assert ("deletes, if present: HorizontalPodAutoscaler/dogs-cats-triton" in printed) is (max_replicas == 0)
+    assert "creates, if absent,\n# Secret/dogs-cats-triton-admin" in printed
+
+
+@pytest.mark.security
+def test_the_admin_key_secret_is_made_once_and_never_printed_or_overwritten(smoke_images: Path) -> None:
+    cluster = FakeCluster()
+    _roll_out(cluster, smoke_images, 1)
+    secret = cluster.objects["Secret", "dogs-cats-triton-admin"]
+    key = secret["stringData"]["admin-key"]
+    assert len(key) >= 43, "32 random bytes"
+    _roll_out(cluster, smoke_images, 2)
+    assert cluster.objects["Secret", "dogs-cats-triton-admin"]["stringData"]["admin-key"] == key
+    assert key not in json.dumps(cluster.applied), "the manifests name the Secret, never the key"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Environment
+from deploy.local_triton import restricted_api_flags
 from harness.data import fake_model
 from harness.tools import hadolint
 from model_repository.repository import RepositoryVersion, package_model
@@ -127,3 +128,13 @@ def test_a_missing_version_is_refused(tmp_path: Path, packaged: Packaged) -> Non
     (repository / "dogs_cats" / "2" / "model.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="version 2 of dogs_cats"):
         context_files(version)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DOCKERFILES["python"]], ids=lambda path: path.name)
+def test_the_image_puts_triton_s_control_apis_behind_the_key(dockerfile: Path) -> None:
+    """The same flags as the local server's, the key taken from the environment at start."""
+    command = dockerfile.read_text().split("\nCMD ", 1)[1].replace("\\\n", "")
+    for flag in restricted_api_flags("${TRITON_ADMIN_KEY}"):
+        assert flag in command
+    assert 'test -n \\"$TRITON_ADMIN_KEY\\" ||' in command, "no key, no server"
