@@ -17,6 +17,10 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__API__PORT ?= 8080
 export DOGS_CATS_STATE_DIR ?= $(DEMO_DIR)/state
+# What a run's conf may name (core/policy.py, docs/security.md): local paths only under these
+# roots (the demo's folder and a local DATA_SOURCE); set it to add your own data folders.
+export DOGS_CATS_ALLOWED_ROOTS ?= $(shell $(PYTHON) -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \
+	$(DEMO_DIR) $(if $(findstring ://,$(DATA_SOURCE)),,$(abspath $(DATA_SOURCE))))
 # The single-node cluster's binaries (built once, reused) and run-time state.
 export DOGS_CATS_CLUSTER_DIR ?= $(CURDIR)/.cluster
 

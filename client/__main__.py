@@ -27,6 +27,8 @@ from client.triton import (
 )
 from core.errors import ProjectError, reports_errors
 from core.images import ImageDecodeError, decode_rgb
+from core.policy import access_policy
+from core.settings import Environment
 
 
 @reports_errors("python -m client")
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
+    policy = access_policy(Environment())
+    policy.check_location("--input", args.input)
+    policy.check_location("--output", args.output)
     options = BatchOptions(
         model_name=args.model,
         protocol=args.protocol,

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.constants import BACKBONE_SIZE, GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
@@ -290,6 +290,29 @@ class Environment(BaseSettings):
     )
     training_python: str = Field(
         default="", description="Interpreter for local training; empty uses the current one."
+    )
+    # What a run's conf may name (core/policy.py; docs/security.md).
+    allowed_roots: list[Path] = Field(
+        default=[],
+        description=(
+            "Local folders a conf's paths (data_bucket, source, inputs and outputs) may lie under, as a "
+            "JSON list; none by default, so a local path is refused until the deployment names its roots."
+        ),
+    )
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default=[],
+        description=(
+            "Networks an http(s) source may resolve to beyond the public internet (JSON list, e.g. "
+            '["10.20.0.0/16"]); loopback, link-local, private and reserved addresses are refused otherwise.'
+        ),
+    )
+    max_archive_bytes: int = Field(
+        default=8 << 30,
+        ge=1,
+        description="Largest total an archive source may unpack to (a zip bomb's guard).",
+    )
+    max_archive_members: int = Field(
+        default=50_000, ge=1, description="Most members an archive source may hold (Kaggle's zip has 25,000)."
     )
     # Kubernetes platform.
     namespace: str = "dogs-cats"

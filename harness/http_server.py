@@ -17,6 +17,7 @@ class FileServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.directory = directory
         self.cut_after: dict[str, int] = {}  # name -> bytes sent before the next response breaks off
+        self.redirects: dict[str, str] = {}  # name -> the URL a request for it is sent to (302)
         self.ranges: list[str | None] = []
 
     def url(self, name: str) -> str:
@@ -28,6 +29,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         name = self.path.lstrip("/")
+        if name in self.server.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[name])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         path = self.server.directory / name
         if not path.is_file():
             self.send_error(404)

@@ -44,12 +44,16 @@ for xcom_class in (RunPlan, BatchJob, RepositoryVersion, Endpoint):
 
 @task(task_id="plan")
 def plan_run() -> RunPlan:
-    """Validate the conf once and decide every URI of this run."""
+    """Validate the conf once (its values, and the places it names against the deployment's
+    policy) and decide every URI of this run."""
+    from core.policy import access_policy, check_run
     from core.settings import RunConfig, config_from_params
     from pipeline.plan import make_plan
 
     context = get_current_context()
-    return make_plan(config_from_params(RunConfig, dict(context["params"])), context["run_id"])
+    config = config_from_params(RunConfig, dict(context["params"]))
+    check_run(config, access_policy(Environment()))  # before anything is read or written
+    return make_plan(config, context["run_id"])
 
 
 @task(outlets=[DATASET])
@@ -105,6 +109,7 @@ def plan_standing_batch() -> BatchJob:
     """The input, a per-run output folder and the endpoint serving now; skipped without an input.
     Folders named after the served model's labels count as ground truth in the report."""
     from client.triton import Triton, class_names, model_info
+    from core.policy import access_policy
     from core.settings import BatchParams, BatchRunConfig, config_from_params, join_uri, options_of, safe_name
 
     context = get_current_context()
@@ -114,6 +119,9 @@ def plan_standing_batch() -> BatchJob:
             "no input or output: trigger with conf input and output, "
             "or set DOGS_CATS_BATCH_INPUT and DOGS_CATS_BATCH_OUTPUT for the standing input"
         )
+    policy = access_policy(Environment())
+    policy.check_location("input", config.input)
+    policy.check_location("output", config.output)
     endpoint = platform_for(Environment()).served_endpoint(MODEL_NAME)
     triton = Triton(endpoint.url)
     try:

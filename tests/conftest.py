@@ -9,6 +9,7 @@ needs is set here, before any test module imports it.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +29,10 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        # What a run's conf may name in these tests: their temporary folders and the repository's
+        # shipped images; downloads from the tests' own HTTP servers on loopback.
+        "DOGS_CATS_ALLOWED_ROOTS": json.dumps([tempfile.gettempdir(), str(REPO_ROOT)]),
+        "DOGS_CATS_ALLOWED_NETWORKS": json.dumps(["127.0.0.0/8", "::1/128"]),
     }
 )
 

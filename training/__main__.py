@@ -25,10 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "stage":
+        from core.policy import access_policy
         from training.staging import StagingOptions, stage_dataset
 
         options = options_from_namespace(parser, StagingOptions, args)
-        manifest = stage_dataset(args.source, args.dataset_uri, options, cache_dir=Environment().cache_dir)
+        environment = Environment()
+        policy = access_policy(environment)
+        policy.check_source("source", args.source)
+        policy.check_location("dataset_uri", args.dataset_uri)
+        manifest = stage_dataset(
+            args.source, args.dataset_uri, options, cache_dir=environment.cache_dir, policy=policy
+        )
         print(json.dumps(manifest["counts"]))
     else:
         from training.train import train

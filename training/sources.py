@@ -21,9 +21,11 @@ import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from core import storage
 from core.errors import ProjectError
+from core.policy import AccessPolicy
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,13 @@ class DatasetError(ProjectError, ValueError):
 
 @contextlib.contextmanager
 def local_source(
-    source: str, cache_dir: Path, expected_sha256: str = ""
+    source: str, cache_dir: Path, policy: AccessPolicy, expected_sha256: str = ""
 ) -> Iterator[tuple[Path, list[dict]]]:
     """A local folder holding the source's files, and the archive members refused."""
     if source.startswith(("http://", "https://")):
-        archive = download(source, cache_dir, expected_sha256)
+        archive = download(source, cache_dir, policy, expected_sha256)
         with tempfile.TemporaryDirectory(prefix="dogs-cats-source-") as tmp:
-            refused = extract(archive, Path(tmp))
+            refused = extract(archive, Path(tmp), policy)
             yield Path(tmp), refused
     elif storage.is_remote(source):
         with storage.local_tree(source) as path:
@@ -54,11 +56,13 @@ def local_source(
         yield path, []
 
 
-def download(url: str, cache_dir: Path, expected_sha256: str = "") -> Path:
+def download(url: str, cache_dir: Path, policy: AccessPolicy, expected_sha256: str = "") -> Path:
     """Download `url` into `cache_dir`, resuming a partial file; returns the complete file.
 
-    A file already complete (and matching `expected_sha256`, when given) is reused.
+    A file already complete (and matching `expected_sha256`, when given) is reused. The URL,
+    and every redirect it answers with, must pass `policy` before a connection is made.
     """
+    policy.check_url("source", url)
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
     target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
     partial = target.with_name(target.name + ".part")
@@ -70,7 +74,7 @@ def download(url: str, cache_dir: Path, expected_sha256: str = "") -> Path:
     offset = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
-        response = urllib.request.urlopen(request, timeout=60)
+        response = urllib.request.build_opener(_CheckedRedirects(policy)).open(request, timeout=60)
     except (urllib.error.URLError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DatasetError(
@@ -116,6 +120,25 @@ def download(url: str, cache_dir: Path, expected_sha256: str = "") -> Path:
     return target
 
 
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL the policy allows (an allowed host may point anywhere)."""
+
+    def __init__(self, policy: AccessPolicy) -> None:
+        self.policy = policy
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        self.policy.check_url(f"source (redirected by {req.full_url})", newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _checksum_ok(path: Path, expected_sha256: str) -> bool:
     if not expected_sha256:
         return True
@@ -126,12 +149,14 @@ def _checksum_ok(path: Path, expected_sha256: str) -> bool:
     return digest.hexdigest() == expected_sha256.lower()
 
 
-def extract(archive: Path, target: Path) -> list[dict]:
-    """Unpack a zip or tar archive safely; returns the refused members with reasons."""
+def extract(archive: Path, target: Path, policy: AccessPolicy) -> list[dict]:
+    """Unpack a zip or tar archive safely, within the policy's caps on its member count and
+    unpacked size (read from its directory before anything is written); returns the refused
+    members with reasons."""
     if zipfile.is_zipfile(archive):
-        return _extract_zip(archive, target)
+        return _extract_zip(archive, target, policy)
     if tarfile.is_tarfile(archive):
-        return _extract_tar(archive, target)
+        return _extract_tar(archive, target, policy)
     raise DatasetError(f"{archive.name} is neither a zip nor a tar archive")
 
 
@@ -146,10 +171,12 @@ def _write_member(target: Path, name: str, data: bytes) -> None:
     destination.write_bytes(data)
 
 
-def _extract_zip(archive: Path, target: Path) -> list[dict]:
+def _extract_zip(archive: Path, target: Path, policy: AccessPolicy) -> list[dict]:
     refused = []
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+        members = zf.infolist()
+        policy.check_archive(f"the archive {archive.name}", len(members), sum(m.file_size for m in members))
+        for info in members:
             mode = info.external_attr >> 16
             if info.is_dir():
                 continue
@@ -164,10 +191,12 @@ def _extract_zip(archive: Path, target: Path) -> list[dict]:
     return refused
 
 
-def _extract_tar(archive: Path, target: Path) -> list[dict]:
+def _extract_tar(archive: Path, target: Path, policy: AccessPolicy) -> list[dict]:
     refused = []
     with tarfile.open(archive) as tf:
-        for member in tf:
+        members = tf.getmembers()
+        policy.check_archive(f"the archive {archive.name}", len(members), sum(m.size for m in members))
+        for member in members:
             if member.isdir():
                 continue
             if _unsafe_path(member.name):

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from core import storage
 from core.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
-from core.settings import StagingParams, join_uri
+from core.policy import AccessPolicy, access_policy
+from core.settings import Environment, StagingParams, join_uri
 from training.sources import DatasetError, local_source
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,20 @@ class StagedFile:
     sha256: str
 
 
-def stage_dataset(source: str, dataset_uri: str, options: StagingOptions, *, cache_dir: Path) -> dict:
+def stage_dataset(
+    source: str,
+    dataset_uri: str,
+    options: StagingOptions,
+    *,
+    cache_dir: Path,
+    policy: AccessPolicy | None = None,
+) -> dict:
     """Stage `source` into `dataset_uri`; returns the manifest.
 
-    Downloads are kept in `cache_dir`, so an interrupted one resumes.
+    Downloads are kept in `cache_dir`, so an interrupted one resumes. A download and its
+    archive keep to `policy`, the deployment's (DOGS_CATS_*) unless given.
     """
+    policy = policy or access_policy(Environment())
     params = options.model_dump()
     manifest_uri = join_uri(dataset_uri, MANIFEST)
     if storage.exists(manifest_uri):
@@ -63,7 +73,7 @@ def stage_dataset(source: str, dataset_uri: str, options: StagingOptions, *, cac
             f"with {existing.get('params')}; choose another dataset_name instead of overwriting it"
         )
 
-    with local_source(source, cache_dir, options.source_sha256) as (root, refused):
+    with local_source(source, cache_dir, policy, options.source_sha256) as (root, refused):
         class_dirs = _class_folders(root)
         selection = _select(class_dirs, options)
         _upload(selection.files, dataset_uri)

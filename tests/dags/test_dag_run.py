@@ -112,3 +112,29 @@ def test_quality_gate_stops_before_packaging_and_says_why(
     assert (model_dir / "metrics.json").is_file(), "the model is kept for inspection"
     assert not (tmp_path / "bucket" / "model_repository").exists()
     assert local_deployment.state() is None, "nothing was served"
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        (
+            {"data_bucket": "/etc/dogs-cats"},
+            "data_bucket='/etc/dogs-cats': /etc/dogs-cats is outside the allowed",
+        ),
+        ({"source": "http://169.254.169.254/computeMetadata/v1/"}, "a link-local address"),
+    ],
+)
+def test_a_refused_conf_fails_the_first_task_and_nothing_runs_after_it(
+    local_deployment: LocalTriton,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    conf: dict[str, str],
+    message: str,
+) -> None:
+    run = _run_dag(tmp_path, **conf)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states.pop("plan") == "failed"
+    assert set(states.values()) <= {"upstream_failed", None}, states
+    assert message in capfd.readouterr().out
+    assert not (tmp_path / "bucket").exists(), "nothing written"

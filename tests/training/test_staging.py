@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
 import json
 import shutil
+import socket
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,6 +16,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from core import storage
+from core.policy import AccessPolicy, PolicyRefused
 from harness.data import write_images
 from harness.http_server import serve_files
 from harness.serving import free_port
@@ -335,3 +338,66 @@ def test_images_decode_as_rgb_whatever_their_mode(tmp_path: Path) -> None:
         buffer = io.BytesIO()
         Image.new(mode, (20, 10)).save(buffer, format="PNG" if mode != "CMYK" else "JPEG")
         assert rejection(buffer.getvalue(), StagingOptions()) is None
+
+
+LOOPBACK_ONLY = AccessPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect call to anything but loopback fails the test: these archives are hostile."""
+    connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        host = address[0] if isinstance(address, tuple) else ""
+        if not ipaddress.ip_address(host).is_loopback:
+            raise AssertionError(f"a staging test tried to reach {address}")
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.mark.security
+@pytest.mark.usefixtures("loopback_only")
+def test_a_redirect_to_a_refused_address_is_not_followed(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    with serve_files(www) as server:
+        server.redirects["pets.zip"] = "http://169.254.169.254/computeMetadata/v1/token.zip"
+        with pytest.raises(
+            PolicyRefused, match=r"source \(redirected by .*pets.zip\)=.*a link-local address"
+        ):
+            stage_dataset(
+                server.url("pets.zip"), str(tmp_path / "ds"), StagingOptions(), cache_dir=tmp_path / "cache",
+                policy=LOOPBACK_ONLY,
+            )  # fmt: skip
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.security
+@pytest.mark.usefixtures("loopback_only")
+@pytest.mark.parametrize(
+    ("archive", "rule"),
+    [("bomb.zip", r"134217728 bytes unpacked, over the 67108864 allowed"), ("swarm.zip", "100000 members")],
+)
+def test_an_archive_over_its_caps_is_refused_before_anything_is_written(
+    tmp_path: Path, archive: str, rule: str
+) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    with zipfile.ZipFile(www / archive, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        if archive == "bomb.zip":  # 128 MiB of zeros in about 130 KB
+            out.writestr("PetImages/cat/huge.jpg", bytes(128 << 20))
+        else:
+            for index in range(100_000):
+                out.writestr(f"PetImages/cat/{index}.jpg", b"")
+    policy = AccessPolicy(allowed_networks=LOOPBACK_ONLY.allowed_networks, max_archive_bytes=64 << 20)
+    with serve_files(www) as server, pytest.raises(PolicyRefused, match=rule):
+        stage_dataset(
+            server.url(archive),
+            str(tmp_path / "ds"),
+            StagingOptions(),
+            cache_dir=tmp_path / "cache",
+            policy=policy,
+        )
+    assert not (tmp_path / "ds").exists()
