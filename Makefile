@@ -70,7 +70,11 @@ endif
 ## Lint, type-check, check the layers, then every test (unit, integration and cluster).
 ## As root it installs Debian's Chromium and the cluster's packages first; else it asks you to.
 ## The cluster's binaries are built once from the Go module proxy and reused.
-test: preflight-test install lint browser cluster-packages cluster-binaries
+## The Go build (CPU) runs beside the virtualenv's install (network and disk); apt runs alone.
+test: preflight-test
+	@$(MAKE) --no-print-directory cluster-packages browser
+	@$(MAKE) --no-print-directory -j2 install cluster-binaries
+	@$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## The fast inner loop: lint, types, layers and the unit tests (no server starts), in a few minutes.

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ready_platform(node: Node, env_file: Path) -> int:
     from cluster.docker import DockerEngine
-    from cluster.platform import (
+    from cluster.platform_setup import (
         DEMO_BUCKET,
         build_images,
         create_bucket,

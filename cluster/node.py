@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.images import push_binary_image
+from cluster.oci_push import push_binary_image
 from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
 from cluster.versions import pinned
 from core.errors import ProjectError

@@ -22,8 +22,9 @@ from cluster.versions import DebianPin, debian_pins, pinned, version_tuple
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The first Go whose go command fetches a newer toolchain through the module proxy (GOTOOLCHAIN).
 GO_TOOLCHAIN_SWITCHING = "1.21"
-# Free space each goal needs, measured on a run from a clean clone: the virtualenv (~6 GiB),
-# Go's module and build caches (~5 GiB), docker's images and the cluster's registry (~6 GiB).
+# Free space each goal needs, with room to spare over what a clean clone used here: the
+# virtualenv (3.4 GiB), Go's module and build caches when cold (6.8 GiB), and the cluster's
+# folder with docker's images and the registry (3.2 GiB).
 FREE_GIB = {"demo": 10, "cluster": 20, "test": 25}
 # The report test renders HTML with Debian's Chromium (`make browser`).
 BROWSER = "chromium"

@@ -35,13 +35,18 @@ def running(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def group_running(group: int) -> bool:
-    """Whether any process of the process group still runs (zombies do not count)."""
+def group_members(group: int) -> list[int]:
+    """The processes of a process group that still run (zombies do not count)."""
+    members = []
     for entry in Path("/proc").glob("[0-9]*"):
         stat = _stat(int(entry.name))
         if stat is not None and int(stat[2]) == group and stat[0] != "Z":
-            return True
-    return False
+            members.append(int(entry.name))
+    return members
+
+
+def group_running(group: int) -> bool:
+    return bool(group_members(group))
 
 
 def _stat(pid: int) -> list[str] | None:

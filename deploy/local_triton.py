@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import os
-import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 from core import storage
 from core.constants import ADMIN_KEY_HEADER, RESTRICTED_TRITON_APIS, ensemble_name
 from core.errors import ProjectError
+from core.keys import secret_file
 from core.processes import ProcessFailed, Supervised, running, wait_for
 from core.settings import Environment
 from deploy import Endpoint
@@ -61,18 +61,7 @@ class ServerState:
         """The header Triton's control APIs ask for, with the key kept beside the server's log.
         Over gRPC Triton reads it as metadata named `triton-grpc-protocol-<header>`."""
         name = ADMIN_KEY_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
-        return {name: admin_key(Path(self.log_file).parent / ADMIN_KEY_FILE)}
-
-
-def admin_key(path: Path) -> str:
-    """The key in `path`, made (32 random bytes, URL-safe) the first time, readable by its owner alone."""
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(descriptor, "w") as out:
-        out.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+        return {name: secret_file(Path(self.log_file).parent / ADMIN_KEY_FILE)}
 
 
 def restricted_api_flags(key: str) -> list[str]:
@@ -127,7 +116,7 @@ class LocalTriton:
     def admin_key(self) -> str:
         """The header value Triton's control APIs ask for: made once, kept in the state folder
         (mode 0600), so only this user (and root) can load a model into the server."""
-        return admin_key(self.state_dir / ADMIN_KEY_FILE)
+        return secret_file(self.state_dir / ADMIN_KEY_FILE)
 
     @property
     def process(self) -> Supervised:

@@ -1,4 +1,4 @@
-"""A real `airflow standalone` for tests, on free ports, stopped whatever happens."""
+"""A real Airflow stack (pipeline.stack) for tests, on free ports, stopped whatever happens."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def running_stack(root: Path, **environment: str) -> Iterator[AirflowStack]:
     finally:
         stack.stop()
         LocalTriton(root / "state", **triton).stop()
-        if stack.stopped_group is not None and group_running(stack.stopped_group):
-            raise AssertionError(f"Airflow's process group {stack.stopped_group} outlived stop()")
+        outlived = [group for group in stack.stopped_groups if group_running(group)]
+        if outlived:
+            raise AssertionError(f"Airflow's process groups {outlived} outlived stop()")
 
 
 def stored_plan(api: AirflowApi, run_id: str) -> RunPlan | None:

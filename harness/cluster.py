@@ -11,7 +11,7 @@ import pytest
 
 from cluster.docker import DockerEngine
 from cluster.node import Node, node_from_environment
-from cluster.platform import ClusterImages, build_images
+from cluster.platform_setup import ClusterImages, build_images
 
 
 @contextmanager

@@ -1,13 +1,17 @@
-"""Airflow as it runs on one machine: `airflow standalone` started, stopped and driven over REST.
+"""Airflow as it runs on one machine, started, stopped and driven over REST.
 
 `make up`, `make demo` and `make stop` use this module, and so do the tests
 that run the DAGs under the real scheduler: the same start-up, the same REST
 calls a user makes, the same shutdown.
 
-Standalone starts the api-server, scheduler, dag-processor and triggerer as
-`airflow ...` subprocesses found on PATH, so the interpreter's bin folder goes
-first on it. It is stopped with SIGINT to its process group: SIGTERM would
-orphan the LocalExecutor's workers.
+It runs what `airflow standalone` runs (the api-server, scheduler,
+dag-processor and triggerer, LocalExecutor, the simple auth manager), each a
+supervised process of its own, so that each listens only where it should:
+standalone starts the scheduler's and the triggerer's log servers on every
+address ([::]:8793, [::]:8794), with no setting to bind them, while on one
+machine the api-server reads task logs from the files themselves. Each
+component is stopped with SIGINT to its process group (SIGTERM would orphan
+the LocalExecutor's workers), and SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -29,12 +33,21 @@ from typing import Any, TextIO, TypeVar
 
 from core import processes
 from core.errors import ProjectError
+from core.keys import secret_file
 from core.settings import Environment
 
 AIRFLOW = Path(sys.executable).with_name("airflow")
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
-PID_FILE = "standalone.pid"
-LOG_FILE = "standalone.log"
+LOG_FILE = "airflow.log"  # every component's output, appended
+JWT_SECRET_FILE = "jwt_secret"  # mode 0600, made once per Airflow home
+# The components, as standalone starts them, less the log servers (see the module's docstring).
+COMPONENTS = {
+    "api-server": ["api-server"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 USERNAME = "admin"  # the simple auth manager's generated admin, the only login the local stack has
 FINISHED = frozenset({"success", "failed"})
 
@@ -46,8 +59,8 @@ class StackError(ProjectError, RuntimeError):
     """Airflow refused what was asked of it, or did not answer in time; the message says why."""
 
 
-class StandaloneExited(ProjectError, RuntimeError):
-    """`airflow standalone` died while starting; the message carries its log's tail."""
+class StackExited(ProjectError, RuntimeError):
+    """A component of the stack died while starting; the message carries the log's tail."""
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout_s: float, interval_s: float = 2.0) -> T:
@@ -136,13 +149,13 @@ class AirflowApi:
 
 @dataclass
 class AirflowStack:
-    """One `airflow standalone` with its home, port and DAGs folder."""
+    """Airflow's four components with their home, port and DAGs folder."""
 
     home: Path
     dags_folder: Path
     port: int = 8080
     extra_env: dict[str, str] = field(default_factory=dict)
-    stopped_group: int | None = None  # the process group `stop` signalled last
+    stopped_groups: list[int] = field(default_factory=list)  # the process groups `stop` signalled last
 
     @property
     def base_url(self) -> str:
@@ -156,6 +169,9 @@ class AirflowStack:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # What standalone sets: one machine, its own processes, the simple auth manager.
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             # 2 cores: fewer worker processes, less memory (~1 GB for the whole stack).
             "AIRFLOW__CORE__PARALLELISM": "4",
             # A new DAG runs when triggered, from the UI or the CLI, without a trip to unpause it.
@@ -164,6 +180,8 @@ class AirflowStack:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__BASE_URL": self.base_url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+            # HS512 signs with it: 64 random bytes, the algorithm's own size (Airflow warns under it).
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret_file(self.home / JWT_SECRET_FILE, 64),
             **self.extra_env,
         }
 
@@ -179,33 +197,40 @@ class AirflowStack:
         password: str = passwords[USERNAME]
         return password
 
-    @property
-    def process(self) -> processes.Supervised:
-        return processes.Supervised("airflow standalone", self.home / PID_FILE, self.log_file)
+    def components(self) -> dict[str, processes.Supervised]:
+        return {
+            name: processes.Supervised(f"airflow {name}", self.home / f"{name}.pid", self.log_file)
+            for name in COMPONENTS
+        }
 
-    def pid(self) -> int | None:
-        """The standalone process still running from an earlier start, if any."""
-        return self.process.pid()
+    def running(self) -> dict[str, int]:
+        """Each component still running from an earlier start, with its pid."""
+        found = {name: process.pid() for name, process in self.components().items()}
+        return {name: pid for name, pid in found.items() if pid is not None}
 
     def start(self, timeout_s: float = 240.0) -> None:
-        """Migrate the metadata DB and start standalone, unless it already runs; wait for the API."""
-        if self.pid() is None:
-            self.home.mkdir(parents=True, exist_ok=True)
+        """Migrate the metadata DB and start every component not running; wait for the API."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        running = self.running()
+        if not running:
             migrated = subprocess.run(
                 [str(AIRFLOW), "db", "migrate"], env=self.env, capture_output=True, text=True
             )
             if migrated.returncode != 0:
                 raise StackError(f"airflow db migrate failed:\n{migrated.stderr[-3000:]}")
-            self.process.start([str(AIRFLOW), "standalone"], env=self.env)
+        for name, process in self.components().items():
+            if name not in running:
+                process.start([str(AIRFLOW), *COMPONENTS[name]], env=self.env)
         api = self.api()
 
         def up() -> bool:
             return (self.home / PASSWORDS_FILE).exists() and api.healthy()
 
         def exited() -> str | None:
-            if self.pid() is not None:
+            gone = sorted(set(COMPONENTS) - set(self.running()))
+            if not gone:
                 return None
-            return f"airflow standalone exited; last lines of {self.log_file}:\n{self.process.tail(40)}"
+            return f"airflow {', '.join(gone)} exited; last lines of {self.log_file}:\n{self.tail()}"
 
         processes.wait_for(
             f"Airflow's API on {self.base_url}",
@@ -214,8 +239,11 @@ class AirflowStack:
             interval_s=2.0,
             failed=exited,
             tolerate=(OSError, urllib.error.URLError, StackError),
-            error=StandaloneExited,
+            error=StackExited,
         )
+
+    def tail(self) -> str:
+        return next(iter(self.components().values())).tail(40)
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> None:
         """Wait until the dag-processor has parsed `dag_id`, then make sure it is unpaused."""
@@ -228,14 +256,13 @@ class AirflowStack:
         api.unpause(dag_id)
 
     def stop(self, grace_s: float = 15.0) -> bool:
-        """SIGINT to the process group, then SIGKILL to whatever of it is left after `grace_s`.
-
-        Standalone stops its api-server on SIGINT but leaves its scheduler and
-        triggerer waiting (and SIGTERM would orphan the LocalExecutor's workers);
-        the group SIGKILL takes every one of them. Processes a task started in a
-        session of their own (the local tritonserver) are not in the group."""
-        self.stopped_group = self.pid()
-        return self.process.stop(grace_s, first=signal.SIGINT)
+        """Each component: SIGINT to its process group, then SIGKILL to whatever of it is left
+        after `grace_s` (the scheduler and triggerer may keep waiting on SIGINT; SIGTERM would
+        orphan the LocalExecutor's workers). Processes a task started in a session of their
+        own (the local tritonserver) are not in those groups. False when none was running."""
+        self.stopped_groups = list(self.running().values())
+        stopped = [process.stop(grace_s, first=signal.SIGINT) for process in self.components().values()]
+        return any(stopped)
 
     def run_url(self, dag_id: str, run_id: str) -> str:
         return f"{self.base_url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"
@@ -295,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         print(login_banner(stack))
         return 0
     if args.command == "status":
-        pid = stack.pid()
-        print(f"airflow standalone pid {pid} on {stack.base_url}" if pid else "Airflow is not running")
-        return 0 if pid else 1
+        running = stack.running()
+        print(f"Airflow {running} on {stack.base_url}" if running else "Airflow is not running")
+        return 0 if running else 1
     print("stopped Airflow" if stack.stop() else "Airflow was not running")
     from deploy.local_triton import server_from_environment
 

@@ -1,6 +1,6 @@
 """The whole `dogs_cats` DAG on the real single-node cluster, under the live scheduler.
 
-DOGS_CATS_PLATFORM=kubernetes with the cluster's settings (cluster/platform.py):
+DOGS_CATS_PLATFORM=kubernetes with the cluster's settings (cluster/platform_setup.py):
 the bucket is gs:// on the cluster's GCS emulator, training runs in a pod of
 the CPU training image, BuildKit builds the Triton image in a pod and pushes it
 to the cluster's registry, the deploy task rolls it out with server-side apply
@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from cluster.node import GCS_ENDPOINT, Node
-from cluster.platform import NAMESPACE, create_bucket, kubernetes_environment, prepare_namespace
+from cluster.platform_setup import NAMESPACE, create_bucket, kubernetes_environment, prepare_namespace
 from core import storage
 from core.constants import MODEL_NAME
 from core.images import decode_rgb

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from cluster.images import push_binary_image
 from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, cluster_chains
+from cluster.oci_push import push_binary_image
 from cluster.versions import pinned
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import kubectl, running_cluster
+from harness.sockets import listening_addresses
 from pipeline.rollout_operator import RolloutTrigger
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
@@ -79,7 +80,7 @@ def test_the_node_is_ready_and_listens_only_on_loopback_and_its_bridge(node: Nod
     ready = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}["Ready"]
     assert ready == "True"
     assert kubectl(node, "get", "--raw", "/readyz").stdout == "ok"
-    listening = _listening_addresses({pid for pid in node.status().values() if pid})
+    listening = listening_addresses({pid for pid in node.status().values() if pid})
     assert listening, "the components listen somewhere"
     assert listening <= {"127.0.0.1", BRIDGE_IP}, listening
 
@@ -184,34 +185,3 @@ def _trigger_verdict(node: Node) -> dict[str, Any]:
         return asyncio.run(first())
     finally:
         del os.environ["AIRFLOW_CONN_KUBERNETES_CLUSTER_TEST"]
-
-
-def _listening_addresses(pids: set[int]) -> set[str]:
-    """Local addresses of the TCP sockets these processes listen on (IPv4 and IPv6)."""
-    inodes: set[str] = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = str(fd.readlink())
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    addresses: set[str] = set()
-    for table, width in (("tcp", 8), ("tcp6", 32)):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                addresses.add(_address(fields[1].split(":")[0], width))
-    return addresses
-
-
-def _address(hex_address: str, width: int) -> str:
-    import ipaddress
-
-    raw = bytes.fromhex(hex_address)
-    if width == 8:
-        return str(ipaddress.IPv4Address(raw[::-1]))
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    address = ipaddress.IPv6Address(words)
-    return str(address.ipv4_mapped or address)

@@ -36,6 +36,7 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(supervised: Su
 def test_an_exited_child_counts_as_gone_not_as_a_zombie() -> None:
     child = subprocess.Popen(["true"])
     wait_for("the child to exit", lambda: not running(child.pid), 10, interval_s=0.05)
+    assert not running(child.pid)  # a zombie by now, if the first look did not reap it already
     assert not Path(f"/proc/{child.pid}").exists(), "running() reaped it"
 
 

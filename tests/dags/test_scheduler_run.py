@@ -1,4 +1,4 @@
-"""Runs under the real scheduler (`airflow standalone`): triggered from the CLI, refused conf, killed workers.
+"""Runs under the real scheduler (pipeline/stack.py): triggered from the CLI, refused conf, killed workers.
 
 `dag.test()` runs tasks in the test process with a logical date; the
 scheduler gives manual runs `logical_date=None` and lets tasks reach the

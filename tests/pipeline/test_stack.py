@@ -1,13 +1,15 @@
-"""The live stack as users run it: `airflow standalone`, a run triggered through REST,
+"""The live stack as users run it: Airflow's four components, a run triggered through REST,
 the assets it emits, dogs_cats_batch following the deployment, and the UI in
 headless Chromium (Playwright driving Debian's chromium; screenshots under
 test-artifacts/ui/)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from core.processes import group_members
 from core.settings import param_specs
 from harness.airflow import running_stack, stored_plan
 from harness.data import REPO_ROOT, write_images
-from pipeline.stack import AirflowStack, progress_lines, wait_for
+from harness.sockets import listening_addresses
+from pipeline.stack import JWT_SECRET_FILE, AirflowStack, progress_lines, wait_for
 
 pytestmark = pytest.mark.integration
 MAIN, BATCH = "dogs_cats", "dogs_cats_batch"
@@ -209,3 +213,21 @@ def test_the_trigger_form_documents_every_param_and_refuses_a_bad_value(
     page.screenshot(path=ARTIFACTS / "trigger-refused.png")
     assert dialog.get_by_text("400 Bad Request").is_visible()
     assert stack.api().get(f"/api/v2/dags/{MAIN}/dagRuns")["total_entries"] == 1, "nothing was triggered"
+
+
+@pytest.mark.security
+def test_every_listener_of_the_stack_is_on_loopback_and_its_signing_key_is_long(
+    stack: AirflowStack, finished_run: dict[str, Any]
+) -> None:
+    """After a whole run (LocalExecutor workers, a deferred task's triggerer): every socket any
+    process of the stack's groups listens on is loopback's; the JWT key is 64 random bytes."""
+    groups = stack.running()
+    assert set(groups) == {"api-server", "scheduler", "dag-processor", "triggerer"}
+    members = {pid for group in groups.values() for pid in group_members(group)}
+    listening = listening_addresses(members)
+    assert "127.0.0.1" in listening, "the api-server"
+    assert listening <= {"127.0.0.1", "::1"}, listening
+    key_file = stack.home / JWT_SECRET_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(base64.urlsafe_b64decode(key_file.read_text() + "==")) >= 64
+    assert "InsecureKeyLengthWarning" not in stack.log_file.read_text()
