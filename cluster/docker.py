@@ -191,24 +191,6 @@ def triton_cpu_runtime(engine: DockerEngine, cache: Path) -> str:
         return engine.build(context, dockerfile, tag, {"BASE_IMAGE": base})
 
 
-def triton_cpu_image(engine: DockerEngine, cache: Path, model_repository: Path, tag: str) -> str:
-    """The CPU Triton image serving `model_repository` (a python-flavour repository), pushed
-    to the cluster's registry; returns the reference the cluster pulls."""
-    runtime = triton_cpu_runtime(engine, cache)
-    with tempfile.TemporaryDirectory(dir=engine.root) as scratch:
-        context = Path(scratch)
-        shutil.copytree(
-            model_repository, context / "model_repository", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        return _build_and_push(
-            engine,
-            context,
-            "packaging/Dockerfile.cpu",
-            f"dogs-cats-triton-cpu:{tag}",
-            {"RUNTIME_IMAGE": runtime},
-        )
-
-
 def triton_cpu_runtime_image(engine: DockerEngine, cache: Path) -> str:
     """The CPU runtime in the cluster's registry: the base the in-cluster BuildKit builds the
     CPU Triton image on (DOGS_CATS_CPU_RUNTIME_IMAGE)."""
@@ -225,7 +207,7 @@ def builder_image(engine: DockerEngine, binaries: Path) -> str:
         for name in BUILDKIT_FILES:
             shutil.copy2(binaries / name, context / name)
         version = pinned("BUILDKIT_VERSION")
-        return _build_and_push(
+        return build_and_push(
             engine,
             context,
             "cluster/Dockerfile.buildkit",
@@ -246,12 +228,12 @@ def training_cpu_image(engine: DockerEngine, cache: Path, tag: str) -> str:
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO_ROOT)],
             check=True,
         )
-        return _build_and_push(
+        return build_and_push(
             engine, context, "training/Dockerfile.cpu", f"dogs-cats-training-cpu:{tag}", {"BASE_IMAGE": base}
         )
 
 
-def _build_and_push(
+def build_and_push(
     engine: DockerEngine, context: Path, dockerfile: str, name: str, parent: dict[str, str]
 ) -> str:
     """Build `name` from `dockerfile` (relative to the repository) on the `parent` image its

@@ -610,14 +610,6 @@ state = "{folder / "state"}"
             if m.split()[1].startswith(run + "/")
         ]
 
-    def forget_objects(self) -> None:
-        """Drop every API object and bucket object (etcd's and the GCS emulator's data), keeping
-        certificates and the registry's images: a stopped cluster starts empty next time."""
-        if any(self.status().values()):
-            raise ClusterError("the cluster is running: make cluster-down first")
-        for folder in ("etcd", "gcs"):
-            shutil.rmtree(self.run / folder, ignore_errors=True)
-
     def status(self) -> dict[str, int | None]:
         return {component: self.pid(component) for component in COMPONENTS}
 
@@ -683,20 +675,6 @@ def _remove_cluster_chains() -> None:
             for flag in ("-F", "-X"):
                 for chain in sorted(ours):
                     subprocess.run([binary, "-t", table, flag, chain], capture_output=True)
-
-
-def cluster_chains() -> list[str]:
-    """The cluster's chains left in any table (IPv4 and IPv6)."""
-    found = []
-    for binary in ("iptables", "ip6tables"):
-        for table in ("filter", "nat", "mangle"):
-            listed = subprocess.run([binary, "-t", table, "-S"], capture_output=True, text=True).stdout
-            found += [
-                f"{binary} {table} {line.split()[1]}"
-                for line in listed.splitlines()
-                if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
-            ]
-    return found
 
 
 def _stop_pods() -> None:

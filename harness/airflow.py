@@ -6,13 +6,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from core.processes import group_running
 from deploy.local_triton import LocalTriton
 from harness.data import REPO_ROOT
 from harness.serving import free_port
 from pipeline.plan import RunPlan
-from pipeline.stack import AirflowApi, AirflowStack
+from pipeline.stack import FINISHED, AirflowApi, AirflowStack, wait_for
 
 
 @contextmanager
@@ -36,9 +37,10 @@ def running_stack(root: Path, **environment: str) -> Iterator[AirflowStack]:
         stack.start()
         yield stack
     finally:
+        groups = list(stack.running().values())
         stack.stop()
         LocalTriton(root / "state", **triton).stop()
-        outlived = [group for group in stack.stopped_groups if group_running(group)]
+        outlived = [group for group in groups if group_running(group)]
         if outlived:
             raise AssertionError(f"Airflow's process groups {outlived} outlived stop()")
 
@@ -53,3 +55,14 @@ def stored_plan(api: AirflowApi, run_id: str) -> RunPlan | None:
     stored = json.loads(entry["value"]) if isinstance(entry["value"], str) else entry["value"]
     assert stored["__classname__"] == "pipeline.plan.RunPlan", stored
     return RunPlan.model_validate(stored["__data__"])
+
+
+def wait_until_finished(api: AirflowApi, dag_id: str, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """The run once it has succeeded or failed."""
+
+    def finished() -> dict[str, Any] | None:
+        run = api.dag_run(dag_id, run_id)
+        return run if run["state"] in FINISHED else None
+
+    run: dict[str, Any] = wait_for(f"{dag_id} run {run_id} to finish", finished, timeout_s, 5)
+    return run

@@ -138,14 +138,6 @@ class AirflowApi:
         found = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
         return list(found["task_instances"])
 
-    def wait_until_finished(self, dag_id: str, run_id: str, timeout_s: float) -> dict[str, Any]:
-        def finished() -> dict[str, Any] | None:
-            run = self.dag_run(dag_id, run_id)
-            return run if run["state"] in FINISHED else None
-
-        run: dict[str, Any] = wait_for(f"{dag_id} run {run_id} to finish", finished, timeout_s, 5)
-        return run
-
 
 @dataclass
 class AirflowStack:
@@ -155,7 +147,6 @@ class AirflowStack:
     dags_folder: Path
     port: int = 8080
     extra_env: dict[str, str] = field(default_factory=dict)
-    stopped_groups: list[int] = field(default_factory=list)  # the process groups `stop` signalled last
 
     @property
     def base_url(self) -> str:
@@ -260,7 +251,6 @@ class AirflowStack:
         after `grace_s` (the scheduler and triggerer may keep waiting on SIGINT; SIGTERM would
         orphan the LocalExecutor's workers). Processes a task started in a session of their
         own (the local tritonserver) are not in those groups. False when none was running."""
-        self.stopped_groups = list(self.running().values())
         stopped = [process.stop(grace_s, first=signal.SIGINT) for process in self.components().values()]
         return any(stopped)
 

@@ -19,7 +19,6 @@ from keras import layers
 from core.constants import BACKBONE_SIZE
 
 FEATURES = 1280
-IMAGENET_CLASSES = 1000
 BN_EPSILON = 1e-3
 BATCH_NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")  # Keras' gamma, beta, mean, variance
 
@@ -153,12 +152,3 @@ def pretrained_backbone(
     model, sources = backbone(image_size, backbone_size)
     set_weights(sources, weights)
     return model
-
-
-def imagenet_classifier(image_size: int, weights: dict[str, np.ndarray]) -> keras.Model:
-    """The whole converted network with its 1000-class ImageNet head: the proof the weights are right."""
-    model, sources = backbone(image_size)
-    head = layers.Dense(IMAGENET_CLASSES)
-    logits = head(model.output)
-    set_weights([*sources, (head, "_fc")], weights)
-    return keras.Model(model.input, logits, name="efficientnet_lite0_imagenet")

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import re
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,14 +43,6 @@ class ImageBuild:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def triton_base_image(dockerfile: Path = DOCKERFILE) -> str:
-    """The NGC tritonserver image the Dockerfile pins (its single source of truth)."""
-    match = re.search(r"^ARG TRITON_IMAGE=(\S+)$", dockerfile.read_text(), re.MULTILINE)
-    if match is None:
-        raise ValueError(f"{dockerfile} does not pin ARG TRITON_IMAGE")
-    return match.group(1)
 
 
 def context_files(version: RepositoryVersion, dockerfile: Path = DOCKERFILE) -> dict[str, bytes]:

@@ -31,7 +31,7 @@ from core import storage
 from core.constants import MODEL_NAME
 from core.images import decode_rgb
 from core.settings import join_uri
-from harness.airflow import running_stack, stored_plan
+from harness.airflow import running_stack, stored_plan, wait_until_finished
 from harness.cluster import kubectl, project_images, running_cluster
 from harness.data import write_images
 from harness.gcs import storage_on_emulator
@@ -99,7 +99,7 @@ def first_run(stack: AirflowStack, node: Node, conf: dict[str, Any]) -> dict[str
     )
     (pod,) = pods.stdout.split()
     kubectl(node, "delete", "-n", NAMESPACE, pod, "--wait=false")
-    run = api.wait_until_finished(DAG, run_id, 1500)
+    run = wait_until_finished(api, DAG, run_id, 1500)
     return {**run, "plan": plan}
 
 
@@ -155,7 +155,7 @@ def second_run(
     """Run 2 (a new model, version 2) while a client calls the Service throughout."""
     api = stack.api()
     with Hammer(_service_url(node)) as hammer:
-        run = api.wait_until_finished(DAG, api.trigger(DAG, conf), 1500)
+        run = wait_until_finished(api, DAG, api.trigger(DAG, conf), 1500)
         # Until the old pod has exited: a kept-alive connection stays on it until then.
         wait_for("only the new pod", lambda: _serving_pods(node) == 1, 180)
         # Then answers on both kinds of connection with the old pod gone (the loop alternates).
@@ -188,7 +188,7 @@ def test_kubectl_rollout_undo_and_a_deploy_after_it(
     # The deploy task again, after kubectl's undo left its own field manager on the template.
     api, run_id = stack.api(), second_run["dag_run_id"]
     _clear(api, run_id, "deploy")
-    run = api.wait_until_finished(DAG, run_id, 900)
+    run = wait_until_finished(api, DAG, run_id, 900)
     assert run["state"] == "success"
     wait_for("the old pod to go", lambda: _serving_pods(node) == 1, 180)
     assert _served_version(node) == "2"
@@ -207,7 +207,7 @@ def test_a_broken_model_is_rolled_back_while_the_previous_one_answers(
         )
     with Hammer(_service_url(node)) as hammer:
         _clear(api, run_id, "build_context")  # a new context, a new image, a new rollout
-        run = api.wait_until_finished(DAG, run_id, 1200)
+        run = wait_until_finished(api, DAG, run_id, 1200)
         wait_for("the broken pod to go", lambda: _serving_pods(node) == 1, 180)
     states = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG, run_id)}
     assert run["state"] == "failed"

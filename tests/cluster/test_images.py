@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.docker import DockerEngine, triton_cpu_image
+from cluster.docker import DockerEngine
 from cluster.node import Node
 from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
 from core.settings import Environment, to_arguments
 from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
-from harness.cluster import kubectl, project_images, running_cluster
+from harness.cluster import kubectl, project_images, running_cluster, triton_cpu_image
 from model_repository.repository import package_model
 from pipeline.stack import wait_for
 from training.job import TrainingJob

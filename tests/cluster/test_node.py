@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node, cluster_chains
+from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node
 from cluster.oci_push import push_binary_image
 from cluster.versions import pinned
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
-from harness.cluster import kubectl, running_cluster
+from harness.cluster import cluster_chains, kubectl, running_cluster
 from harness.sockets import listening_addresses
 from pipeline.rollout_operator import RolloutTrigger
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from core.settings import options_of
-from harness.airflow import running_stack, stored_plan
+from harness.airflow import running_stack, stored_plan, wait_until_finished
 from harness.data import manifest_files, relative_files, write_images
 from pipeline.stack import AIRFLOW as AIRFLOW_BIN
 from pipeline.stack import AirflowStack, wait_for
@@ -97,7 +97,7 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: AirflowS
     assert triggered.returncode == 0, triggered.stderr
 
     (listed,) = api.get("/api/v2/dags/dogs_cats/dagRuns")["dag_runs"]
-    run = api.wait_until_finished("dogs_cats", listed["dag_run_id"], 600)
+    run = wait_until_finished(api, "dogs_cats", listed["dag_run_id"], 600)
     states = {ti["task_id"]: ti["state"] for ti in api.task_instances("dogs_cats", run["dag_run_id"])}
     assert run["state"] == "success", states
     assert run["logical_date"] is None
@@ -168,7 +168,7 @@ def test_a_worker_killed_in_staging_and_in_batch_inference_retries_to_a_clean_re
     inference.kill()
     assert not (predictions / "predictions.jsonl").exists(), "killed before inference finished"
 
-    assert api.wait_until_finished("dogs_cats", run_id, 600)["state"] == "success"
+    assert wait_until_finished(api, "dogs_cats", run_id, 600)["state"] == "success"
     for task in ("stage_data", "classify_shard/0"):
         _, instance = api.request("GET", f"/api/v2/dags/dogs_cats/dagRuns/{run_id}/taskInstances/{task}")
         assert instance["try_number"] == 2, (task, instance["state"])

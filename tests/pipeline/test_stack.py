@@ -19,7 +19,7 @@ import pytest
 
 from core.processes import group_members
 from core.settings import param_specs
-from harness.airflow import running_stack, stored_plan
+from harness.airflow import running_stack, stored_plan, wait_until_finished
 from harness.data import REPO_ROOT, write_images
 from harness.sockets import listening_addresses
 from pipeline.stack import JWT_SECRET_FILE, AirflowStack, progress_lines, wait_for
@@ -65,7 +65,7 @@ def finished_run(stack: AirflowStack, workdir: Path) -> dict[str, Any]:
     }
     api = stack.api()
     run_id = api.trigger(MAIN, conf)
-    return api.wait_until_finished(MAIN, run_id, 600)
+    return wait_until_finished(api, MAIN, run_id, 600)
 
 
 def test_a_rest_triggered_run_succeeds_under_the_scheduler(stack: AirflowStack, finished_run: dict) -> None:
@@ -131,7 +131,7 @@ def test_the_batch_dag_classifies_any_input_by_hand_and_refuses_bad_conf(
     assert "'ftp' is not one of ['http', 'grpc']" in json.dumps(refused)
     images = write_images(workdir / "by-hand", per_class=3, size=40)
     conf = {"input": str(images), "output": str(workdir / "by-hand-out"), "inference_protocol": "grpc"}
-    run = api.wait_until_finished(BATCH, api.trigger(BATCH, conf), 300)
+    run = wait_until_finished(api, BATCH, api.trigger(BATCH, conf), 300)
     assert run["state"] == "success"
     (predictions,) = (workdir / "by-hand-out").glob("*/predictions.jsonl")
     assert len(predictions.read_text().splitlines()) == 6

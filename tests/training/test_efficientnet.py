@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from training.efficientnet import imagenet_classifier
+from training.efficientnet import backbone, set_weights
 from training.models import build_model
 from training.pretrained import efficientnet_lite0_weights
+
+IMAGENET_CLASSES = 1000
+
+
+def imagenet_classifier(image_size: int, weights: dict[str, np.ndarray]) -> keras.Model:
+    """The whole converted network with its 1000-class ImageNet head: the proof the weights are right."""
+    model, sources = backbone(image_size)
+    head = keras.layers.Dense(IMAGENET_CLASSES)
+    logits = head(model.output)
+    set_weights([*sources, (head, "_fc")], weights)
+    return keras.Model(model.input, logits, name="efficientnet_lite0_imagenet")
+
 
 PETS = Path(__file__).resolve().parents[1] / "data" / "pets"
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
