@@ -25,7 +25,8 @@ from client.triton import (
     is_refusal,
     model_info,
 )
-from core.errors import ProjectError, reports_errors
+from core.cli import reports_errors
+from core.errors import ProjectError
 from core.images import ImageDecodeError, decode_rgb
 from core.policy import access_policy
 from core.settings import Environment

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cluster.node import ClusterError, Node, node_from_environment
-from core.errors import reports_errors
+from core.cli import reports_errors
 
 
 @reports_errors("python -m cluster")

@@ -1,52 +1,11 @@
-"""The project's own errors, and how every command line reports them.
-
-A `ProjectError` says what went wrong in words a user can act on (a source that
-does not exist, a model that failed to load, a cluster that is not running);
-the command-line entry points print it as `<prog>: error: <message>` on stderr
-and exit 2, as argparse does for a bad flag. Anything else is a bug and keeps
-its traceback.
+"""The project's own errors: a `ProjectError` says what went wrong in words a user can act on
+(a source that does not exist, a model that failed to load, a cluster that is not running).
+Standard library only: the preprocessing model ships this file into Triton (core/images.py
+raises one), where nothing but the python backend's packages is installed.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
-from typing import Protocol
-
-import pydantic
-
-USER_ERROR_EXIT = 2
-
-
-class Main(Protocol):
-    def __call__(self, argv: list[str] | None = None) -> int: ...
-
 
 class ProjectError(Exception):
     """An error whose message is the whole story for the person who ran the command."""
-
-
-def refused_settings(error: pydantic.ValidationError) -> str:
-    """A validation error on one line: `field: why` for each refused field."""
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-
-
-def reports_errors(prog: str) -> Callable[[Main], Main]:
-    """Wrap a command's `main(argv)`: project errors and refused settings become one line."""
-
-    def wrap(main: Main) -> Main:
-        @functools.wraps(main)
-        def run(argv: list[str] | None = None) -> int:
-            try:
-                return main(argv)
-            except ProjectError as error:
-                message = str(error)
-            except pydantic.ValidationError as error:  # settings the typed models refuse
-                message = refused_settings(error)
-            print(f"{prog}: error: {message}", file=sys.stderr)
-            return USER_ERROR_EXIT
-
-        return run
-
-    return wrap

@@ -23,8 +23,8 @@ from typing import Any, Literal, Self, TypeVar, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.cli import refused_settings
 from core.constants import BACKBONE_SIZE, GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
-from core.errors import refused_settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 PlatformName = Literal["local", "kubernetes"]

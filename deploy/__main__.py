@@ -17,8 +17,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from core.cli import reports_errors
 from core.constants import MODEL_NAME
-from core.errors import reports_errors
 from core.settings import Environment
 from deploy.local_triton import serve, server_from_environment
 

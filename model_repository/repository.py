@@ -22,6 +22,8 @@ from model_repository.config import Flavour, config_pbtxt, ensemble_config_pbtxt
 
 log = logging.getLogger(__name__)
 
+# What the preprocessing model imports from `core`, shipped beside it (Triton has no project).
+PREPROCESS_IMPORTS = ("__init__.py", "images.py", "errors.py")
 SOURCE_FILE = "source.txt"  # in each version folder: the model folder it was packaged from
 ONNX_FILES: dict[Precision, str] = {"fp32": "model.onnx", "int8": INT8_MODEL_FILE}
 ENSEMBLE_MARKER = "ENSEMBLE"
@@ -158,4 +160,4 @@ def preprocess_imports() -> dict[str, bytes]:
     """The package the preprocessing model imports (`from core.images import ...`), by path
     relative to its version folder, so the server decodes exactly as the client and staging do."""
     core = resources.files("core")
-    return {f"core/{name}": core.joinpath(name).read_bytes() for name in ("__init__.py", "images.py")}
+    return {f"core/{name}": core.joinpath(name).read_bytes() for name in PREPROCESS_IMPORTS}

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.errors import reports_errors
+from core.cli import reports_errors
 from core.settings import Environment, join_uri
 from pipeline.stack import StackError, follow, login_banner, stack_from_environment
 

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from core.errors import reports_errors
+from core.cli import reports_errors
 from core.settings import Environment, StagingParams, add_arguments, options_from_namespace
 from training.job import TrainingJob
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from core.errors import ProjectError, reports_errors
+from core.cli import reports_errors
+from core.errors import ProjectError
 from harness.data import REPO_ROOT, write_images
 from harness.serving import free_port
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,24 @@ def test_int8_without_a_twin_is_refused_before_writing(tmp_path: Path) -> None:
         package_model(model_uri, str(tmp_path / "repo"), flavour="python", model_name="m", max_batch_size=8,
                       precision="int8")  # fmt: skip
     assert not (tmp_path / "repo").exists()
+
+
+def test_what_the_preprocessing_model_ships_imports_nothing_it_lacks() -> None:
+    """Inside Triton there is no project: only the shipped files, the standard library and the
+    serving image's packages (a core/images.py importing an unshipped core/errors.py once
+    failed every CPU Triton pod on the cluster, while the local server, in the venv, loaded)."""
+    shipped = preprocess_imports()
+    available = {"numpy", "PIL", "triton_python_backend_utils", *sys.stdlib_module_names}
+    for path, code in {**shipped, "model.py": preprocess_model()}.items():
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                if module.startswith("core."):
+                    assert f"core/{module.split('.')[1]}.py" in shipped, (path, module)
+                else:
+                    assert module.split(".")[0] in available, (path, module)
