@@ -119,10 +119,11 @@ def plan_standing_batch() -> BatchJob:
             "no input or output: trigger with conf input and output, "
             "or set DOGS_CATS_BATCH_INPUT and DOGS_CATS_BATCH_OUTPUT for the standing input"
         )
-    policy = access_policy(Environment())
+    environment = Environment()
+    policy = access_policy(environment)
     policy.check_location("input", config.input)
     policy.check_location("output", config.output)
-    endpoint = platform_for(Environment()).served_endpoint(MODEL_NAME)
+    endpoint = platform_for(environment).served_endpoint(MODEL_NAME)
     triton = Triton(endpoint.url)
     try:
         labels = class_names(triton, model_info(triton, endpoint.model_name))
