@@ -1,5 +1,5 @@
 """The one supervisor of the long-running processes this project starts and leaves running:
-the local tritonserver, `airflow standalone`, each component of the single-node cluster and
+the local tritonserver, Airflow's components, each component of the single-node cluster and
 dockerd. Each runs detached (its own session and process group, so it outlives the command
 that started it), appends its output to a log file, and is found again through a pid file.
 
