@@ -65,7 +65,7 @@ def _ready_platform(node: Node, env_file: Path) -> int:
 
     if node.pid("kube-apiserver") is None:
         raise ClusterError("the cluster is not running: make cluster")
-    with DockerEngine(node.root / "docker").started() as engine:
+    with DockerEngine.for_node(node).started() as engine:
         images = build_images(node, engine)
     prepare_namespace(node)
     bucket = create_bucket(DEMO_BUCKET)

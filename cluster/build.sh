@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build the cluster's binaries from the Go module proxy into $CLUSTER_DIR/bin, pinned by
-# cluster/versions.env; a build whose versions and script are unchanged is reused (a stamp file).
+# cluster/versions.env; a build whose versions, script and Go sources are unchanged is reused
+# (a stamp file).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=cluster/versions.env
 source "$here/versions.env"
 bin=$(realpath -m "${CLUSTER_DIR:-$here/../.cluster}")/bin  # absolute: each build runs in its module
 stamp="$bin/.versions"
-if [[ -f "$stamp" ]] && cmp -s "$stamp" <(cat "$here/versions.env" "$here/build.sh"); then
+inputs() { cat "$here/versions.env" "$here/build.sh" "$here"/build/*/*.go "$here"/build/*/go.mod; }
+if [[ -f "$stamp" ]] && cmp -s "$stamp" <(inputs); then
   echo "cluster binaries in $bin are current"
   exit 0
 fi
@@ -51,5 +53,5 @@ build buildkit "$bin/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/bu
   github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit
 # BuildKit's own wrapper that starts a throwaway buildkitd (under rootlesskit when not root) for one build.
 install -m 0755 "$(cd "$here/build/buildkit" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)/examples/buildctl-daemonless/buildctl-daemonless.sh" "$bin/"
-cat "$here/versions.env" "$here/build.sh" > "$stamp"
+inputs > "$stamp"
 echo "built the cluster binaries into $bin in $((SECONDS - started)) s"

@@ -11,6 +11,7 @@ and no iptables rules: builds need no network, and nothing it starts listens.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -20,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.node import REGISTRY, ClusterError, docker_process
+from cluster.node import REGISTRY, ClusterError, Node, docker_process
+from cluster.oci_push import RegistryCredentials
 from cluster.versions import pinned
 
 BASE_IMAGE = "dogs-cats-base:bookworm"
@@ -50,9 +52,16 @@ TRAINING_REQUIREMENTS = _training_requirements()
 
 @dataclass(frozen=True)
 class DockerEngine:
-    """One dockerd with its data under `root`; `docker` commands go to its socket."""
+    """One dockerd with its data under `root`; `docker` commands go to its socket, logged in
+    to the cluster's registry as `registry_credentials` (kept in root/client, not ~/.docker)."""
 
     root: Path
+    registry_credentials: RegistryCredentials
+
+    @classmethod
+    def for_node(cls, node: Node) -> DockerEngine:
+        """The image builder of `node`'s cluster, pushing to its registry."""
+        return cls(node.root / "docker", node.registry_credentials())
 
     @property
     def socket(self) -> Path:
@@ -60,7 +69,11 @@ class DockerEngine:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
+        return {
+            **os.environ,
+            "DOCKER_HOST": f"unix://{self.socket}",
+            "DOCKER_CONFIG": str(self.root / "client"),
+        }
 
     def docker(self, *args: str, stdin: bytes | None = None) -> str:
         result = subprocess.run(["docker", *args], env=self.env, input=stdin, capture_output=True)
@@ -72,8 +85,18 @@ class DockerEngine:
         return subprocess.run(["docker", "info"], env=self.env, capture_output=True).returncode == 0
 
     def start(self, timeout_s: float = 60.0) -> None:
-        if self.running():
-            return
+        if not self.running():
+            self._start_daemon(timeout_s)
+        credentials = self.registry_credentials
+        self.docker(
+            "login",
+            REGISTRY,
+            f"--username={credentials.username}",
+            "--password-stdin",
+            stdin=credentials.password.encode(),
+        )
+
+    def _start_daemon(self, timeout_s: float) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         command = [
             "dockerd",
@@ -146,10 +169,17 @@ class DockerEngine:
         return tag
 
     def push(self, local: str, remote: str) -> str:
-        """Tag `local` as `remote` (in the cluster's registry) and push it."""
+        """Tag `local` as `remote` (in the cluster's registry), push it, and return `remote`
+        pinned to the digest pushed (`name:tag@sha256:...`): the node keeps images by
+        reference, so a reused tag would otherwise run whatever it pulled first."""
         self.docker("tag", local, remote)
         self.docker("push", remote)
-        return remote
+        repository = remote.rsplit(":", 1)[0]
+        digests = self.docker("image", "inspect", "--format={{json .RepoDigests}}", remote)
+        pinned = [d for d in json.loads(digests) if d.startswith(repository + "@")]
+        if not pinned:
+            raise ClusterError(f"docker push {remote} left no digest for {repository}: {digests}")
+        return f"{remote}@{pinned[0].split('@', 1)[1]}"
 
 
 def wheelhouse(folder: Path, requirements: tuple[str, ...]) -> Path:

@@ -27,10 +27,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.oci_push import push_binary_image
+import bcrypt
+
+from cluster.oci_push import RegistryCredentials, push_binary_image
 from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
 from cluster.versions import pinned
 from core.errors import ProjectError
+from core.keys import secret_file
 from core.processes import Supervised, wait_for
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
 API_PORT = 6443
 REGISTRY = f"{BRIDGE_IP}:5000"  # the node pulls from it, and so can pods
+# The one account the registry knows (htpasswd): pushes and pulls alike need it.
+REGISTRY_USER = "dogs-cats"
 # The cluster's object storage: a GCS emulator on the bridge, reached alike by pods and by
 # Airflow on this machine (STORAGE_EMULATOR_HOST); its objects live on disk under run/gcs.
 GCS_ENDPOINT = f"http://{BRIDGE_IP}:4443"
@@ -59,6 +64,8 @@ COMPONENTS = (
     "kubelet",
     "kube-proxy",
 )
+# distribution v3 sends OpenTelemetry traces to localhost:4318 unless told not to.
+COMPONENT_ENVIRONMENT = {"registry": {"OTEL_TRACES_EXPORTER": "none"}}
 
 
 # Built from Go modules by cluster/build.sh; containerd, runc and the CNI plugins are Debian's.
@@ -121,6 +128,10 @@ class Node:
     def api_url(self) -> str:
         return f"https://127.0.0.1:{API_PORT}"
 
+    def registry_credentials(self) -> RegistryCredentials:
+        """The registry's account: its password made once per cluster folder (mode 0600)."""
+        return RegistryCredentials(REGISTRY_USER, secret_file(self.run / "registry-auth" / "password"))
+
     def pid_file(self, component: str) -> Path:
         return self.run / "pids" / f"{component}.pid"
 
@@ -166,10 +177,19 @@ class Node:
         for component in COMPONENTS:
             if self.pid(component) is None:
                 log.info("starting %s", component)
-                self.process(component).start(commands[component]())
+                extra = COMPONENT_ENVIRONMENT.get(component)
+                self.process(component).start(
+                    commands[component](), env={**os.environ, **extra} if extra else None
+                )
             self._wait_ready(component, timeout_s)
             if component == "registry":  # the sandbox image every pod starts with
-                push_binary_image(REGISTRY, PAUSE_IMAGE, pinned("PAUSE_TAG"), self.bin / "pause")
+                push_binary_image(
+                    REGISTRY,
+                    PAUSE_IMAGE,
+                    pinned("PAUSE_TAG"),
+                    self.bin / "pause",
+                    credentials=self.registry_credentials(),
+                )
         self._wait_node_ready(timeout_s)
         self.env_file.write_text(f'export PATH="{self.bin}:$PATH" KUBECONFIG="{self.kubeconfig}"\n')
 
@@ -185,7 +205,9 @@ class Node:
             "kube-apiserver": lambda: self._api_ok("/readyz"),
             "kube-controller-manager": lambda: _https_ok("https://127.0.0.1:10257/healthz"),
             "kube-scheduler": lambda: _https_ok("https://127.0.0.1:10259/healthz"),
-            "registry": lambda: _http_ok(f"http://{REGISTRY}/v2/"),
+            "registry": lambda: _http_ok(
+                f"http://{REGISTRY}/v2/", self.registry_credentials().authorization()
+            ),
             "gcs": lambda: _http_ok(f"{GCS_ENDPOINT}/storage/v1/b"),
             "containerd": lambda: (self.run / "containerd" / "containerd.sock").exists(),
             "kubelet": lambda: _http_ok("http://127.0.0.1:10248/healthz"),
@@ -427,6 +449,13 @@ class Node:
         ]
 
     def _registry(self) -> list[str]:
+        """distribution's registry, asking every request (push, pull, delete) for the account
+        in its htpasswd file (bcrypt, the only hash it reads)."""
+        credentials = self.registry_credentials()
+        htpasswd = self.run / "registry-auth" / "htpasswd"
+        hashed = bcrypt.hashpw(credentials.password.encode(), bcrypt.gensalt()).decode()
+        htpasswd.write_text(f"{credentials.username}:{hashed}\n")
+        htpasswd.chmod(0o600)
         config = self.run / "registry.yml"
         config.write_text(
             json.dumps(  # YAML is a superset of JSON
@@ -438,6 +467,7 @@ class Node:
                         "delete": {"enabled": True},
                     },
                     "http": {"addr": REGISTRY},
+                    "auth": {"htpasswd": {"realm": "dogs-cats", "path": str(htpasswd)}},
                 }
             )
         )
@@ -457,6 +487,7 @@ class Node:
 
     def _containerd(self) -> list[str]:
         folder = self.run / "containerd"
+        credentials = self.registry_credentials()
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = folder / "config.toml"
         config.write_text(
@@ -495,8 +526,15 @@ state = "{folder / "state"}"
 
 [{cri}.registry.mirrors."{REGISTRY}"]
   endpoint = ["http://{REGISTRY}"]
+
+# The node's own pull identity (as a GKE node's service account is for Artifact Registry):
+# the sandbox image and every pod's images come from the registry with it.
+[{cri}.registry.configs."{REGISTRY}".auth]
+  username = {json.dumps(credentials.username)}
+  password = {json.dumps(credentials.password)}
 """
         )
+        config.chmod(0o600)
         return ["containerd", f"--config={config}"]
 
     def _kubelet(self) -> list[str]:
@@ -713,9 +751,10 @@ def _stop_shims(containerd_folder: Path) -> None:
                 os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, authorization: str | None = None) -> bool:
+    headers = {"Authorization": authorization} if authorization else {}
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False

@@ -7,13 +7,38 @@ here into a one-layer OCI image.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
 import json
 import tarfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    """An account of the cluster's registry (its htpasswd file)."""
+
+    username: str
+    password: str
+
+    def authorization(self) -> str:
+        """The HTTP Basic header value the registry's htpasswd access controller reads."""
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+    def docker_config(self, registry: str) -> str:
+        """A `kubernetes.io/dockerconfigjson` Secret's `.dockerconfigjson`: what `docker login`
+        writes, and what BuildKit and the kubelet read."""
+        auth = self.authorization().removeprefix("Basic ")
+        entry = {"username": self.username, "password": self.password, "auth": auth}
+        return json.dumps({"auths": {registry: entry}})
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def _digest(data: bytes) -> str:
@@ -33,27 +58,34 @@ def _layer(binary: Path, path_in_image: str) -> tuple[bytes, bytes]:
 
 
 def push_binary_image(
-    registry: str, repository: str, tag: str, binary: Path, args: tuple[str, ...] = ()
+    registry: str,
+    repository: str,
+    tag: str,
+    binary: Path,
+    *,
+    credentials: RegistryCredentials,
 ) -> str:
-    """Push an image whose entrypoint is `binary` (at /<name>) to http://<registry>; returns its reference."""
+    """Push an image whose entrypoint is `binary` (at /<name>) to http://<registry> as the
+    `credentials` account; returns its reference."""
     entrypoint = f"/{binary.name}"
     layer, tar_bytes = _layer(binary, entrypoint)
     config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Entrypoint": [entrypoint], "Cmd": list(args), "User": "65535:65535"},
+            "config": {"Entrypoint": [entrypoint], "User": "65535:65535"},
             "rootfs": {"type": "layers", "diff_ids": [_digest(tar_bytes)]},
         },
         sort_keys=True,
     ).encode()
     base = f"http://{registry}/v2/{repository}"
+    headers = {"Authorization": credentials.authorization()}
     for blob in (layer, config):
-        _upload_blob(base, blob)
+        _upload_blob(base, blob, headers)
     manifest = json.dumps(
         {
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": OCI_MANIFEST,
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
                 "digest": _digest(config),
@@ -68,22 +100,26 @@ def push_binary_image(
             ],
         }
     ).encode()
-    _put(f"{base}/manifests/{tag}", manifest, "application/vnd.oci.image.manifest.v1+json")
+    _put(f"{base}/manifests/{tag}", manifest, {**headers, "Content-Type": OCI_MANIFEST})
     return f"{registry}/{repository}:{tag}"
 
 
-def _upload_blob(base: str, blob: bytes) -> None:
+def _upload_blob(base: str, blob: bytes, headers: dict[str, str]) -> None:
     """A monolithic upload: POST for a session, PUT the bytes with their digest."""
-    start = urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST")
+    start = urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST", headers=headers)
     with urllib.request.urlopen(start, timeout=30) as response:
         location = response.headers["Location"]
     if location.startswith("/"):
         location = base.split("/v2/")[0] + location
     separator = "&" if "?" in location else "?"
-    _put(f"{location}{separator}digest={_digest(blob)}", blob, "application/octet-stream")
+    _put(
+        f"{location}{separator}digest={_digest(blob)}",
+        blob,
+        {**headers, "Content-Type": "application/octet-stream"},
+    )
 
 
-def _put(url: str, data: bytes, content_type: str) -> None:
-    request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": content_type})
+def _put(url: str, data: bytes, headers: dict[str, str]) -> None:
+    request = urllib.request.Request(url, data=data, method="PUT", headers=headers)
     with urllib.request.urlopen(request, timeout=60):
         pass

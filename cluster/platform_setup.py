@@ -18,6 +18,8 @@ from cluster.node import GCS_ENDPOINT, REGISTRY, ClusterError, Node
 
 NAMESPACE = "dogs-cats"
 SERVICE_ACCOUNT = "dogs-cats-training"
+# The dockerconfigjson Secret the build pod pushes with (Environment.registry_secret's default).
+PUSH_SECRET = "registry-push"
 DEMO_BUCKET = "dogs-cats-demo"
 
 
@@ -39,13 +41,21 @@ def build_images(node: Node, engine: DockerEngine, training_tag: str = "latest")
 
 
 def prepare_namespace(node: Node, namespace: str = NAMESPACE) -> None:
-    """The namespace and the service account the pods run as (Workload Identity's, on GKE)."""
+    """The namespace, the service account the pods run as (Workload Identity's, on GKE) and
+    the registry's push Secret (what a GKE user makes for Artifact Registry)."""
     objects = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": PUSH_SECRET, "namespace": namespace},
+            "stringData": {".dockerconfigjson": node.registry_credentials().docker_config(REGISTRY)},
         },
     ]
     result = node.kubectl(
@@ -70,7 +80,7 @@ def kubernetes_environment(node: Node, images: ClusterImages, namespace: str = N
         "DOGS_CATS_CPU_RUNTIME_IMAGE": images.cpu_runtime,
         "DOGS_CATS_REGISTRY": REGISTRY,
         "DOGS_CATS_REGISTRY_PLAIN_HTTP": "true",
-        "DOGS_CATS_REGISTRY_SECRET": "",
+        "DOGS_CATS_REGISTRY_SECRET": PUSH_SECRET,
         # One node of two cores: one Triton replica (maxSurge 1 still rolls out with no gap).
         "DOGS_CATS_SERVING_REPLICAS": "1",
         "STORAGE_EMULATOR_HOST": GCS_ENDPOINT,

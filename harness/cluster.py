@@ -38,7 +38,7 @@ def running_cluster() -> Iterator[Node]:
 def project_images(node: Node) -> ClusterImages:
     """The kubernetes platform's images, built from this checkout once per test session; the
     registry keeps them while later test modules restart the cluster."""
-    with DockerEngine(node.root / "docker").started() as engine:
+    with DockerEngine.for_node(node).started() as engine:
         return build_images(node, engine, training_tag="test")
 
 

@@ -38,7 +38,7 @@ def node() -> Iterator[Node]:
 
 @pytest.fixture(scope="module")
 def engine(node: Node) -> Iterator[DockerEngine]:
-    with DockerEngine(node.root / "docker").started() as engine:
+    with DockerEngine.for_node(node).started() as engine:
         yield engine
 
 

@@ -9,14 +9,16 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, Node
-from cluster.oci_push import push_binary_image
+from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, REGISTRY_USER, Node
+from cluster.oci_push import RegistryCredentials, push_binary_image
 from cluster.versions import pinned
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import cluster_chains, kubectl, running_cluster
@@ -43,7 +45,12 @@ def api(node: Node) -> KubernetesApi:
 @pytest.fixture(scope="module")
 def images(node: Node) -> dict[str, str]:
     """Two tags of a small image in the local registry, for the node to pull."""
-    return {tag: push_binary_image(REGISTRY, "rollout-test", tag, node.bin / "pause") for tag in ("v1", "v2")}
+    return {
+        tag: push_binary_image(
+            REGISTRY, "rollout-test", tag, node.bin / "pause", credentials=node.registry_credentials()
+        )
+        for tag in ("v1", "v2")
+    }
 
 
 def _deployment(image: str, *, never_ready: bool = False) -> dict[str, Any]:
@@ -100,6 +107,37 @@ def test_kubectl_is_the_one_built_with_the_cluster(node: Node) -> None:
         check=True,
     )
     assert shell.stdout.split() == [str(node.bin / "kubectl"), str(node.kubeconfig)]
+
+
+def _registry_status(method: str, path: str, headers: dict[str, str] | None = None) -> int:
+    body = b"" if method in ("POST", "PUT") else None
+    request = urllib.request.Request(
+        f"http://{REGISTRY}{path}", data=body, method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_the_registry_refuses_whoever_has_no_credentials(node: Node, images: dict[str, str]) -> None:
+    """Anonymous (or wrongly credentialed) pushes, pulls and deletes are refused; the node's
+    account may push and pull (and the node pulls with it: every pod of these tests)."""
+    wrong = RegistryCredentials(REGISTRY_USER, "not-the-password")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        push_binary_image(REGISTRY, "intruder", "v1", node.bin / "pause", credentials=wrong)
+    assert refused.value.code == 401
+    manifest = "/v2/rollout-test/manifests/v1"
+    oci = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    assert _registry_status("POST", "/v2/intruder/blobs/uploads/") == 401
+    assert _registry_status("GET", manifest, oci) == 401
+    assert _registry_status("DELETE", manifest, oci) == 401
+    account = {**oci, "Authorization": node.registry_credentials().authorization()}
+    assert _registry_status("GET", manifest, account) == 200
+    assert _registry_status("GET", "/v2/intruder/tags/list", account) == 404  # nothing was pushed
+    assert (node.run / "registry-auth" / "password").stat().st_mode & 0o777 == 0o600
+    assert (node.run / "containerd" / "config.toml").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_deployment_rolls_out_updates_and_undoes_as_kubectl_reports(

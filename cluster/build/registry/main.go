@@ -2,6 +2,7 @@
 package main
 
 import (
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 
 	"github.com/distribution/distribution/v3/registry"
