@@ -23,9 +23,11 @@ export DOGS_CATS_ALLOWED_ROOTS ?= $(shell $(PYTHON) -c 'import json, sys; print(
 	$(DEMO_DIR) $(if $(findstring ://,$(DATA_SOURCE)),,$(abspath $(DATA_SOURCE))))
 # The single-node cluster's binaries (built once, reused) and run-time state.
 export DOGS_CATS_CLUSTER_DIR ?= $(CURDIR)/.cluster
+# The Prometheus `make up` and `make demo` run beside the local Triton, built from its Go module.
+export DOGS_CATS_PROMETHEUS_BINARY ?= $(DOGS_CATS_CLUSTER_DIR)/bin/prometheus
 
 .PHONY: install browser up demo test check doctor lint unit integration faults stop cluster cluster-packages \
-	cluster-binaries cluster-down
+	cluster-binaries cluster-down prometheus
 
 ## What this machine lacks for `make test`, `make cluster` and `make demo`, one line each with its fix
 ## (those targets run their part of it first, in the first seconds).
@@ -50,9 +52,15 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 	  else echo "the report test needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
-## Start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:$(AIRFLOW__API__PORT).
-up: install
+## Start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:$(AIRFLOW__API__PORT),
+## and Prometheus on 127.0.0.1:9090 (DOGS_CATS_PROMETHEUS_PORT) scraping the local Triton.
+up: install prometheus
 	$(BIN)/python -m pipeline.stack up
+
+## Prometheus alone (cluster/build.sh prometheus), rebuilt when its pin changes.
+prometheus: $(DOGS_CATS_PROMETHEUS_BINARY)
+$(DOGS_CATS_PROMETHEUS_BINARY): cluster/versions.env cluster/build/prometheus/go.mod
+	CLUSTER_DIR=$(DOGS_CATS_CLUSTER_DIR) cluster/build.sh prometheus
 
 ## Run the dogs_cats DAG end to end on this machine under the live scheduler, triggered
 ## through the REST API; Airflow and Triton keep running afterwards (make stop).
@@ -63,7 +71,7 @@ demo: preflight-demo cluster
 	set -a && . $(DOGS_CATS_CLUSTER_DIR)/platform.env && set +a && \
 	  $(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket gs://dogs-cats-demo
 else
-demo: preflight-demo install
+demo: preflight-demo install prometheus
 	$(BIN)/python -m pipeline.demo --source '$(DATA_SOURCE)' --conf '$(CONF)' --bucket '$(DEMO_DIR)/bucket'
 endif
 

@@ -8,8 +8,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 bin=$(realpath -m "${CLUSTER_DIR:-$here/../.cluster}")/bin  # absolute: each build runs in its module
 stamp="$bin/.versions"
+only=${1:-all}  # `prometheus`: that binary alone, all `make up` and `make demo` need
 inputs() { cat "$here/versions.env" "$here/build.sh" "$here"/build/*/*.go "$here"/build/*/go.mod; }
-if [[ -f "$stamp" ]] && cmp -s "$stamp" <(inputs); then
+if [[ $only == all ]] && [[ -f "$stamp" ]] && cmp -s "$stamp" <(inputs); then
   echo "cluster binaries in $bin are current"
   exit 0
 fi
@@ -30,6 +31,19 @@ for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   version_flags+=" -X $package.gitTreeState=clean"
 done
 started=$SECONDS
+build_prometheus() {
+  # Only the file and Kubernetes service discovery: the cloud SDKs of the others stay out.
+  local release=${PROMETHEUS_VERSION#v0.}  # the module's v0.316.0 is Prometheus 3.16.0
+  (cd "$here/build/prometheus" && go mod edit -require="github.com/prometheus/prometheus@$PROMETHEUS_VERSION")
+  local version_flags="-X github.com/prometheus/common/version.Version=3.${release:1}"
+  GOFLAGS=-tags=remove_all_sd,enable_kubernetes_sd build prometheus "$bin/" \
+    github.com/prometheus/prometheus/cmd/prometheus
+}
+if [[ $only == prometheus ]]; then
+  build_prometheus
+  echo "built Prometheus into $bin in $((SECONDS - started)) s"
+  exit 0
+fi
 # k8s.io/kubernetes points its staging modules at ./staging; a dependency needs their published versions.
 (
   cd "$here/build/kubernetes"
@@ -48,6 +62,7 @@ build kubernetes "$bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/
 build etcd "$bin/etcd"
 build registry "$bin/registry"
 build pause "$bin/pause"
+build_prometheus
 version_flags="-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION"
 build buildkit "$bin/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl \
   github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit

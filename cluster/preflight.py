@@ -179,7 +179,7 @@ CHECKS: dict[str, Callable[[str], Iterable[Finding]]] = {
     "apt": lambda goal: check_apt_sources(packages_to_install()),
 }
 GOALS = {
-    "demo": ("python", "disk"),
+    "demo": ("python", "go", "disk"),  # Go: the Prometheus beside the local Triton
     "cluster": ("python", "root", "go", "cgroups", "disk", "apt"),
     "test": ("python", "root", "go", "cgroups", "disk", "apt"),
 }

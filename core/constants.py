@@ -21,6 +21,9 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 # health, metadata, model config and statistics stay open.
 ADMIN_KEY_HEADER = "dogs-cats-admin-key"
 RESTRICTED_TRITON_APIS = ("model-repository", "shared-memory", "trace", "logging")
+# Every tritonserver exports latency quantiles (nv_inference_request_summary_us) beside its
+# counters: the p50/p99 that Prometheus records (deploy/monitoring.py) come from them.
+TRITON_METRICS_FLAG = "--metrics-config=summary_latencies=true"
 
 KAGGLE_CATS_AND_DOGS_URL = (
     "https://download.microsoft.com/download/3/E/1/"

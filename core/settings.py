@@ -282,6 +282,13 @@ class Environment(BaseSettings):
     triton_grpc_port: int = GRPC_PORT
     triton_metrics_port: int = METRICS_PORT
     triton_ready_timeout_s: float = 120.0
+    prometheus_port: int = Field(
+        default=9090, description="Local platform: the port Prometheus answers on (127.0.0.1 only)."
+    )
+    prometheus_binary: str = Field(
+        default="prometheus",
+        description="Local platform: the Prometheus to run, a path or a name on PATH (`make` builds one).",
+    )
     triton_instances: int = Field(
         default=2, ge=1, description="Model instances in the local server (2 x 1 thread was best on 2 cores)."
     )

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core import storage
-from core.constants import ADMIN_KEY_HEADER, RESTRICTED_TRITON_APIS, ensemble_name
+from core.constants import ADMIN_KEY_HEADER, RESTRICTED_TRITON_APIS, TRITON_METRICS_FLAG, ensemble_name
 from core.errors import ProjectError
 from core.keys import secret_file
 from core.processes import ProcessFailed, Supervised, running, wait_for
@@ -166,6 +166,7 @@ class LocalTriton:
             # CPU-only machine: no pinned memory pool, no GPU metrics.
             "--pinned-memory-pool-byte-size=0",
             "--allow-gpu-metrics=false",
+            TRITON_METRICS_FLAG,
             *restricted_api_flags(self.admin_key),
         ]
         env = dict(os.environ)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.cli import reports_errors
 from core.settings import Environment, join_uri
-from pipeline.stack import StackError, follow, login_banner, stack_from_environment
+from pipeline.stack import StackError, follow, login_banner, monitoring_banner, stack_from_environment
 
 DAG_ID = "dogs_cats"
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.start()
     stack.wait_for_dag(DAG_ID)
     print(login_banner(stack), flush=True)
+    print(monitoring_banner(), flush=True)
     api = stack.api()
     try:
         run_id = api.trigger(DAG_ID, conf)

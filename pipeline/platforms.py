@@ -63,6 +63,11 @@ class Platform(Protocol):
         """Where `model_name` answers now, with the version it serves; raises when nothing does."""
         ...
 
+    def start_monitoring(self) -> str | None:
+        """Start the Prometheus this machine runs for the served model (when it runs one);
+        its address, for the user to open."""
+        ...
+
 
 def resolved(output: XComArg) -> Any:
     """A task's output passed to a TaskFlow task typed with the value it resolves to.
@@ -140,6 +145,11 @@ class LocalPlatform:
 
         return served_endpoint(self.environment, model_name)
 
+    def start_monitoring(self) -> str:
+        from deploy.monitoring import start_local_prometheus
+
+        return start_local_prometheus(self.environment).url
+
 
 class KubernetesPlatform:
     name: PlatformName = "kubernetes"
@@ -185,6 +195,10 @@ class KubernetesPlatform:
         from deploy.rollout import served_endpoint
 
         return served_endpoint(cluster_api(self.environment), self.environment, model_name)
+
+    def start_monitoring(self) -> None:
+        """Nothing on this machine: Prometheus belongs to the cluster."""
+        return None
 
 
 def platform_for(environment: Environment) -> Platform:

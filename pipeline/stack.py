@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         stack.wait_for_dag("dogs_cats")
         print(login_banner(stack))
+        print(monitoring_banner())
         return 0
     if args.command == "status":
         running = stack.running()
@@ -317,13 +318,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if running else 1
     print("stopped Airflow" if stack.stop() else "Airflow was not running")
     from deploy.local_triton import server_from_environment
+    from deploy.monitoring import prometheus_from_environment
 
     print(
         "stopped tritonserver"
         if server_from_environment(Environment()).stop()
         else "no tritonserver was running"
     )
+    print(
+        "stopped Prometheus"
+        if prometheus_from_environment(Environment()).stop()
+        else "no Prometheus was running"
+    )
     return 0
+
+
+def monitoring_banner() -> str:
+    """Start the platform's Prometheus where this machine runs it, and say where it answers."""
+    from pipeline.platforms import platform_for
+
+    url = platform_for(Environment()).start_monitoring()
+    if url is None:
+        return "Prometheus: none on this machine for this platform"
+    return f"Prometheus: {url}  (queries: docs/serving.md#metrics)"
 
 
 def login_banner(stack: AirflowStack) -> str:

@@ -35,6 +35,11 @@ os.environ.update(
         "DOGS_CATS_ALLOWED_NETWORKS": json.dumps(["127.0.0.0/8", "::1/128"]),
     }
 )
+# The Prometheus `make` builds (cluster/build.sh), unless the caller names another.
+os.environ.setdefault(
+    "DOGS_CATS_PROMETHEUS_BINARY",
+    str(Path(os.environ.get("DOGS_CATS_CLUSTER_DIR", REPO_ROOT / ".cluster")) / "bin" / "prometheus"),
+)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.constants import TRITON_METRICS_FLAG
 from core.settings import Environment
 from deploy.local_triton import restricted_api_flags
 from harness.data import fake_model
@@ -138,3 +139,9 @@ def test_the_image_puts_triton_s_control_apis_behind_the_key(dockerfile: Path) -
     for flag in restricted_api_flags("${TRITON_ADMIN_KEY}"):
         assert flag in command
     assert 'test -n \\"$TRITON_ADMIN_KEY\\" ||' in command, "no key, no server"
+
+
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DOCKERFILES["python"]], ids=lambda path: path.name)
+def test_the_image_exports_the_latency_quantiles_prometheus_records(dockerfile: Path) -> None:
+    command = dockerfile.read_text().split("\nCMD ", 1)[1]
+    assert TRITON_METRICS_FLAG in command

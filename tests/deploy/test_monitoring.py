@@ -1,0 +1,83 @@
+"""Prometheus reading the real local tritonserver: the served model's counters after a smoke
+test, the recording rules evaluated by a real Prometheus, and nothing listening beyond loopback."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.processes import wait_for
+from core.settings import Environment
+from deploy.monitoring import RULES, LocalPrometheus, PrometheusApi
+from deploy.rollout import smoke_test
+from harness.serving import free_port
+from harness.sockets import listening_addresses
+
+pytestmark = pytest.mark.integration
+
+SUCCESS = "nv_inference_request_success"
+
+
+@pytest.fixture
+def prometheus(served_model: dict, tmp_path: Path) -> Iterator[tuple[LocalPrometheus, PrometheusApi]]:
+    state = served_model["server"].state()
+    local = LocalPrometheus(tmp_path / "prometheus", Environment().prometheus_binary, free_port())
+    api = local.start(f"127.0.0.1:{state.metrics_port}")
+    try:
+        yield local, api
+    finally:
+        local.stop()
+
+
+def _triton_counter(served_model: dict, model: str) -> float:
+    """The counter as Triton itself exports it now."""
+    state = served_model["server"].state()
+    with urllib.request.urlopen(f"http://127.0.0.1:{state.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    pattern = rf'^{SUCCESS}{{[^}}]*model="{model}"[^}}]*}} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, text, flags=re.MULTILINE))
+
+
+def test_prometheus_answers_for_the_served_model_after_the_smoke_test(
+    served_model: dict, session_images: Path, prometheus: tuple[LocalPrometheus, PrometheusApi]
+) -> None:
+    local, api = prometheus
+    images = [path.read_bytes() for path in sorted(session_images.rglob("*.jpg"))[:3]]
+    smoke_test(served_model["url"], "dogs_cats", served_model["version"].version, images)
+    served = _triton_counter(served_model, "dogs_cats")
+    assert served >= 1  # a request may carry several images
+
+    def scraped() -> list[dict]:
+        samples = api.query(f'sum by (model, version, track) ({SUCCESS}{{model="dogs_cats"}})')
+        return [s for s in samples if float(s["value"][1]) >= served]
+
+    [sample] = wait_for("Prometheus to scrape the smoke test's requests", scraped, timeout_s=60)
+    assert sample["metric"] == {"model": "dogs_cats", "version": "1", "track": "stable"}
+    pid = local.process().pid()
+    assert pid is not None
+    assert listening_addresses({pid}) == {"127.0.0.1"}
+
+
+def test_every_recording_rule_evaluates_on_triton_s_metrics(
+    served_model: dict, session_images: Path, prometheus: tuple[LocalPrometheus, PrometheusApi]
+) -> None:
+    """Each recorded series appears for the served model, labelled with its version and track:
+    the rules name metrics this tritonserver exports, with the flags it runs with."""
+    _, api = prometheus
+    images = [path.read_bytes() for path in sorted(session_images.rglob("*.jpg"))[:3]]
+    version = served_model["version"].version
+    recorded = [rule["record"] for rule in RULES]
+
+    def all_recorded() -> bool:
+        smoke_test(served_model["url"], "dogs_cats", version, images)  # keeps every rate above zero
+        found = {
+            name: api.query(f'{name}{{model="dogs_cats", version="{version}", track="stable"}}')
+            for name in recorded
+        }
+        return all(found.values())
+
+    wait_for("every recording rule to produce a series", all_recorded, timeout_s=90, interval_s=3)
