@@ -59,6 +59,7 @@ def _ready_platform(node: Node, env_file: Path) -> int:
         build_images,
         create_bucket,
         env_file_text,
+        install_monitoring,
         kubernetes_environment,
         prepare_namespace,
     )
@@ -68,9 +69,10 @@ def _ready_platform(node: Node, env_file: Path) -> int:
     with DockerEngine.for_node(node).started() as engine:
         images = build_images(node, engine)
     prepare_namespace(node)
+    prometheus = install_monitoring(node)
     bucket = create_bucket(DEMO_BUCKET)
-    env_file.write_text(env_file_text(kubernetes_environment(node, images)))
-    print(f"images {images}; bucket {bucket}; settings in {env_file}")
+    env_file.write_text(env_file_text(kubernetes_environment(node, images, prometheus)))
+    print(f"images {images}; bucket {bucket}; Prometheus {prometheus}; settings in {env_file}")
     return 0
 
 

@@ -1,13 +1,13 @@
 """One machine as a whole Kubernetes cluster, from upstream components started as processes.
 
 etcd, kube-apiserver (TLS, RBAC and the Node authorizer), kube-controller-manager,
-kube-scheduler, the distribution registry, containerd with its CRI plugin and the
-CNI bridge and host-local plugins, a kubelet, and kube-proxy (iptables). The
-control plane and the registry listen on 127.0.0.1 or the cluster's bridge
-(10.88.0.1) only. Everything lives under one folder (`.cluster/` by default):
-binaries, certificates, data, logs and pid files; `down` stops every process,
-unmounts what the kubelet and containerd mounted, and removes the bridge and
-kube-proxy's iptables rules.
+kube-scheduler, the distribution registry (htpasswd credentials for every request),
+containerd with its CRI plugin and the CNI bridge and host-local plugins, a kubelet,
+and kube-proxy (iptables). The control plane and the registry listen on 127.0.0.1 or
+the cluster's bridge (10.88.0.1) only: the API server on the bridge, where pods reach it.
+Everything lives under one folder (`.cluster/` by default): binaries, certificates,
+data, logs and pid files; `down` stops every process, unmounts what the kubelet and
+containerd mounted, and removes the bridge and kube-proxy's iptables rules.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class Node:
 
     @property
     def api_url(self) -> str:
-        return f"https://127.0.0.1:{API_PORT}"
+        return f"https://{BRIDGE_IP}:{API_PORT}"
 
     def registry_credentials(self) -> RegistryCredentials:
         """The registry's account: its password made once per cluster folder (mode 0600)."""
@@ -390,7 +390,9 @@ class Node:
         return [
             str(self.bin / "kube-apiserver"),
             "--etcd-servers=http://127.0.0.1:2379",
-            "--bind-address=127.0.0.1",
+            # The bridge, not loopback: pods reach it there (the `kubernetes` Service), and so
+            # does everything on this machine; nothing beyond this machine can.
+            f"--bind-address={BRIDGE_IP}",
             f"--secure-port={API_PORT}",
             # The address the `kubernetes` Service's endpoint names: the node's, on the bridge.
             f"--advertise-address={BRIDGE_IP}",

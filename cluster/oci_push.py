@@ -66,7 +66,7 @@ def push_binary_image(
     credentials: RegistryCredentials,
 ) -> str:
     """Push an image whose entrypoint is `binary` (at /<name>) to http://<registry> as the
-    `credentials` account; returns its reference."""
+    `credentials` account; returns its reference, `name:tag@sha256:...`."""
     entrypoint = f"/{binary.name}"
     layer, tar_bytes = _layer(binary, entrypoint)
     config = json.dumps(
@@ -101,7 +101,8 @@ def push_binary_image(
         }
     ).encode()
     _put(f"{base}/manifests/{tag}", manifest, {**headers, "Content-Type": OCI_MANIFEST})
-    return f"{registry}/{repository}:{tag}"
+    # Pinned to the digest: the node keeps images by reference, and a tag may be pushed again.
+    return f"{registry}/{repository}:{tag}@{_digest(manifest)}"
 
 
 def _upload_blob(base: str, blob: bytes, headers: dict[str, str]) -> None:

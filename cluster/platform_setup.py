@@ -15,11 +15,15 @@ from dataclasses import dataclass
 
 from cluster.docker import DockerEngine, builder_image, training_cpu_image, triton_cpu_runtime_image
 from cluster.node import GCS_ENDPOINT, REGISTRY, ClusterError, Node
+from cluster.oci_push import push_binary_image
+from cluster.versions import pinned
+from deploy.monitoring import PROMETHEUS_PORT, prometheus_manifests
 
 NAMESPACE = "dogs-cats"
 SERVICE_ACCOUNT = "dogs-cats-training"
 # The dockerconfigjson Secret the build pod pushes with (Environment.registry_secret's default).
 PUSH_SECRET = "registry-push"
+MONITORING_NAMESPACE = "dogs-cats-monitoring"
 DEMO_BUCKET = "dogs-cats-demo"
 
 
@@ -65,7 +69,34 @@ def prepare_namespace(node: Node, namespace: str = NAMESPACE) -> None:
         raise ClusterError(f"could not create namespace {namespace}: {result.stderr}")
 
 
-def kubernetes_environment(node: Node, images: ClusterImages, namespace: str = NAMESPACE) -> dict[str, str]:
+def install_monitoring(node: Node, namespace: str = MONITORING_NAMESPACE) -> str:
+    """Prometheus in the cluster (deploy/monitoring.py's manifests), its image the binary
+    cluster/build.sh built; waits for it to be ready and returns its address (the Service's)."""
+    image = push_binary_image(
+        REGISTRY,
+        "prometheus",
+        pinned("PROMETHEUS_VERSION"),
+        node.bin / "prometheus",
+        credentials=node.registry_credentials(),
+    )
+    manifests = prometheus_manifests(namespace, image)
+    applied = node.kubectl(
+        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+    )
+    if applied.returncode != 0:
+        raise ClusterError(f"could not install Prometheus: {applied.stderr}")
+    ready = node.kubectl("rollout", "status", "deployment/prometheus", "-n", namespace, "--timeout=180s")
+    if ready.returncode != 0:
+        raise ClusterError(f"Prometheus did not become ready: {ready.stderr or ready.stdout}")
+    address = node.kubectl(
+        "get", "service", "prometheus", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout
+    return f"http://{address}:{PROMETHEUS_PORT}"
+
+
+def kubernetes_environment(
+    node: Node, images: ClusterImages, prometheus_url: str, namespace: str = NAMESPACE
+) -> dict[str, str]:
     """The environment Airflow's components need to run `dogs_cats` on this cluster."""
     connection = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(node.kubeconfig)}}
     return {
@@ -84,6 +115,7 @@ def kubernetes_environment(node: Node, images: ClusterImages, namespace: str = N
         # One node of two cores: one Triton replica (maxSurge 1 still rolls out with no gap).
         "DOGS_CATS_SERVING_REPLICAS": "1",
         "STORAGE_EMULATOR_HOST": GCS_ENDPOINT,
+        "DOGS_CATS_PROMETHEUS_URL": prometheus_url,
         "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(connection),
     }
 

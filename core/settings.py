@@ -417,6 +417,10 @@ class Environment(BaseSettings):
         ),
     )
     rollout_timeout_s: float = 900.0
+    prometheus_url: str = Field(
+        default="",
+        description="Kubernetes: the Prometheus scraping the Triton pods (http://host:9090); empty: none.",
+    )
     # The dogs_cats_batch DAG.
     batch_input: str = Field(
         default="", description="Standing input that dogs_cats_batch re-classifies after each deployment."

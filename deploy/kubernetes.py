@@ -13,6 +13,7 @@ from typing import Any
 
 from core.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from core.settings import Environment, gpu_node_labels
+from deploy.monitoring import TRACK_LABEL
 
 # Prometheus-adapter metric (see README): Triton's queue time per request, averaged
 # over the last minute, from nv_inference_queue_duration_us / nv_inference_request_success.
@@ -167,7 +168,13 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {
-                    "labels": {**spec.selector, "dogs-cats-triton/model-version": str(spec.model_version)},
+                    "labels": {
+                        **spec.selector,
+                        "app.kubernetes.io/part-of": "dogs-cats-triton",
+                        "dogs-cats-triton/model-version": str(spec.model_version),
+                        # Prometheus labels each series with it (deploy/monitoring.py).
+                        TRACK_LABEL: "stable",
+                    },
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(METRICS_PORT),
@@ -210,12 +217,15 @@ def service(spec: ServingSpec) -> dict[str, Any]:
 
 
 def pod_disruption_budget(spec: ServingSpec) -> dict[str, Any]:
-    """Node upgrades and autoscaler drains keep at least one server answering."""
+    """Drains (node upgrades, the cluster autoscaler) evict one Triton pod at a time, whatever
+    the replica count between its bounds: with two or more another serves meanwhile. A floor
+    (`minAvailable: 1`) would refuse every eviction of a lone replica, and so every drain of
+    its node, until the drain's own timeout."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": spec.metadata(),
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": spec.selector}},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": spec.selector}},
     }
 
 

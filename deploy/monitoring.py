@@ -10,6 +10,7 @@ canary analysis and the run's report read, one series per model, version and tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 BY = "model, version, track"
 WINDOW = "1m"  # four scrapes at least: a rate over fewer is noise
 SCRAPE_INTERVAL = "5s"
+P99_SERIES = "model_version_track:nv_inference_request_summary_us:p99"
+P50_SERIES = "model_version_track:nv_inference_request_summary_us:p50"
 RULES: list[dict[str, str]] = [
     {
         "record": "model_version_track:nv_inference_request_success:rate1m",
@@ -57,11 +60,11 @@ RULES: list[dict[str, str]] = [
     },
     {
         # A summary's quantiles cannot be averaged across pods: the worst pod's.
-        "record": "model_version_track:nv_inference_request_summary_us:p99",
+        "record": P99_SERIES,
         "expr": f'max by ({BY}) (nv_inference_request_summary_us{{quantile="0.99"}})',
     },
     {
-        "record": "model_version_track:nv_inference_request_summary_us:p50",
+        "record": P50_SERIES,
         "expr": f'max by ({BY}) (nv_inference_request_summary_us{{quantile="0.5"}})',
     },
 ]
@@ -90,6 +93,159 @@ def local_scrape(triton_metrics: str) -> list[dict[str, Any]]:
     ]
 
 
+# The pod label saying which track a Triton pod serves: `stable` (the Deployment's pods) or `canary`.
+TRACK_LABEL = "dogs-cats-triton/track"
+PROMETHEUS_PORT = 9090
+
+
+def kubernetes_scrape() -> list[dict[str, Any]]:
+    """Every Triton pod of the project in any namespace, found through the API (pod role), its
+    metrics port scraped, and each series labelled with the pod, its namespace and its track."""
+
+    def label(name: str) -> str:  # how Prometheus spells a pod label in its metadata
+        return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in name)
+
+    return [
+        {
+            "job_name": "triton",
+            "kubernetes_sd_configs": [{"role": "pod"}],
+            "relabel_configs": [
+                {
+                    "source_labels": [
+                        label("app.kubernetes.io/part-of"),
+                        label("app.kubernetes.io/component"),
+                    ],
+                    "regex": "dogs-cats-triton;serving",
+                    "action": "keep",
+                },
+                {
+                    "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                    "regex": "metrics",
+                    "action": "keep",
+                },
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"source_labels": [label(TRACK_LABEL)], "target_label": "track"},
+            ],
+        }
+    ]
+
+
+def prometheus_manifests(namespace: str, image: str) -> list[dict[str, Any]]:
+    """Prometheus as a cluster component: allowed to list and watch pods (nothing else), its
+    config and rules in a ConfigMap, its data in an emptyDir, a ClusterIP Service on 9090."""
+    name = "prometheus"
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "dogs-cats-triton"}
+    metadata = {"name": name, "namespace": namespace, "labels": labels}
+    config = prometheus_config(kubernetes_scrape(), "/etc/prometheus/rules.yml")
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": f"{namespace}-{name}", "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{namespace}-{name}", "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{namespace}-{name}",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": {
+                "prometheus.yml": json.dumps(config, indent=2),
+                "rules.yml": json.dumps(RECORDING_RULES, indent=2),
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata,
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                # One writer of the data folder at a time.
+                "strategy": {"type": "Recreate"},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        # A new config rolls the pod (Prometheus reads its files at start).
+                        "annotations": {"dogs-cats-triton/config": _digest([config, RECORDING_RULES])},
+                    },
+                    "spec": {
+                        "serviceAccountName": name,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 65534,
+                            "runAsGroup": 65534,
+                            "fsGroup": 65534,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": name,
+                                "image": image,
+                                "args": [
+                                    "--config.file=/etc/prometheus/prometheus.yml",
+                                    "--storage.tsdb.path=/data",
+                                    "--storage.tsdb.retention.time=2d",
+                                    f"--web.listen-address=:{PROMETHEUS_PORT}",
+                                ],
+                                "ports": [{"name": "http", "containerPort": PROMETHEUS_PORT}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/-/ready", "port": "http"},
+                                    "periodSeconds": 5,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "256Mi"},
+                                    "limits": {"memory": "1Gi"},
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": "/etc/prometheus", "readOnly": True},
+                                    {"name": "data", "mountPath": "/data"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": name}},
+                            {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}},
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "type": "ClusterIP",
+                "selector": labels,
+                "ports": [{"name": "http", "port": PROMETHEUS_PORT, "targetPort": "http"}],
+            },
+        },
+    ]
+
+
+def _digest(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class PrometheusApi:
     """Prometheus' HTTP API at `url` (http://host:port)."""
@@ -113,6 +269,28 @@ class PrometheusApi:
             raise MonitoringError(f"Prometheus refused {promql!r}: {refused.read()[:500]!r}") from refused
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
+
+
+def serving_figures(api: PrometheusApi, model_name: str, window_s: int) -> dict[str, Any]:
+    """What `model_name` served over the last `window_s` seconds (a run's), per version and
+    track: requests and failures (counter increases), and the latency quantiles' median over
+    the window (p50) and worst (p99), in microseconds."""
+    window = f"[{max(window_s, 60)}s]"
+    model = f'{{model="{model_name}"}}'
+    queries = {
+        "requests": f"sum by (version, track) (increase(nv_inference_request_success{model}{window}))",
+        "failures": f"sum by (version, track) (increase(nv_inference_request_failure{model}{window}))",
+        "p50_us": f"max by (version, track) (quantile_over_time(0.5, {P50_SERIES}{model}{window}))",
+        "p99_us": f"max by (version, track) (max_over_time({P99_SERIES}{model}{window}))",
+    }
+    versions: dict[str, dict[str, Any]] = {}
+    for figure, promql in queries.items():
+        for sample in api.query(promql):
+            labels = sample["metric"]
+            key = f"{labels.get('version', '?')}/{labels.get('track', '?')}"
+            value = float(sample["value"][1])
+            versions.setdefault(key, {})[figure] = round(value) if value == value else None  # NaN: none
+    return {"prometheus": api.url, "window_s": window_s, "by_version_and_track": versions}
 
 
 @dataclass(frozen=True)

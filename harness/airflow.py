@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from core.processes import group_running
+from core.settings import Environment
 from deploy.local_triton import LocalTriton
+from deploy.monitoring import prometheus_from_environment, start_local_prometheus
 from harness.data import REPO_ROOT
 from harness.serving import free_port
 from pipeline.plan import RunPlan
@@ -17,29 +19,43 @@ from pipeline.stack import FINISHED, AirflowApi, AirflowStack, wait_for
 
 
 @contextmanager
-def running_stack(root: Path, **environment: str) -> Iterator[AirflowStack]:
-    """Airflow with its home, Triton state and ports under `root`; `environment` adds DOGS_CATS_* settings.
+def running_stack(
+    root: Path, environment: dict[str, str] | None = None, *, prometheus: bool = False
+) -> Iterator[AirflowStack]:
+    """Airflow with its home, Triton state and ports under `root`; `environment` adds DOGS_CATS_* settings;
+    `prometheus` starts the local Prometheus beside it, as `make up` does.
 
-    On the way out it stops Airflow (SIGINT to its process group) and the
-    tritonserver its deploy tasks started."""
+    On the way out it stops Airflow (SIGINT to its process group), the
+    tritonserver its deploy tasks started and Prometheus."""
     triton = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    settings = Environment(
+        state_dir=root / "state",
+        triton_http_port=triton["http_port"],
+        triton_grpc_port=triton["grpc_port"],
+        triton_metrics_port=triton["metrics_port"],
+        prometheus_port=free_port(),
+    )
     stack = AirflowStack(
         home=root / "airflow",
         dags_folder=REPO_ROOT / "dags",
         port=free_port(),
         extra_env={
-            "DOGS_CATS_STATE_DIR": str(root / "state"),
+            "DOGS_CATS_STATE_DIR": str(settings.state_dir),
             **{f"DOGS_CATS_TRITON_{name.upper()}": str(port) for name, port in triton.items()},
-            **environment,
+            "DOGS_CATS_PROMETHEUS_PORT": str(settings.prometheus_port),
+            **(environment or {}),
         },
     )
     try:
         stack.start()
+        if prometheus:
+            start_local_prometheus(settings)
         yield stack
     finally:
         groups = list(stack.running().values())
         stack.stop()
         LocalTriton(root / "state", **triton).stop()
+        prometheus_from_environment(settings).stop()
         outlived = [group for group in groups if group_running(group)]
         if outlived:
             raise AssertionError(f"Airflow's process groups {outlived} outlived stop()")

@@ -6,15 +6,20 @@ import functools
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster.docker import DockerEngine, build_and_push, triton_cpu_runtime
 from cluster.node import CHAIN_PREFIXES, Node, node_from_environment
 from cluster.platform_setup import ClusterImages, build_images
+from core.constants import MODEL_NAME
+from pipeline.stack import wait_for
 
 
 @contextmanager
@@ -81,3 +86,55 @@ def cluster_chains() -> list[str]:
                 if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES)
             ]
     return found
+
+
+class Hammer:
+    """A client calling the Service in a loop, recording each failure and the version that answered."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failures: list[str] = []
+        self.versions_seen: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        wait_for("the first answer", lambda: self.answered > 0 or bool(self.failures), 60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        """Alternates a kept-alive connection, which stays on one pod until that pod exits, with
+        a new connection per call, which follows the Service's endpoints as they change."""
+        from client.triton import Triton, classify, model_info
+
+        kept = Triton(self.url, "http", timeout_s=10)
+        info = model_info(kept, MODEL_NAME)
+        images = np.zeros((2, info.image_size, info.image_size, 3), dtype=np.uint8)
+        new_connection = False
+        while not self._stop.is_set():
+            triton = Triton(self.url, "http", timeout_s=10) if new_connection else kept
+            try:
+                (version,) = triton.served_versions(MODEL_NAME)[-1:]
+                answers = classify(triton, info, images)
+                assert len(answers) == 2
+                self.answered += 1
+                if not self.versions_seen or self.versions_seen[-1] != version:
+                    self.versions_seen.append(version)
+            except Exception as failure:
+                kind = "new" if new_connection else "kept-alive"
+                self.failures.append(f"{time.strftime('%X')} ({kind} connection): {failure!r}")
+                if not new_connection:
+                    kept.close()
+                    kept = Triton(self.url, "http", timeout_s=10)
+            finally:
+                if new_connection:
+                    triton.close()
+            new_connection = not new_connection
+            time.sleep(0.05)
+        kept.close()

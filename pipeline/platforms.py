@@ -33,6 +33,7 @@ from airflow.sdk import BaseOperator, XComArg, task
 from core.errors import ProjectError
 from core.settings import Environment, PlatformName, ort_threads_per_instance, to_arguments, training_python
 from deploy import Endpoint
+from deploy.monitoring import PrometheusApi
 from model_repository.config import Flavour
 from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
@@ -66,6 +67,10 @@ class Platform(Protocol):
     def start_monitoring(self) -> str | None:
         """Start the Prometheus this machine runs for the served model (when it runs one);
         its address, for the user to open."""
+        ...
+
+    def prometheus(self) -> PrometheusApi | None:
+        """The Prometheus reading this platform's Triton, when one runs."""
         ...
 
 
@@ -150,6 +155,12 @@ class LocalPlatform:
 
         return start_local_prometheus(self.environment).url
 
+    def prometheus(self) -> PrometheusApi | None:
+        from deploy.monitoring import prometheus_from_environment
+
+        local = prometheus_from_environment(self.environment)
+        return PrometheusApi(local.url) if local.process().pid() is not None else None
+
 
 class KubernetesPlatform:
     name: PlatformName = "kubernetes"
@@ -196,9 +207,12 @@ class KubernetesPlatform:
 
         return served_endpoint(cluster_api(self.environment), self.environment, model_name)
 
-    def start_monitoring(self) -> None:
-        """Nothing on this machine: Prometheus belongs to the cluster."""
-        return None
+    def start_monitoring(self) -> str | None:
+        """Nothing to start here: Prometheus runs in the cluster (DOGS_CATS_PROMETHEUS_URL)."""
+        return self.environment.prometheus_url or None
+
+    def prometheus(self) -> PrometheusApi | None:
+        return PrometheusApi(self.environment.prometheus_url) if self.environment.prometheus_url else None
 
 
 def platform_for(environment: Environment) -> Platform:

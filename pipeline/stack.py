@@ -339,7 +339,7 @@ def monitoring_banner() -> str:
 
     url = platform_for(Environment()).start_monitoring()
     if url is None:
-        return "Prometheus: none on this machine for this platform"
+        return "Prometheus: none named (DOGS_CATS_PROMETHEUS_URL)"
     return f"Prometheus: {url}  (queries: docs/serving.md#metrics)"
 
 

@@ -15,8 +15,6 @@ fails, is rolled back, and the previous one answers throughout.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,20 @@ import onnxruntime as ort
 import pytest
 
 from cluster.node import GCS_ENDPOINT, Node
-from cluster.platform_setup import NAMESPACE, create_bucket, kubernetes_environment, prepare_namespace
+from cluster.platform_setup import (
+    NAMESPACE,
+    create_bucket,
+    install_monitoring,
+    kubernetes_environment,
+    prepare_namespace,
+)
 from core import storage
 from core.constants import MODEL_NAME
 from core.images import decode_rgb
 from core.settings import join_uri
+from deploy.monitoring import PrometheusApi
 from harness.airflow import running_stack, stored_plan, wait_until_finished
-from harness.cluster import kubectl, project_images, running_cluster
+from harness.cluster import Hammer, kubectl, project_images, running_cluster
 from harness.data import write_images
 from harness.gcs import storage_on_emulator
 from pipeline.plan import RunPlan
@@ -52,14 +57,21 @@ def node() -> Iterator[Node]:
 
 
 @pytest.fixture(scope="module")
-def stack(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+def prometheus(node: Node) -> PrometheusApi:
+    return PrometheusApi(install_monitoring(node))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    node: Node, prometheus: PrometheusApi, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AirflowStack]:
     images = project_images(node)
     prepare_namespace(node)
     create_bucket(BUCKET)
-    settings = kubernetes_environment(node, images)
+    settings = kubernetes_environment(node, images, prometheus.url)
     # A broken model is judged by the rollout's deadline: short here, so the test stays short.
     settings["DOGS_CATS_ROLLOUT_TIMEOUT_S"] = "150"
-    with running_stack(tmp_path_factory.mktemp("cluster-dag"), **settings) as stack:
+    with running_stack(tmp_path_factory.mktemp("cluster-dag"), settings) as stack:
         stack.wait_for_dag(DAG)
         yield stack
 
@@ -115,6 +127,21 @@ def test_every_stage_runs_on_the_cluster(stack: AirflowStack, node: Node, first_
     image = kubectl(node, "get", DEPLOYMENT, "-n", NAMESPACE, "-o", "jsonpath={..containers[0].image}").stdout
     assert image.startswith("10.88.0.1:5000/dogs-cats-triton:v1-")
     assert "pushing manifest for " + image in _task_log(api, run_id, "build_image", 1)
+
+
+def test_prometheus_reads_the_served_pods_after_the_smoke_test(
+    prometheus: PrometheusApi, first_run: dict[str, Any]
+) -> None:
+    """The deploy task's smoke test reached the pods; Prometheus, finding them through the API,
+    has their counters labelled with namespace, pod, model version and track."""
+    by = "namespace, pod, version, track"
+    query = f'sum by ({by}) (nv_inference_request_success{{model="{MODEL_NAME}"}}) > 0'
+    samples = wait_for("Prometheus to scrape the served pods", lambda: prometheus.query(query), 120)
+    labels = [sample["metric"] for sample in samples]
+    assert {(m["namespace"], m["version"], m["track"]) for m in labels} == {(NAMESPACE, "1", "stable")}
+    assert all(m["pod"].startswith("dogs-cats-triton-") for m in labels)
+    rate = f'model_version_track:nv_inference_request_success:rate1m{{model="{MODEL_NAME}"}}'
+    assert wait_for("the recording rules to evaluate", lambda: prometheus.query(rate), 60)
 
 
 def test_a_deleted_training_pod_is_retried_and_resumes_from_its_checkpoint(
@@ -221,58 +248,6 @@ def test_a_broken_model_is_rolled_back_while_the_previous_one_answers(
     assert _served_version(node) == "2"
     assert _revision(node) > revision_before, "the undo is a new revision of the old template"
     assert _image(node) == good_image
-
-
-class Hammer:
-    """A client calling the Service in a loop, recording each failure and the version that answered."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.failures: list[str] = []
-        self.versions_seen: list[str] = []
-        self.answered = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        wait_for("the first answer", lambda: self.answered > 0 or bool(self.failures), 60)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        """Alternates a kept-alive connection, which stays on one pod until that pod exits, with
-        a new connection per call, which follows the Service's endpoints as they change."""
-        from client.triton import Triton, classify, model_info
-
-        images = np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        kept = Triton(self.url, "http", timeout_s=10)
-        info = model_info(kept, MODEL_NAME)
-        new_connection = False
-        while not self._stop.is_set():
-            triton = Triton(self.url, "http", timeout_s=10) if new_connection else kept
-            try:
-                (version,) = triton.served_versions(MODEL_NAME)[-1:]
-                answers = classify(triton, info, images)
-                assert len(answers) == 2
-                self.answered += 1
-                if not self.versions_seen or self.versions_seen[-1] != version:
-                    self.versions_seen.append(version)
-            except Exception as failure:
-                kind = "new" if new_connection else "kept-alive"
-                self.failures.append(f"{time.strftime('%X')} ({kind} connection): {failure!r}")
-                if not new_connection:
-                    kept.close()
-                    kept = Triton(self.url, "http", timeout_s=10)
-            finally:
-                if new_connection:
-                    triton.close()
-            new_connection = not new_connection
-            time.sleep(0.05)
-        kept.close()
 
 
 def _service_url(node: Node) -> str:

@@ -20,8 +20,9 @@ from cluster.docker import DockerEngine
 from cluster.node import Node
 from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
 from core.settings import Environment, to_arguments
+from deploy.kubernetes import ServingSpec
 from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
-from harness.cluster import kubectl, project_images, running_cluster, triton_cpu_image
+from harness.cluster import Hammer, kubectl, project_images, running_cluster, triton_cpu_image
 from model_repository.repository import package_model
 from pipeline.stack import wait_for
 from training.job import TrainingJob
@@ -42,10 +43,17 @@ def engine(node: Node) -> Iterator[DockerEngine]:
         yield engine
 
 
-def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
-    node: Node, engine: DockerEngine, trained_model: str, session_images: Path, tmp_path: Path
-) -> None:
-    repository = tmp_path / "model_repository"
+@pytest.fixture(scope="module")
+def served(
+    node: Node,
+    engine: DockerEngine,
+    trained_model: str,
+    session_images: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[KubernetesApi, ServingSpec, int]:
+    """The CPU Triton image of the session's model, rolled out by the serving manifests with
+    one replica; (the API, the spec, the model version)."""
+    repository = tmp_path_factory.mktemp("image") / "model_repository"
     version = package_model(
         trained_model, str(repository), flavour="python", model_name=MODEL_NAME, max_batch_size=8
     )
@@ -58,18 +66,24 @@ def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
     environment = Environment(platform="kubernetes", namespace="image-test", gpus=0, serving_replicas=1)
     kubectl(node, "delete", "namespace", "image-test", "--ignore-not-found", "--wait=true")
     kubectl(node, "create", "namespace", "image-test")
-    smoke_uri = str(session_images / "cat")
-    spec = start_serving(api, version, image, smoke_uri, environment)
+    spec = start_serving(api, version, image, str(session_images / "cat"), environment)
     assert wait_for_rollout(api, spec.namespace, spec.name, timeout_s=300, poll_s=2).endswith(
         "successfully rolled out"
     )
+    return api, spec, version.version
 
+
+def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
+    node: Node, served: tuple[KubernetesApi, ServingSpec, int], session_images: Path
+) -> None:
+    _, spec, version = served
+    smoke_uri = str(session_images / "cat")
     cluster_ip = kubectl(
         node, "get", "service", spec.name, "-n", spec.namespace, "-o", "jsonpath={.spec.clusterIP}"
     )
     assert cluster_ip.stdout.startswith("10.96.")
     # Both ways in (tensors and encoded bytes), the served version checked: what the deploy task runs.
-    smoke_test(f"{cluster_ip.stdout}:8000", MODEL_NAME, version.version, smoke_images(smoke_uri))
+    smoke_test(f"{cluster_ip.stdout}:8000", MODEL_NAME, version, smoke_images(smoke_uri))
     # Triton's control APIs ask for the key in the Secret the deploy task made; inference did not.
     secret = json.loads(
         kubectl(node, "get", "secret", spec.admin_secret, "-n", spec.namespace, "-o", "json").stdout
@@ -93,6 +107,51 @@ def test_the_cpu_triton_image_serves_the_int8_twin_on_the_cluster(
         "jsonpath={.items[0].spec.containers[0].securityContext.runAsUser}",
     )
     assert user.stdout == "10001"
+
+
+def _disruptions_allowed(node: Node, spec: ServingSpec) -> int:
+    budget = kubectl(
+        node, "get", "pdb", spec.name, "-n", spec.namespace, "-o", "jsonpath={.status.disruptionsAllowed}"
+    )
+    return int(budget.stdout or 0)
+
+
+def test_an_eviction_is_allowed_and_costs_no_request_while_another_replica_serves(
+    node: Node, served: tuple[KubernetesApi, ServingSpec, int]
+) -> None:
+    """A drain is never blocked by the budget (one replica may go), and evicting one of two
+    replicas through the Eviction API, as `kubectl drain` does, fails no request."""
+    api, spec, _ = served
+    assert wait_for("the budget to allow one eviction", lambda: _disruptions_allowed(node, spec) == 1, 60)
+    kubectl(node, "scale", "deployment", spec.name, "-n", spec.namespace, "--replicas=2")
+    wait_for_rollout(api, spec.namespace, spec.name, timeout_s=300, poll_s=2)
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(str(node.kubeconfig)))
+    selector = ",".join(f"{key}={value}" for key, value in spec.selector.items())
+    [evicted, *_] = [
+        pod.metadata.name for pod in core.list_namespaced_pod(spec.namespace, label_selector=selector).items
+    ]
+    cluster_ip = kubectl(
+        node, "get", "service", spec.name, "-n", spec.namespace, "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout
+    with Hammer(f"{cluster_ip}:8000") as hammer:
+        eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=evicted, namespace=spec.namespace))
+        core.create_namespaced_pod_eviction(evicted, spec.namespace, eviction)
+
+        def replaced() -> bool:
+            names = {
+                p.metadata.name
+                for p in core.list_namespaced_pod(spec.namespace, label_selector=selector).items
+            }
+            ready = api.read_deployment(spec.namespace, spec.name)["status"].get("readyReplicas", 0)
+            return evicted not in names and ready == 2
+
+        wait_for("the evicted pod to be replaced", replaced, 300)
+        answered_before = hammer.answered
+        wait_for("answers after the replacement", lambda: hammer.answered > answered_before + 10, 60)
+    assert hammer.failures == [], hammer.failures[:3]
+    assert _disruptions_allowed(node, spec) == 1
 
 
 def test_the_cpu_training_image_trains_a_model_in_a_pod(
@@ -142,7 +201,8 @@ def test_the_cpu_training_image_trains_a_model_in_a_pod(
     assert "validation accuracy" in logs, "its log reaches kubectl logs (the pod operator streams it)"
     assert (data / "model" / "model.onnx").is_file()
     accuracy = json.loads((data / "model" / "metrics.json").read_text())["val_accuracy"]
-    logged = re.search(r"validation accuracy ([0-9.]+)%", logs)
+    # The summary line, not the INT8 twin's line before it ("INT8 twin: validation accuracy ...").
+    logged = re.search(r"validation accuracy ([0-9.]+)%, ROC AUC", logs)
     assert logged is not None, logs[-3000:]
     assert 0.0 <= accuracy <= 1.0
     assert f"{accuracy:.2%}" == f"{logged.group(1)}%", "metrics.json holds what the pod reported"

@@ -8,16 +8,23 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 
 from core.processes import wait_for
 from core.settings import Environment
-from deploy.monitoring import RULES, LocalPrometheus, PrometheusApi
+from deploy.kubernetes import ServingSpec, deployment
+from deploy.monitoring import (
+    RULES,
+    LocalPrometheus,
+    PrometheusApi,
+    kubernetes_scrape,
+    prometheus_manifests,
+    serving_figures,
+)
 from deploy.rollout import smoke_test
 from harness.serving import free_port
 from harness.sockets import listening_addresses
-
-pytestmark = pytest.mark.integration
 
 SUCCESS = "nv_inference_request_success"
 
@@ -42,6 +49,7 @@ def _triton_counter(served_model: dict, model: str) -> float:
     return sum(float(value) for value in re.findall(pattern, text, flags=re.MULTILINE))
 
 
+@pytest.mark.integration
 def test_prometheus_answers_for_the_served_model_after_the_smoke_test(
     served_model: dict, session_images: Path, prometheus: tuple[LocalPrometheus, PrometheusApi]
 ) -> None:
@@ -62,6 +70,7 @@ def test_prometheus_answers_for_the_served_model_after_the_smoke_test(
     assert listening_addresses({pid}) == {"127.0.0.1"}
 
 
+@pytest.mark.integration
 def test_every_recording_rule_evaluates_on_triton_s_metrics(
     served_model: dict, session_images: Path, prometheus: tuple[LocalPrometheus, PrometheusApi]
 ) -> None:
@@ -81,3 +90,38 @@ def test_every_recording_rule_evaluates_on_triton_s_metrics(
         return all(found.values())
 
     wait_for("every recording rule to produce a series", all_recorded, timeout_s=90, interval_s=3)
+    # What the batch stage's report carries: this window's requests, failures and quantiles.
+    figures = serving_figures(api, "dogs_cats", window_s=300)["by_version_and_track"]
+    served = figures[f"{version}/stable"]
+    assert served["requests"] >= 1
+    assert served["failures"] == 0
+    assert 0 < served["p50_us"] <= served["p99_us"]
+
+
+def test_the_cluster_s_prometheus_is_valid_and_may_only_read_pods() -> None:
+    manifests = prometheus_manifests("monitoring", "10.88.0.1:5000/prometheus:v0.316.0")
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, "1.33", strict=True)
+    [role] = [m for m in manifests if m["kind"] == "ClusterRole"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    [service] = [m for m in manifests if m["kind"] == "Service"]
+    assert service["spec"]["type"] == "ClusterIP"
+
+
+def test_the_cluster_scrape_keeps_the_triton_pods_and_labels_their_track() -> None:
+    """The relabelling names the labels the Triton Deployment's pods carry (deploy/kubernetes.py)."""
+    spec = ServingSpec.from_environment(
+        Environment(platform="kubernetes", gpus=0), image="i", model_name="dogs_cats", model_version=3
+    )
+    pod_labels = deployment(spec)["spec"]["template"]["metadata"]["labels"]
+    [job] = kubernetes_scrape()
+    meta = {
+        "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9]", "_", k): v for k, v in pod_labels.items()
+    }
+    keep = job["relabel_configs"][0]
+    assert ";".join(meta[label] for label in keep["source_labels"]) == keep["regex"]
+    track = next(rule for rule in job["relabel_configs"] if rule.get("target_label") == "track")
+    assert meta[track["source_labels"][0]] == "stable"
