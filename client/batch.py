@@ -165,7 +165,7 @@ def run_batch(
         input_uri=input_uri,
         options=options,
         class_names=class_names,
-        this_run=this_run,
+        sections={"this_run": this_run},
     )
 
 
@@ -383,9 +383,10 @@ def merge_outputs(
     input_uri: str,
     options: BatchOptions,
     class_names: Collection[str] = (),
-    this_run: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stream every part under `output_dirs` into predictions.jsonl, report.json and report.html."""
+    """Stream every part under `output_dirs` into predictions.jsonl, report.json and report.html;
+    `sections` are added to the report as they are (this run's figures, the serving figures)."""
     builder = ReportBuilder(class_names)
     with storage.open_writer(join_uri(output_uri, "predictions.jsonl")) as predictions:
         for output_dir in output_dirs:
@@ -404,8 +405,7 @@ def merge_outputs(
             "batch_size": options.batch_size or "model's preferred",
         },
     )
-    if this_run is not None:
-        report["this_run"] = this_run
+    report.update(sections or {})
     storage.write_text(join_uri(output_uri, "report.json"), json.dumps(report, indent=2))
     thumbnails = {uri: preview for uri in gallery_images(report) if (preview := _thumbnail(uri))}
     storage.write_text(join_uri(output_uri, "report.html"), render_html(report, thumbnails))

@@ -15,7 +15,8 @@ runs, as the DAG files read them when they are parsed.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import XComArg, get_current_context, task
@@ -29,6 +30,8 @@ from model_repository.repository import RepositoryVersion
 from pipeline.assets import DATASET, PREDICTIONS, REPOSITORY_VERSION, annotate
 from pipeline.plan import BatchJob, RunPlan
 from pipeline.platforms import platform_for, resolved
+
+log = logging.getLogger(__name__)
 
 # Every task is safe to retry: staging and training resume, packaging reuses the version of a
 # model already packaged, deployment and inference rewrite, and a classified shard's parts stay.
@@ -169,6 +172,7 @@ def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]
         input_uri=job.input_uri,
         options=job.options(),
         class_names=job.class_names,
+        sections={"serving": _serving_figures(job.endpoint.model_name)},
     )
     written = {
         name: join_uri(job.output_uri, name) for name in ("predictions.jsonl", "report.json", "report.html")
@@ -181,6 +185,25 @@ def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]
         accuracy=report.get("accuracy_by_folder"),
     )
     return written
+
+
+def _serving_figures(model_name: str) -> dict[str, Any]:
+    """What Prometheus saw the served model do during this run, or why there is nothing:
+    the report is written either way."""
+    from deploy.monitoring import MonitoringError, serving_figures
+
+    prometheus = platform_for(Environment()).prometheus()
+    if prometheus is None:
+        return {
+            "unavailable": "no Prometheus for this platform (make up starts one; DOGS_CATS_PROMETHEUS_URL)"
+        }
+    started = get_current_context()["dag_run"].start_date
+    window_s = int((datetime.now(UTC) - started).total_seconds()) if started else 3600
+    try:
+        return serving_figures(prometheus, model_name, window_s)
+    except (MonitoringError, OSError) as failure:
+        log.warning("no serving figures from %s: %s", prometheus.url, failure)
+        return {"unavailable": f"{prometheus.url}: {failure}"}
 
 
 def batch_inference(job: XComArg) -> XComArg:

@@ -45,7 +45,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack(workdir: Path) -> Iterator[AirflowStack]:
     standing = write_images(workdir / "standing", per_class=6, size=40)
     settings = {"DOGS_CATS_BATCH_INPUT": str(standing), "DOGS_CATS_BATCH_OUTPUT": str(workdir / "batch")}
-    with running_stack(workdir, **settings) as stack:
+    with running_stack(workdir, settings, prometheus=True) as stack:
         stack.wait_for_dag(MAIN)
         stack.wait_for_dag(BATCH)
         yield stack
@@ -79,6 +79,10 @@ def test_a_rest_triggered_run_succeeds_under_the_scheduler(stack: AirflowStack, 
     assert plan.config.platform == "local"
     report = json.loads(Path(plan.predictions_uri, "report.json").read_text())
     assert report["failed"] == 0
+    # The merge task found the Prometheus `make up` runs through the platform, and asked it.
+    serving = report["serving"]
+    assert serving["prometheus"].startswith("http://127.0.0.1:"), serving
+    assert isinstance(serving["by_version_and_track"], dict)
 
 
 def test_the_progress_view_shows_each_task_once_finished(stack: AirflowStack, finished_run: dict) -> None:
