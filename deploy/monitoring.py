@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ProjectError
-from core.processes import Supervised
+from core.processes import ProcessFailed, Supervised, wait_for
 from core.settings import Environment
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,12 @@ log = logging.getLogger(__name__)
 BY = "model, version, track"
 WINDOW = "1m"  # four scrapes at least: a rate over fewer is noise
 SCRAPE_INTERVAL = "5s"
+SUCCESS_RATE_SERIES = "model_version_track:nv_inference_request_success:rate1m"
 P99_SERIES = "model_version_track:nv_inference_request_summary_us:p99"
 P50_SERIES = "model_version_track:nv_inference_request_summary_us:p50"
 RULES: list[dict[str, str]] = [
     {
-        "record": "model_version_track:nv_inference_request_success:rate1m",
+        "record": SUCCESS_RATE_SERIES,
         "expr": f"sum by ({BY}) (rate(nv_inference_request_success[{WINDOW}]))",
     },
     {
@@ -46,8 +48,7 @@ RULES: list[dict[str, str]] = [
         "record": "model_version_track:nv_inference_request_failure:ratio_rate1m",
         "expr": (
             "model_version_track:nv_inference_request_failure:rate1m / ("
-            "model_version_track:nv_inference_request_failure:rate1m + "
-            "model_version_track:nv_inference_request_success:rate1m)"
+            f"model_version_track:nv_inference_request_failure:rate1m + {SUCCESS_RATE_SERIES})"
         ),
     },
     {
@@ -271,17 +272,40 @@ class PrometheusApi:
         return result
 
 
-def serving_figures(api: PrometheusApi, model_name: str, window_s: int) -> dict[str, Any]:
+def _served_since(counter: str, model: str, window_s: int) -> str:
+    """The counter now less its value `window_s` ago, per version and track; 0 for a version
+    (or pod) that did not exist then. increase() would miss what a new version served before
+    its first scrape (the deploy's smoke test), since it takes that scrape as its baseline."""
+    now = f"sum by (version, track) ({counter}{model})"
+    then = f"sum by (version, track) ({counter}{model} offset {window_s}s)"
+    return f"{now} - ({then} or {now} * 0)"
+
+
+def serving_figures(
+    api: PrometheusApi, model_name: str, window_s: int, settle_s: float = 30.0
+) -> dict[str, Any]:
     """What `model_name` served over the last `window_s` seconds (a run's), per version and
-    track: requests and failures (counter increases), and the latency quantiles' median over
-    the window (p50) and worst (p99), in microseconds."""
-    window = f"[{max(window_s, 60)}s]"
+    track: requests and failures, and the recorded latency quantiles' median (p50) and worst
+    (p99) over the window, in microseconds. First waits (up to `settle_s`) for a scrape and a
+    rule evaluation after the call, so the run's last requests are counted."""
     model = f'{{model="{model_name}"}}'
+    asked = time.time()
+    recorded = f"max(timestamp({SUCCESS_RATE_SERIES}{model}))"
+
+    def settled() -> bool:
+        return any(float(s["value"][1]) > asked + 5 for s in api.query(recorded))
+
+    try:
+        wait_for(f"Prometheus to record {model_name} after {asked:.0f}", settled, settle_s, interval_s=1)
+    except ProcessFailed as late:
+        log.warning("%s; the serving figures may miss the last seconds", late)
+    # A summary's quantiles are NaN while it saw no request lately: kept out (>= 0 drops NaN).
+    window = f"[{max(window_s, 60)}s:{SCRAPE_INTERVAL}]"
     queries = {
-        "requests": f"sum by (version, track) (increase(nv_inference_request_success{model}{window}))",
-        "failures": f"sum by (version, track) (increase(nv_inference_request_failure{model}{window}))",
-        "p50_us": f"max by (version, track) (quantile_over_time(0.5, {P50_SERIES}{model}{window}))",
-        "p99_us": f"max by (version, track) (max_over_time({P99_SERIES}{model}{window}))",
+        "requests": _served_since("nv_inference_request_success", model, window_s),
+        "failures": _served_since("nv_inference_request_failure", model, window_s),
+        "p50_us": f"max by (version, track) (quantile_over_time(0.5, ({P50_SERIES}{model} >= 0){window}))",
+        "p99_us": f"max by (version, track) (max_over_time(({P99_SERIES}{model} >= 0){window}))",
     }
     versions: dict[str, dict[str, Any]] = {}
     for figure, promql in queries.items():
