@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 from cluster.docker import DockerEngine, builder_image, training_cpu_image, triton_cpu_runtime_image
 from cluster.node import GCS_ENDPOINT, REGISTRY, ClusterError, Node
@@ -62,11 +63,16 @@ def prepare_namespace(node: Node, namespace: str = NAMESPACE) -> None:
             "stringData": {".dockerconfigjson": node.registry_credentials().docker_config(REGISTRY)},
         },
     ]
+    _apply(node, objects, f"namespace {namespace}")
+
+
+def _apply(node: Node, objects: list[dict[str, Any]], what: str) -> None:
+    """`kubectl apply` of `objects` as one List; raises naming `what` when refused."""
     result = node.kubectl(
         "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
     )
     if result.returncode != 0:
-        raise ClusterError(f"could not create namespace {namespace}: {result.stderr}")
+        raise ClusterError(f"could not apply {what}: {result.stderr}")
 
 
 def install_monitoring(node: Node, namespace: str = MONITORING_NAMESPACE) -> str:
@@ -79,12 +85,7 @@ def install_monitoring(node: Node, namespace: str = MONITORING_NAMESPACE) -> str
         node.bin / "prometheus",
         credentials=node.registry_credentials(),
     )
-    manifests = prometheus_manifests(namespace, image)
-    applied = node.kubectl(
-        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
-    )
-    if applied.returncode != 0:
-        raise ClusterError(f"could not install Prometheus: {applied.stderr}")
+    _apply(node, prometheus_manifests(namespace, image), "Prometheus")
     ready = node.kubectl("rollout", "status", "deployment/prometheus", "-n", namespace, "--timeout=180s")
     if ready.returncode != 0:
         raise ClusterError(f"Prometheus did not become ready: {ready.stderr or ready.stdout}")

@@ -63,9 +63,13 @@ class ServingSpec:
     def selector(self) -> dict[str, str]:
         return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/component": "serving"}
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """Every object's labels; the pods' too, which Prometheus' scrape keeps by them."""
+        return {**self.selector, "app.kubernetes.io/part-of": "dogs-cats-triton"}
+
     def metadata(self) -> dict[str, Any]:
-        labels = {**self.selector, "app.kubernetes.io/part-of": "dogs-cats-triton"}
-        return {"name": self.name, "namespace": self.namespace, "labels": labels}
+        return {"name": self.name, "namespace": self.namespace, "labels": self.labels}
 
 
 PRE_STOP_SLEEP_S = 10
@@ -169,8 +173,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": {
-                        **spec.selector,
-                        "app.kubernetes.io/part-of": "dogs-cats-triton",
+                        **spec.labels,
                         "dogs-cats-triton/model-version": str(spec.model_version),
                         # Prometheus labels each series with it (deploy/monitoring.py).
                         TRACK_LABEL: "stable",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 import urllib.error
@@ -313,7 +314,7 @@ def serving_figures(
             labels = sample["metric"]
             key = f"{labels.get('version', '?')}/{labels.get('track', '?')}"
             value = float(sample["value"][1])
-            versions.setdefault(key, {})[figure] = round(value) if value == value else None  # NaN: none
+            versions.setdefault(key, {})[figure] = None if math.isnan(value) else round(value)
     return {"prometheus": api.url, "window_s": window_s, "by_version_and_track": versions}
 
 
