@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # The labels every recorded series keeps: Triton's own (model, version) and the pod's track.
 BY = "model, version, track"
 WINDOW = "1m"  # four scrapes at least: a rate over fewer is noise
-SCRAPE_INTERVAL = "5s"
+SCRAPE_INTERVAL_S = 5
+SCRAPE_INTERVAL = f"{SCRAPE_INTERVAL_S}s"
 SUCCESS_RATE_SERIES = "model_version_track:nv_inference_request_success:rate1m"
 P99_SERIES = "model_version_track:nv_inference_request_summary_us:p99"
 P50_SERIES = "model_version_track:nv_inference_request_summary_us:p50"
@@ -294,7 +295,7 @@ def serving_figures(
     recorded = f"max(timestamp({SUCCESS_RATE_SERIES}{model}))"
 
     def settled() -> bool:
-        return any(float(s["value"][1]) > asked + 5 for s in api.query(recorded))
+        return any(float(s["value"][1]) > asked + SCRAPE_INTERVAL_S for s in api.query(recorded))
 
     try:
         wait_for(f"Prometheus to record {model_name} after {asked:.0f}", settled, settle_s, interval_s=1)

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.processes import group_running
 from core.settings import Environment
-from deploy.local_triton import LocalTriton
+from deploy.local_triton import server_from_environment
 from deploy.monitoring import prometheus_from_environment, start_local_prometheus
 from harness.data import REPO_ROOT
 from harness.serving import free_port
@@ -54,7 +54,7 @@ def running_stack(
     finally:
         groups = list(stack.running().values())
         stack.stop()
-        LocalTriton(root / "state", **triton).stop()
+        server_from_environment(settings).stop()
         prometheus_from_environment(settings).stop()
         outlived = [group for group in groups if group_running(group)]
         if outlived:

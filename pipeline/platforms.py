@@ -33,7 +33,7 @@ from airflow.sdk import BaseOperator, XComArg, task
 from core.errors import ProjectError
 from core.settings import Environment, PlatformName, ort_threads_per_instance, to_arguments, training_python
 from deploy import Endpoint
-from deploy.monitoring import PrometheusApi
+from deploy.monitoring import PrometheusApi, prometheus_from_environment, start_local_prometheus
 from model_repository.config import Flavour
 from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
@@ -151,13 +151,9 @@ class LocalPlatform:
         return served_endpoint(self.environment, model_name)
 
     def start_monitoring(self) -> str:
-        from deploy.monitoring import start_local_prometheus
-
         return start_local_prometheus(self.environment).url
 
     def prometheus(self) -> PrometheusApi | None:
-        from deploy.monitoring import prometheus_from_environment
-
         local = prometheus_from_environment(self.environment)
         return PrometheusApi(local.url) if local.process().pid() is not None else None
 
