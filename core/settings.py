@@ -190,9 +190,47 @@ class BatchRunConfig(BatchParams):
     )
 
 
+class CanaryParams(_Options):
+    """How the kubernetes deploy task rolls a new version out: first to a share of the traffic,
+    promoted only if Prometheus' figures for that share pass these limits."""
+
+    canary: bool = Field(
+        default=True,
+        description=(
+            "Kubernetes: serve a new version to a share of the traffic first and promote it only if "
+            "its live metrics pass; false rolls it out to every replica at once."
+        ),
+    )
+    canary_share: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Share of the stable replicas' traffic the canary takes (set by replica counts).",
+    )
+    canary_window_s: int = Field(
+        default=120, ge=20, description="How long the canary serves before its metrics are judged."
+    )
+    canary_min_requests: int = Field(
+        default=20,
+        ge=1,
+        description="Fewer canary requests in the window is no evidence: the canary is aborted.",
+    )
+    canary_max_failure_ratio: float = Field(
+        default=0.01, ge=0, le=1, description="Abort above this share of failed canary requests."
+    )
+    canary_max_p99_ms: float = Field(
+        default=1000.0, gt=0, description="Abort when the canary's p99 latency exceeds this."
+    )
+    canary_max_p99_vs_stable: float = Field(
+        default=2.0,
+        ge=1,
+        description="Abort when the canary's p99 exceeds the stable pods' p99 times this (and by 50 ms).",
+    )
+
+
 # Bases are listed last-first: pydantic orders fields from the last base on, which is
 # the order of the trigger form (where, then staging, then training, then the rest).
-class RunConfig(BatchParams, TrainingParams, StagingParams, DataLocation):
+class RunConfig(CanaryParams, BatchParams, TrainingParams, StagingParams, DataLocation):
     """Per-run parameters; every field becomes a DAG Param of the same name."""
 
     min_val_accuracy: float = Field(

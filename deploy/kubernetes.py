@@ -8,8 +8,8 @@ same thing. Each setting that is not obvious says why it is there.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from core.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from core.settings import Environment, gpu_node_labels
@@ -18,6 +18,9 @@ from deploy.monitoring import TRACK_LABEL
 # Prometheus-adapter metric (see README): Triton's queue time per request, averaged
 # over the last minute, from nv_inference_queue_duration_us / nv_inference_request_success.
 QUEUE_TIME_METRIC = "triton_queue_time_per_request_us"
+
+
+Track = Literal["stable", "canary"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ServingSpec:
     resources: dict[str, dict[str, str]]  # the Triton container's requests and limits
     admin_secret: str  # the Secret holding the key Triton's control APIs ask for
     gpus: int = 1  # 0: a CPU node, the CPU Triton image
+    track: Track = "stable"
 
     @classmethod
     def from_environment(
@@ -54,14 +58,29 @@ class ServingSpec:
             gpus=environment.gpus,
         )
 
+    def canary(self, replicas: int) -> ServingSpec:
+        """The same image served by `replicas` canary pods beside the stable Deployment."""
+        return replace(self, track="canary", replicas=replicas, max_replicas=0)
+
     @property
     def autoscaled(self) -> bool:
         """A HorizontalPodAutoscaler owns the replica count between the two bounds."""
         return self.max_replicas > self.replicas
 
     @property
+    def object_name(self) -> str:
+        """The Deployment's and its own Service's name: the canary's carry a suffix."""
+        return self.name if self.track == "stable" else f"{self.name}-{self.track}"
+
+    @property
     def selector(self) -> dict[str, str]:
+        """Every serving pod, stable or canary: the Service and the disruption budget select these."""
         return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/component": "serving"}
+
+    @property
+    def pod_selector(self) -> dict[str, str]:
+        """This track's pods alone: what its Deployment owns (Deployments must not overlap)."""
+        return {**self.selector, TRACK_LABEL: self.track}
 
     @property
     def labels(self) -> dict[str, str]:
@@ -69,7 +88,7 @@ class ServingSpec:
         return {**self.selector, "app.kubernetes.io/part-of": "dogs-cats-triton"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "namespace": self.namespace, "labels": self.labels}
+        return {"name": self.object_name, "namespace": self.namespace, "labels": self.labels}
 
 
 PRE_STOP_SLEEP_S = 10
@@ -162,7 +181,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
         },
         "spec": {
             "replicas": spec.replicas,
-            "selector": {"matchLabels": spec.selector},
+            "selector": {"matchLabels": spec.pod_selector},
             # Keep `kubectl rollout undo` able to go back several models.
             "revisionHistoryLimit": 10,
             # A rollout that makes no progress for 10 minutes is marked failed
@@ -174,9 +193,8 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
                 "metadata": {
                     "labels": {
                         **spec.labels,
+                        **spec.pod_selector,  # its track: Prometheus labels each series with it
                         "dogs-cats-triton/model-version": str(spec.model_version),
-                        # Prometheus labels each series with it (deploy/monitoring.py).
-                        TRACK_LABEL: "stable",
                     },
                     "annotations": {
                         "prometheus.io/scrape": "true",
@@ -203,14 +221,18 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
 
 
 def service(spec: ServingSpec) -> dict[str, Any]:
-    """ClusterIP only: inside the cluster by default; expose it deliberately (Ingress, port-forward)."""
+    """ClusterIP only: inside the cluster by default; expose it deliberately (Ingress, port-forward).
+
+    The stable spec's Service is the model's: every serving pod, canaries included, so a canary
+    takes its replicas' share of the traffic. A canary's own Service reaches its pods alone,
+    for its smoke test."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": spec.metadata(),
         "spec": {
             "type": "ClusterIP",
-            "selector": spec.selector,
+            "selector": spec.selector if spec.track == "stable" else spec.pod_selector,
             "ports": [
                 {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
                 for name, port in (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
@@ -267,6 +289,11 @@ def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
         del served["spec"]["replicas"]
         manifests.append(horizontal_pod_autoscaler(spec))
     return manifests
+
+
+def canary_manifests(canary: ServingSpec) -> list[dict[str, Any]]:
+    """A canary's own Service and its Deployment; the model's Service already reaches its pods."""
+    return [service(canary), deployment(canary)]
 
 
 def retired_manifests(spec: ServingSpec) -> list[dict[str, Any]]:

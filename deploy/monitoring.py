@@ -274,12 +274,12 @@ class PrometheusApi:
         return result
 
 
-def _served_since(counter: str, model: str, window_s: int) -> str:
+def served_since(counter: str, selector: str, window_s: int) -> str:
     """The counter now less its value `window_s` ago, per version and track; 0 for a version
     (or pod) that did not exist then. increase() would miss what a new version served before
     its first scrape (the deploy's smoke test), since it takes that scrape as its baseline."""
-    now = f"sum by (version, track) ({counter}{model})"
-    then = f"sum by (version, track) ({counter}{model} offset {window_s}s)"
+    now = f"sum by (version, track) ({counter}{selector})"
+    then = f"sum by (version, track) ({counter}{selector} offset {window_s}s)"
     return f"{now} - ({then} or {now} * 0)"
 
 
@@ -304,8 +304,8 @@ def serving_figures(
     # A summary's quantiles are NaN while it saw no request lately: kept out (>= 0 drops NaN).
     window = f"[{max(window_s, 60)}s:{SCRAPE_INTERVAL}]"
     queries = {
-        "requests": _served_since("nv_inference_request_success", model, window_s),
-        "failures": _served_since("nv_inference_request_failure", model, window_s),
+        "requests": served_since("nv_inference_request_success", model, window_s),
+        "failures": served_since("nv_inference_request_failure", model, window_s),
         "p50_us": f"max by (version, track) (quantile_over_time(0.5, ({P50_SERIES}{model} >= 0){window}))",
         "p99_us": f"max by (version, track) (max_over_time(({P99_SERIES}{model} >= 0){window}))",
     }

@@ -56,6 +56,10 @@ class ClusterApi(Protocol):
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
 
+    def find_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Deployment, or None when there is none of that name."""
+        ...
+
     def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]: ...
 
     def replace_pod_template(self, namespace: str, name: str, template: dict[str, Any]) -> None: ...
@@ -137,6 +141,16 @@ class KubernetesApi:
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         deployment = self.apps.read_namespaced_deployment(name, namespace)
         return dict(self.api_client.sanitize_for_serialization(deployment))
+
+    def find_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.read_deployment(namespace, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))

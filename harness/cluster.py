@@ -128,7 +128,10 @@ class Hammer:
                     self.versions_seen.append(version)
             except Exception as failure:
                 kind = "new" if new_connection else "kept-alive"
-                self.failures.append(f"{time.strftime('%X')} ({kind} connection): {failure!r}")
+                # str(): tritonclient's exceptions keep their message out of repr().
+                self.failures.append(
+                    f"{time.strftime('%X')} ({kind} connection): {type(failure).__name__}: {failure}"
+                )
                 if not new_connection:
                     kept.close()
                     kept = Triton(self.url, "http", timeout_s=10)

@@ -31,11 +31,15 @@ class FakeCluster:
 
     # ClusterApi
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Any object is stored; the first Deployment's (the stable one's) rollouts are played."""
         self.applied.append(copy.deepcopy(manifest))
         self.objects[manifest["kind"], manifest["metadata"]["name"]] = copy.deepcopy(manifest)
-        if manifest["kind"] == "Deployment":
+        if manifest["kind"] == "Deployment" and self._plays(manifest["metadata"]["name"]):
             self._set_template(manifest["spec"]["template"], manifest)
         return manifest
+
+    def _plays(self, name: str) -> bool:
+        return self.deployment is None or self.deployment["metadata"]["name"] == name
 
     def delete(self, manifest: dict[str, Any]) -> bool:
         return self.objects.pop((manifest["kind"], manifest["metadata"]["name"]), None) is not None
@@ -51,6 +55,11 @@ class FakeCluster:
         assert self.deployment is not None
         self._advance()
         return copy.deepcopy(self.deployment)
+
+    def find_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.deployment is not None and self._plays(name):
+            return self.read_deployment(namespace, name)
+        return copy.deepcopy(self.objects.get(("Deployment", name)))
 
     def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
         return copy.deepcopy(self.replica_sets)

@@ -39,7 +39,7 @@ from model_repository.repository import RepositoryVersion
 from pipeline.assets import MODEL, SERVED_MODEL, annotate
 from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
-from pipeline.rollout_operator import RolloutOperator, cluster_api
+from pipeline.rollout_operator import DEPLOY_TASK, RolloutOperator, cluster_api
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class LocalPlatform:
     def deploy_task(self, version: XComArg, plan: XComArg) -> XComArg:
         environment = self.environment
 
-        @task(task_id="deploy", outlets=[SERVED_MODEL])
+        @task(task_id=DEPLOY_TASK, outlets=[SERVED_MODEL])
         def deploy(version: RepositoryVersion) -> Endpoint:
             from deploy.local_triton import deploy_version
 
@@ -193,7 +193,7 @@ class KubernetesPlatform:
         )
         # Applies the manifests, waits for the rollout in the triggerer, smoke-tests, undoes on failure.
         deploy = RolloutOperator(
-            task_id="deploy", environment=environment, version=version, image_ref=build["image"], plan=plan
+            task_id=DEPLOY_TASK, environment=environment, version=version, image_ref=build["image"], plan=plan
         )
         image >> deploy
         return deploy.output

@@ -1,11 +1,20 @@
-"""The kubernetes deploy task: apply, wait for the rollout in the triggerer, smoke-test, undo on failure.
+"""The kubernetes deploy task: a canary judged on live metrics, then the stable rollout, each
+wait in the triggerer; smoke tests, and an undo on failure.
 
-A rollout takes minutes (pulling a multi-GB Triton image onto a GPU node), so
-the wait is deferred: the worker applies the manifests and frees its slot;
-`RolloutTrigger` polls the Deployment from the triggerer, judging it as
-`kubectl rollout status` does; the task resumes on a worker to smoke-test the
-Service and roll back when anything failed. With `deferrable=False` it waits
-in the worker instead, as the provider's operators do.
+A rollout takes minutes (pulling a multi-GB Triton image onto a GPU node) and a canary's
+window minutes more, so every wait is deferred and the worker's slot is free meanwhile:
+
+1. `execute` applies the canary (deploy/canary.py) and defers to `RolloutTrigger` on it;
+2. `canary_ready` smoke-tests it and defers to `CanaryAnalysisTrigger`, which sleeps the
+   window and asks Prometheus for the verdict;
+3. `canary_judged` aborts (the canary goes, the task fails naming each check) or applies the
+   new image to the stable Deployment and defers to `RolloutTrigger` on it;
+4. `execute_complete` smoke-tests the Service, undoes the rollout on failure, and retires
+   the canary.
+
+With no canary (`canary: false`, or no stable Deployment yet) `execute` goes straight to 3's
+stable rollout. With `deferrable=False` it all waits in the worker, as the provider's
+operators do.
 """
 
 from __future__ import annotations
@@ -13,23 +22,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from core.settings import Environment
+from core.settings import CanaryParams, Environment, options_of
 from deploy import Endpoint
+from deploy.canary import Verdict, act_on, canary_answers, judge_canary, retire_canary, roll_out, start_canary
 from deploy.kubernetes import ServingSpec
+from deploy.monitoring import PrometheusApi
 from deploy.rollout import (
     DeploymentFailed,
     KubernetesApi,
     RolloutFailed,
     finish_serving,
     rollout_progress,
+    smoke_test,
     start_serving,
-    wait_for_rollout,
 )
 from model_repository.repository import RepositoryVersion
 from pipeline.assets import SERVED_MODEL, annotate
@@ -91,8 +102,57 @@ class RolloutTrigger(BaseTrigger):
         )
 
 
+class CanaryAnalysisTrigger(BaseTrigger):
+    """Sleeps until `judge_at`, then asks Prometheus for the canary's verdict."""
+
+    def __init__(
+        self,
+        *,
+        prometheus_url: str,
+        model_name: str,
+        version: int,
+        params: dict[str, Any],
+        share: float,
+        judge_at: float,
+    ) -> None:
+        super().__init__()
+        self.prometheus_url, self.model_name, self.version = prometheus_url, model_name, version
+        self.params, self.share, self.judge_at = params, share, judge_at
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "prometheus_url": self.prometheus_url,
+                "model_name": self.model_name,
+                "version": self.version,
+                "params": self.params,
+                "share": self.share,
+                "judge_at": self.judge_at,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.sleep(max(0.0, self.judge_at - time.time()))
+        prometheus, params = PrometheusApi(self.prometheus_url), CanaryParams(**self.params)
+        try:
+            # The query API is blocking: off the triggerer's event loop.
+            verdict = await asyncio.to_thread(
+                judge_canary, prometheus, self.model_name, self.version, params, self.share
+            )
+        except Exception as failure:  # judged by the worker: the canary goes either way
+            yield TriggerEvent({"status": "error", "message": f"{self.prometheus_url}: {failure}"})
+            return
+        yield TriggerEvent({"status": "judged", "verdict": verdict.to_dict()})
+
+
+DEPLOY_TASK = "deploy"  # on every platform
+CANARY_XCOM = "canary"  # the deploy task's verdict on its canary, which the run's report shows
+
+
 class RolloutOperator(BaseOperator):
-    """Serve `version` (in the image `image_ref`) from the cluster's Deployment; returns its Endpoint.
+    """Serve `version` (in the image `image_ref`) from the cluster's Deployment, through a canary
+    where the plan asks for one; returns its Endpoint.
 
     `version`, `image_ref` and `plan` are templated, so they may be XComArgs.
     """
@@ -127,47 +187,114 @@ class RolloutOperator(BaseOperator):
             model_version=version.version,
         )
 
+    def _params(self) -> CanaryParams:
+        return options_of(CanaryParams, self._plan().config)
+
     def execute(self, context: Context) -> Endpoint | None:
-        api, plan = self._api(), self._plan()
-        spec = start_serving(api, self.version, self.image_ref, plan.smoke_images_uri, self.environment)
+        api, smoke_uri = self._api(), self._plan().smoke_images_uri
         if not self.deferrable:
-            timeout_s = self.environment.rollout_timeout_s
-            return self._finish(
-                api,
-                lambda: wait_for_rollout(
-                    api, spec.namespace, spec.name, timeout_s=timeout_s, poll_s=self.poll_s
-                ),
+            try:
+                endpoint, verdict = roll_out(
+                    api,
+                    self.version,
+                    self.image_ref,
+                    smoke_uri,
+                    self.environment,
+                    self._params(),
+                    poll_s=self.poll_s,
+                )
+            except DeploymentFailed as failed:
+                raise AirflowFailException(str(failed)) from failed
+            if verdict:
+                context["ti"].xcom_push(key=CANARY_XCOM, value=verdict.to_dict())
+            return self._served(endpoint)
+        try:
+            started = start_canary(
+                api, self.version, self.image_ref, smoke_uri, self.environment, self._params()
             )
+        except DeploymentFailed as failed:
+            raise AirflowFailException(str(failed)) from failed
+        if started is None:
+            self._roll_out_stable(api)
+        canary, share = started
+        self._defer_rollout(canary, "canary_ready", {"replicas": canary.replicas, "share": share})
+
+    def canary_ready(self, context: Context, event: dict[str, Any], replicas: int, share: float) -> NoReturn:
+        """Back from the triggerer with the canary rolled out (or not): smoke-test it, then wait
+        out its window in the triggerer."""
+        api, canary, params = self._api(), self._spec().canary(replicas), self._params()
+        try:
+            canary_answers(api, canary, self._plan().smoke_images_uri, lambda: _rolled_out(event), smoke_test)
+        except DeploymentFailed as failed:
+            raise AirflowFailException(str(failed)) from failed
+        self.defer(
+            trigger=CanaryAnalysisTrigger(
+                prometheus_url=self.environment.prometheus_url,
+                model_name=canary.model_name,
+                version=canary.model_version,
+                params=params.model_dump(),
+                share=share,
+                judge_at=time.time() + params.canary_window_s,
+            ),
+            method_name="canary_judged",
+            kwargs={"replicas": replicas},
+        )
+
+    def canary_judged(self, context: Context, event: dict[str, Any], replicas: int) -> NoReturn:
+        """Abort (the canary goes, the task fails naming each check) or promote: the stable
+        Deployment rolls to the new image."""
+        api, canary = self._api(), self._spec().canary(replicas)
+        try:
+            if event["status"] != "judged":
+                retire_canary(api, canary)
+                raise DeploymentFailed(
+                    f"canary of version {canary.model_version} could not be judged: {event['message']}"
+                )
+            verdict = Verdict.from_dict(event["verdict"])
+            context["ti"].xcom_push(key=CANARY_XCOM, value=verdict.to_dict())
+            act_on(api, canary, verdict)
+        except DeploymentFailed as failed:
+            raise AirflowFailException(str(failed)) from failed
+        self._roll_out_stable(api)
+
+    def _roll_out_stable(self, api: KubernetesApi) -> NoReturn:
+        try:
+            spec = start_serving(
+                api, self.version, self.image_ref, self._plan().smoke_images_uri, self.environment
+            )
+        except DeploymentFailed as failed:  # nothing was applied
+            raise AirflowFailException(str(failed)) from failed
+        self._defer_rollout(spec, "execute_complete", {})
+
+    def _defer_rollout(self, spec: ServingSpec, method_name: str, kwargs: dict[str, Any]) -> NoReturn:
         self.defer(
             trigger=RolloutTrigger(
                 namespace=spec.namespace,
-                name=spec.name,
+                name=spec.object_name,
                 kubernetes_conn_id=self.environment.kubernetes_conn_id,
                 deadline=time.time() + self.environment.rollout_timeout_s,
                 poll_s=self.poll_s,
             ),
-            method_name="execute_complete",
+            method_name=method_name,
+            kwargs=kwargs,
         )
-        return None
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Endpoint:
-        """Back from the triggerer: its verdict on the rollout, then the smoke test."""
-
-        def verdict() -> str:
-            if event["status"] != "success":
-                raise RolloutFailed(event["message"])
-            return str(event["message"])
-
-        return self._finish(self._api(), verdict)
-
-    def _finish(self, api: KubernetesApi, rolled_out: Any) -> Endpoint:
+        """Back from the triggerer with the stable Deployment rolled out (or not): the smoke
+        test, an undo on failure, and the canary (if any) retired either way."""
+        api, spec = self._api(), self._spec()
         try:
             endpoint = finish_serving(
-                api, self._spec(), self._plan().smoke_images_uri, self.environment, rolled_out
+                api, spec, self._plan().smoke_images_uri, self.environment, lambda: _rolled_out(event)
             )
         except DeploymentFailed as failed:
             # Already rolled back; a retry would roll the same image out and fail the same way.
             raise AirflowFailException(str(failed)) from failed
+        finally:
+            retire_canary(api, spec.canary(1))
+        return self._served(endpoint)
+
+    def _served(self, endpoint: Endpoint) -> Endpoint:
         annotate(
             SERVED_MODEL,
             url=endpoint.url,
@@ -180,3 +307,10 @@ class RolloutOperator(BaseOperator):
     def _plan(self) -> RunPlan:
         assert isinstance(self.plan, RunPlan), f"the plan was not rendered: {self.plan!r}"
         return self.plan
+
+
+def _rolled_out(event: dict[str, Any]) -> str:
+    """The triggerer's verdict on a rollout, as a wait would have returned it."""
+    if event["status"] != "success":
+        raise RolloutFailed(event["message"])
+    return str(event["message"])

@@ -30,6 +30,7 @@ from model_repository.repository import RepositoryVersion
 from pipeline.assets import DATASET, PREDICTIONS, REPOSITORY_VERSION, annotate
 from pipeline.plan import BatchJob, RunPlan
 from pipeline.platforms import platform_for, resolved
+from pipeline.rollout_operator import CANARY_XCOM, DEPLOY_TASK
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,8 @@ def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]
 
 
 def _serving_figures(model_name: str) -> dict[str, Any]:
-    """What Prometheus saw the served model do during this run, or why there is nothing:
-    the report is written either way."""
+    """What Prometheus saw the served model do during this run, or why there is nothing (the
+    report is written either way), and the deploy's canary verdict (None: no canary ran)."""
     from deploy.monitoring import MonitoringError, serving_figures
 
     prometheus = platform_for(Environment()).prometheus()
@@ -197,13 +198,17 @@ def _serving_figures(model_name: str) -> dict[str, Any]:
         return {
             "unavailable": "no Prometheus for this platform (make up starts one; DOGS_CATS_PROMETHEUS_URL)"
         }
-    started = get_current_context()["dag_run"].start_date
+    context = get_current_context()
+    started = context["dag_run"].start_date
     window_s = int((datetime.now(UTC) - started).total_seconds()) if started else 3600
     try:
-        return serving_figures(prometheus, model_name, window_s)
+        figures = serving_figures(prometheus, model_name, window_s)
     except (MonitoringError, OSError) as failure:
         log.warning("no serving figures from %s: %s", prometheus.url, failure)
-        return {"unavailable": f"{prometheus.url}: {failure}"}
+        figures = {"unavailable": f"{prometheus.url}: {failure}"}
+    if DEPLOY_TASK in context["dag"].task_ids:  # the batch DAG has none
+        figures["canary"] = context["ti"].xcom_pull(task_ids=DEPLOY_TASK, key=CANARY_XCOM)
+    return figures
 
 
 def batch_inference(job: XComArg) -> XComArg:

@@ -32,9 +32,11 @@ class TritonPythonModel:
         ]
         try:
             (probabilities,) = self.session.run([self.output_name], {self.input_name: np.concatenate(images)})
-        except Exception as exc:  # report to every caller rather than crash the model
-            error = pb_utils.TritonError(f"inference failed: {exc}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        except Exception as exc:
+            # Raised, Triton sends the error to every caller of the batch and counts each request
+            # as failed (nv_inference_request_failure, which the canary analysis reads); error
+            # responses returned instead would count as successes.
+            raise pb_utils.TritonModelException(f"inference failed: {exc}") from exc
         responses = []
         start = 0
         for image in images:

@@ -6,10 +6,11 @@ the CPU training image, BuildKit builds the Triton image in a pod and pushes it
 to the cluster's registry, the deploy task rolls it out with server-side apply
 and smoke-tests it through the Service, and batch inference reaches Triton at
 the Service's ClusterIP. On the way: a training pod deleted mid-run is retried
-and resumes from its checkpoint; a second model rolls out while a client sends
+and resumes from its checkpoint; a second model passes its canary (half the
+traffic, judged on Prometheus' figures) and rolls out while a client sends
 requests without one failing; `kubectl rollout status/history/undo` work on
-what the DAG deployed and the DAG deploys again after an undo; a broken model
-fails, is rolled back, and the previous one answers throughout.
+what the DAG deployed and the DAG deploys again after an undo; a broken model's
+canary never becomes ready and goes, and the previous one answers throughout.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def conf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "batch_size": 8,
         "max_batch_size": 8,
         "min_val_accuracy": 0.0,
+        # The second version's canary serves half the traffic this long before it is judged.
+        "canary_window_s": 30,
     }
 
 
@@ -191,13 +194,26 @@ def second_run(
     return {**run, "hammer": hammer}
 
 
-def test_a_new_model_rolls_out_with_no_failed_request(second_run: dict[str, Any]) -> None:
+def test_a_new_model_passes_its_canary_and_rolls_out_with_no_failed_request(
+    stack: AirflowStack, node: Node, second_run: dict[str, Any]
+) -> None:
     hammer: Hammer = second_run["hammer"]
     assert second_run["state"] == "success"
     assert hammer.failures == [], hammer.failures[:3]
     assert hammer.answered > 50
     assert hammer.versions_seen[0] == "1", hammer.versions_seen
     assert hammer.versions_seen[-1] == "2", hammer.versions_seen
+    log = _task_log(stack.api(), second_run["dag_run_id"], "deploy", 1)
+    assert "canary of version 2 (50% of the traffic for 30 s) promoted" in log
+    assert kubectl(node, "get", "deployments", "-n", NAMESPACE, "-o", "name").stdout.split() == [DEPLOYMENT]
+    plan = stored_plan(stack.api(), second_run["dag_run_id"])
+    assert plan is not None
+    with storage_on_emulator(GCS_ENDPOINT):
+        report = json.loads(storage.read_text(join_uri(plan.predictions_uri, "report.json")))
+    canary = report["serving"]["canary"]
+    assert canary["promoted"] is True
+    assert {check["metric"] for check in canary["checks"]} >= {"requests", "failure ratio", "p99 ms"}
+    assert report["serving"]["by_version_and_track"]["2/canary"]["requests"] > 0
 
 
 def test_kubectl_rollout_undo_and_a_deploy_after_it(
@@ -212,16 +228,19 @@ def test_kubectl_rollout_undo_and_a_deploy_after_it(
     wait_for("the old pod to go", lambda: _serving_pods(node) == 1, 180)
     assert _served_version(node) == "1"
 
-    # The deploy task again, after kubectl's undo left its own field manager on the template.
+    # The deploy task again, after kubectl's undo left its own field manager on the template; its
+    # canary is judged on the traffic of a client calling throughout.
     api, run_id = stack.api(), second_run["dag_run_id"]
-    _clear(api, run_id, "deploy")
-    run = wait_until_finished(api, DAG, run_id, 900)
+    with Hammer(_service_url(node)) as hammer:
+        _clear(api, run_id, "deploy")
+        run = wait_until_finished(api, DAG, run_id, 900)
     assert run["state"] == "success"
+    assert hammer.failures == [], hammer.failures[:3]
     wait_for("the old pod to go", lambda: _serving_pods(node) == 1, 180)
     assert _served_version(node) == "2"
 
 
-def test_a_broken_model_is_rolled_back_while_the_previous_one_answers(
+def test_a_broken_model_s_canary_never_serves_and_the_stable_version_answers_throughout(
     stack: AirflowStack, node: Node, second_run: dict[str, Any]
 ) -> None:
     api, run_id = stack.api(), second_run["dag_run_id"]
@@ -241,12 +260,13 @@ def test_a_broken_model_is_rolled_back_while_the_previous_one_answers(
     assert states["build_image"] == "success", states
     assert states["deploy"] == "failed", states
     message = _task_log(api, run_id, "deploy", _try_number(api, run_id, "deploy"))
+    assert "canary of version 2 failed" in message  # the same version, rebuilt broken
     assert "not rolled out" in message
-    assert "rolled back to revision" in message
+    assert "the stable Deployment is untouched" in message
     assert hammer.failures == [], hammer.failures[:3]
     assert set(hammer.versions_seen) == {"2"}
     assert _served_version(node) == "2"
-    assert _revision(node) > revision_before, "the undo is a new revision of the old template"
+    assert _revision(node) == revision_before, "the stable Deployment never saw the broken image"
     assert _image(node) == good_image
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,17 +19,28 @@ import pytest
 
 from cluster.docker import DockerEngine
 from cluster.node import Node
+from cluster.platform_setup import install_monitoring
 from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
-from core.settings import Environment, to_arguments
+from core.settings import CanaryParams, Environment, to_arguments
+from deploy.canary import roll_out
 from deploy.kubernetes import ServingSpec
-from deploy.rollout import KubernetesApi, smoke_images, smoke_test, start_serving, wait_for_rollout
+from deploy.rollout import (
+    DeploymentFailed,
+    KubernetesApi,
+    smoke_images,
+    smoke_test,
+    start_serving,
+    wait_for_rollout,
+)
 from harness.cluster import Hammer, kubectl, project_images, running_cluster, triton_cpu_image
-from model_repository.repository import package_model
+from harness.triton_models import make_faulty
+from model_repository.repository import RepositoryVersion, package_model
 from pipeline.stack import wait_for
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+NAMESPACE = "image-test"
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +56,31 @@ def engine(node: Node) -> Iterator[DockerEngine]:
 
 
 @pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python-flavour model repository the module's Triton images are built from."""
+    return tmp_path_factory.mktemp("image") / "model_repository"
+
+
+def _next_version(trained_model: str, repository: Path, copies: Path) -> RepositoryVersion:
+    """The session's model packaged as the repository's next version (from a copy of its folder,
+    since a model already packaged keeps its version)."""
+    copy = copies / f"model-{len(list(copies.iterdir())) if copies.exists() else 0}"
+    shutil.copytree(trained_model, copy)
+    return package_model(
+        str(copy), str(repository), flavour="python", model_name=MODEL_NAME, max_batch_size=8
+    )
+
+
+@pytest.fixture(scope="module")
 def served(
     node: Node,
     engine: DockerEngine,
     trained_model: str,
+    repository: Path,
     session_images: Path,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[KubernetesApi, ServingSpec, int]:
     """The CPU Triton image of the session's model, rolled out by the serving manifests with
     one replica; (the API, the spec, the model version)."""
-    repository = tmp_path_factory.mktemp("image") / "model_repository"
     version = package_model(
         trained_model, str(repository), flavour="python", model_name=MODEL_NAME, max_batch_size=8
     )
@@ -63,9 +90,9 @@ def served(
     from kubernetes import config
 
     api = KubernetesApi(config.new_client_from_config(str(node.kubeconfig)))
-    environment = Environment(platform="kubernetes", namespace="image-test", gpus=0, serving_replicas=1)
-    kubectl(node, "delete", "namespace", "image-test", "--ignore-not-found", "--wait=true")
-    kubectl(node, "create", "namespace", "image-test")
+    environment = Environment(platform="kubernetes", namespace=NAMESPACE, gpus=0, serving_replicas=1)
+    kubectl(node, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true")
+    kubectl(node, "create", "namespace", NAMESPACE)
     spec = start_serving(api, version, image, str(session_images / "cat"), environment)
     assert wait_for_rollout(api, spec.namespace, spec.name, timeout_s=300, poll_s=2).endswith(
         "successfully rolled out"
@@ -152,6 +179,84 @@ def test_an_eviction_is_allowed_and_costs_no_request_while_another_replica_serve
         wait_for("answers after the replacement", lambda: hammer.answered > answered_before + 10, 60)
     assert hammer.failures == [], hammer.failures[:3]
     assert _disruptions_allowed(node, spec) == 1
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(node: Node) -> str:
+    return install_monitoring(node)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("fault", "failed_check"), [("failing", "failure ratio"), ("slow", "p99 ms vs stable")]
+)
+def test_a_canary_that_fails_requests_or_answers_slowly_is_aborted_while_the_stable_pods_serve_on(
+    node: Node,
+    engine: DockerEngine,
+    served: tuple[KubernetesApi, ServingSpec, int],
+    repository: Path,
+    trained_model: str,
+    prometheus_url: str,
+    session_images: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    fault: str,
+    failed_check: str,
+) -> None:
+    """Both pass the smoke test; the analysis, on Prometheus' figures for the canary's pods
+    against the stable ones, aborts them. A client calling the model's Service throughout sees
+    failures only while the failing canary serves, and none from the slow one."""
+    api, spec, _ = served
+    stable_before = api.read_deployment(spec.namespace, spec.name)
+    version = _next_version(trained_model, repository, tmp_path_factory.getbasetemp() / "copies")
+    make_faulty(repository / MODEL_NAME / str(version.version), fault)
+    image = triton_cpu_image(engine, node.root / "cache", repository, f"test-v{version.version}-{fault}")
+    environment = Environment(
+        platform="kubernetes",
+        namespace=NAMESPACE,
+        gpus=0,
+        serving_replicas=1,
+        prometheus_url=prometheus_url,
+        rollout_timeout_s=300,
+    )
+    # One canary pod beside one or two stable ones; a window past the failing model's healthy start.
+    params = CanaryParams(canary_share=0.34, canary_window_s=45)
+    with Hammer(_service_url(node, spec.name)) as hammer:
+        with pytest.raises(DeploymentFailed) as aborted:
+            roll_out(api, version, image, str(session_images / "cat"), environment, params, poll_s=2)
+        wait_for("the canary's pods to go", lambda: _pods(node, "canary") == 0, 180)
+        failed_while_canary = len(hammer.failures)
+        answered = hammer.answered
+        wait_for("answers from the stable pods alone", lambda: hammer.answered >= answered + 20, 60, 0.2)
+    message = str(aborted.value)
+    assert f"canary of version {version.version}" in message
+    assert "aborted" in message, message
+    assert failed_check in message, message
+    assert "the stable Deployment is untouched" in message
+    stable_after = api.read_deployment(spec.namespace, spec.name)
+    assert stable_after["spec"]["template"] == stable_before["spec"]["template"]
+    assert stable_after["metadata"]["generation"] == stable_before["metadata"]["generation"]
+    assert len(hammer.failures) == failed_while_canary, hammer.failures[failed_while_canary:][:3]
+    if fault == "failing":
+        assert failed_while_canary > 0, "the canary's failures reached the client"
+        assert all("injected" in failure for failure in hammer.failures), hammer.failures[:3]
+        assert failed_while_canary < answered, "bounded by the canary's share"
+    else:
+        assert hammer.failures == [], hammer.failures[:3]
+
+
+def _service_url(node: Node, name: str) -> str:
+    ip = kubectl(node, "get", "service", name, "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}").stdout
+    return f"{ip}:8000"
+
+
+def _pods(node: Node, track: str) -> int:
+    """The track's pods, terminating ones included."""
+    selector = f"dogs-cats-triton/track={track}"
+    return len(
+        json.loads(kubectl(node, "get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)[
+            "items"
+        ]
+    )
 
 
 def test_the_cpu_training_image_trains_a_model_in_a_pod(

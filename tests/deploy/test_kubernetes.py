@@ -6,7 +6,7 @@ import kubernetes_validate
 import pytest
 
 from core.settings import Environment
-from deploy.kubernetes import ServingSpec, serving_manifests
+from deploy.kubernetes import ServingSpec, canary_manifests, serving_manifests
 
 
 def _spec(**overrides: int) -> ServingSpec:
@@ -91,6 +91,33 @@ def test_selectors_match_the_pods() -> None:
         manifests["Deployment"]["spec"]["selector"]["matchLabels"],
     ):
         assert selector.items() <= pod_labels.items()
+
+
+def test_a_canary_sits_behind_the_model_s_service_and_its_deployments_do_not_overlap() -> None:
+    stable = _by_kind(serving_manifests(_spec()))
+    canary = _by_kind(canary_manifests(_spec().canary(1)))
+    for manifest in canary.values():
+        kubernetes_validate.validate(manifest, "1.33", strict=True)
+        assert manifest["metadata"]["name"] == "dogs-cats-triton-canary"
+    stable_pods = stable["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    canary_pods = canary["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert canary["Deployment"]["spec"]["replicas"] == 1
+    assert canary_pods["dogs-cats-triton/track"] == "canary"
+    # The model's Service and the disruption budget take both tracks' pods...
+    for selector in (
+        stable["Service"]["spec"]["selector"],
+        stable["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= canary_pods.items()
+        assert selector.items() <= stable_pods.items()
+    # ...each Deployment and the canary's own Service only their own.
+    assert not stable["Deployment"]["spec"]["selector"]["matchLabels"].items() <= canary_pods.items()
+    for selector in (
+        canary["Deployment"]["spec"]["selector"]["matchLabels"],
+        canary["Service"]["spec"]["selector"],
+    ):
+        assert selector.items() <= canary_pods.items()
+        assert not selector.items() <= stable_pods.items()
 
 
 def test_autoscaler_only_when_asked_and_then_it_owns_the_replica_count() -> None:

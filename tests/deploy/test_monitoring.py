@@ -13,6 +13,7 @@ import pytest
 
 from core.processes import wait_for
 from core.settings import Environment
+from deploy.canary import measure
 from deploy.kubernetes import ServingSpec, deployment
 from deploy.monitoring import (
     RULES,
@@ -96,6 +97,11 @@ def test_every_recording_rule_evaluates_on_triton_s_metrics(
     assert served["requests"] >= 1
     assert served["failures"] == 0
     assert 0 < served["p50_us"] <= served["p99_us"]
+    # The canary analysis' queries: this server is the stable track, and no canary has served.
+    canary = measure(api, "dogs_cats", version, window_s=300)
+    assert (canary.requests, canary.failures, canary.p99_ms) == (0, 0, None)
+    assert canary.stable_p99_ms is not None
+    assert canary.stable_p99_ms > 0
 
 
 def test_the_cluster_s_prometheus_is_valid_and_may_only_read_pods() -> None:

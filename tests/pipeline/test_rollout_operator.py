@@ -19,17 +19,18 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
-from core.settings import Environment, RunConfig
+from core.settings import CanaryParams, Environment, RunConfig
+from deploy.canary import Check, Verdict
 from deploy.kubernetes import ServingSpec, serving_manifests
-from deploy.rollout import DeploymentFailed
 from harness.data import write_images
 from harness.fake_cluster import Behaviour, FakeCluster
 from harness.http_server import reply_json
 from model_repository.repository import RepositoryVersion
 from pipeline.plan import make_plan
-from pipeline.rollout_operator import RolloutOperator, RolloutTrigger
+from pipeline.rollout_operator import CanaryAnalysisTrigger, RolloutOperator, RolloutTrigger
 
 CONN_ID = "kubernetes_fake"
+CANARY = "dogs-cats-triton-canary"
 
 
 def _deployment_manifest() -> dict[str, Any]:
@@ -130,12 +131,15 @@ def test_the_trigger_survives_serialisation() -> None:
     assert RolloutTrigger(**kwargs).serialize() == (classpath, kwargs)
 
 
-def _operator(tmp_path: Path, cluster: FakeCluster, version: int) -> RolloutOperator:
-    plan = make_plan(RunConfig(data_bucket=str(tmp_path / "bucket")), "run")
+PROMETHEUS = "http://127.0.0.1:9"  # never asked here: the verdicts are the tests'
+
+
+def _operator(tmp_path: Path, cluster: FakeCluster, version: int, canary: bool = True) -> RolloutOperator:
+    plan = make_plan(RunConfig(data_bucket=str(tmp_path / "bucket"), canary=canary), "run")
     write_images(Path(plan.smoke_images_uri), per_class=2, size=32)
     operator = RolloutOperator(
         task_id="deploy",
-        environment=Environment(platform="kubernetes"),
+        environment=Environment(platform="kubernetes", prometheus_url=PROMETHEUS),
         version=RepositoryVersion(str(tmp_path / "repo"), "dogs_cats", version, "onnxruntime", 8),
         image_ref=f"r/dogs-cats-triton:v{version}",
         plan=plan,
@@ -154,7 +158,7 @@ def test_the_operator_applies_then_defers_and_undoes_when_the_trigger_reports_fa
     assert _image(cluster) == "r/dogs-cats-triton:v1", "applied before deferring"
     cluster.read_deployment("", "")  # the controller rolls revision 1 out
 
-    second = _operator(tmp_path, cluster, 2)
+    second = _operator(tmp_path, cluster, 2, canary=False)
     with pytest.raises(TaskDeferred):
         second.execute({})
     assert _image(cluster) == "r/dogs-cats-triton:v2"
@@ -169,9 +173,125 @@ def test_nothing_is_applied_without_images_to_smoke_test_with(tmp_path: Path) ->
     cluster = FakeCluster()
     operator = _operator(tmp_path, cluster, 1)
     shutil.rmtree(operator.plan.smoke_images_uri)
-    with pytest.raises(DeploymentFailed, match="nothing was applied"):
+    # Failed for good: a retry would find no images either.
+    with pytest.raises(AirflowFailException, match="nothing was applied"):
         operator.execute({})
     assert cluster.applied == []
+
+
+@pytest.fixture
+def canary_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeCluster, RolloutOperator]:
+    """Version 1 serving; version 2's canary applied, rolled out and smoke-tested, its
+    analysis deferred to the triggerer."""
+    monkeypatch.setattr("pipeline.rollout_operator.smoke_test", lambda *args: None)
+    cluster = FakeCluster()
+    with pytest.raises(TaskDeferred):
+        _operator(tmp_path, cluster, 1).execute({})
+    cluster.read_deployment("", "")
+    second = _operator(tmp_path, cluster, 2)
+    with pytest.raises(TaskDeferred) as deferred:
+        second.execute({})
+    assert deferred.value.method_name == "canary_ready"
+    assert isinstance(deferred.value.trigger, RolloutTrigger)
+    assert deferred.value.trigger.name == CANARY
+    canary = cluster.objects["Deployment", CANARY]
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "r/dogs-cats-triton:v2"
+    assert canary["spec"]["replicas"] == 2, "half the traffic beside two stable replicas"
+    assert _image(cluster) == "r/dogs-cats-triton:v1", "the stable Deployment waits for the verdict"
+    assert deferred.value.kwargs == {"replicas": 2, "share": 0.5}
+    with pytest.raises(TaskDeferred) as judging:
+        second.canary_ready({}, {"status": "success", "message": "rolled out"}, **deferred.value.kwargs)
+    trigger = judging.value.trigger
+    assert isinstance(trigger, CanaryAnalysisTrigger)
+    assert judging.value.method_name == "canary_judged"
+    assert trigger.prometheus_url == PROMETHEUS
+    assert trigger.judge_at == pytest.approx(time.time() + 120, abs=5), "the default window"
+    return cluster, second
+
+
+def _verdict(failure_ratio: float) -> dict[str, Any]:
+    checks = (Check("requests", 200, 20, at_least=True), Check("failure ratio", failure_ratio, 0.01))
+    return {"status": "judged", "verdict": Verdict(2, 0.5, 120, checks).to_dict()}
+
+
+def test_an_aborted_canary_goes_and_the_stable_deployment_is_untouched(
+    canary_started: tuple[FakeCluster, RolloutOperator],
+) -> None:
+    cluster, operator = canary_started
+    context = _context()
+    with pytest.raises(AirflowFailException, match=r"aborted: failure ratio 0\.2 > 0\.01"):
+        operator.canary_judged(context, _verdict(0.2), replicas=2)
+    assert ("Deployment", CANARY) not in cluster.objects
+    assert ("Service", CANARY) not in cluster.objects
+    assert _image(cluster) == "r/dogs-cats-triton:v1"
+    assert context["ti"].pushed["canary"]["promoted"] is False, "the report shows the verdict"
+
+
+def test_a_promoted_canary_rolls_the_stable_deployment_and_goes_after_it(
+    canary_started: tuple[FakeCluster, RolloutOperator],
+) -> None:
+    cluster, operator = canary_started
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.canary_judged(_context(), _verdict(0.0), replicas=2)
+    assert deferred.value.method_name == "execute_complete"
+    assert _image(cluster) == "r/dogs-cats-triton:v2"
+    assert ("Deployment", CANARY) in cluster.objects, "it serves until the stable pods have rolled"
+    cluster.read_deployment("", "")
+    failed = {"status": "failed", "message": "deployment dogs-cats-triton exceeded its progress deadline"}
+    with pytest.raises(AirflowFailException, match=r"rolled back to revision 1"):
+        operator.execute_complete({}, failed)
+    assert ("Deployment", CANARY) not in cluster.objects
+
+
+def test_a_canary_that_never_gets_ready_goes_and_fails_the_task(
+    canary_started: tuple[FakeCluster, RolloutOperator],
+) -> None:
+    cluster, operator = canary_started
+    with pytest.raises(AirflowFailException, match=r"canary of version 2 failed: .*untouched"):
+        operator.canary_ready(
+            {}, {"status": "failed", "message": "not rolled out in time"}, replicas=2, share=0.5
+        )
+    assert ("Deployment", CANARY) not in cluster.objects
+    assert _image(cluster) == "r/dogs-cats-triton:v1"
+
+
+def test_a_canary_needs_prometheus_and_nothing_is_applied_without_it(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    with pytest.raises(TaskDeferred):
+        _operator(tmp_path, cluster, 1).execute({})
+    second = _operator(tmp_path, cluster, 2)
+    second.environment = Environment(platform="kubernetes")
+    applied = len(cluster.applied)
+    with pytest.raises(AirflowFailException, match="DOGS_CATS_PROMETHEUS_URL is empty"):
+        second.execute({})
+    assert len(cluster.applied) == applied
+
+
+def test_the_analysis_trigger_survives_serialisation() -> None:
+    trigger = CanaryAnalysisTrigger(
+        prometheus_url=PROMETHEUS,
+        model_name="m",
+        version=2,
+        params=CanaryParams().model_dump(),
+        share=0.5,
+        judge_at=1.5,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "pipeline.rollout_operator.CanaryAnalysisTrigger"
+    assert CanaryAnalysisTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+class _TaskInstance:
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def _context() -> Any:
+    """What the operator reads of a task's context: the task instance it pushes XCom with."""
+    return {"ti": _TaskInstance()}
 
 
 def _image(cluster: FakeCluster) -> str:
