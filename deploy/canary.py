@@ -149,9 +149,7 @@ def measure(api: PrometheusApi, model_name: str, version: int, window_s: int) ->
 def judge_canary(
     api: PrometheusApi, model_name: str, version: int, params: CanaryParams, share: float
 ) -> Verdict:
-    verdict = judge(measure(api, model_name, version, params.canary_window_s), params, version, share)
-    log.info("%s", verdict.summary())
-    return verdict
+    return judge(measure(api, model_name, version, params.canary_window_s), params, version, share)
 
 
 def canary_replicas(share: float, stable_replicas: int) -> int:
@@ -226,6 +224,7 @@ def canary_answers(
 def act_on(api: ClusterApi, canary: ServingSpec, verdict: Verdict) -> None:
     """An aborted canary goes, and the task fails naming each failed check; a promoted one stays
     until the stable Deployment has rolled to its image."""
+    log.info("%s", verdict.summary())
     if verdict.promoted:
         return
     retire_canary(api, canary)
