@@ -1,7 +1,7 @@
 """`python -m cluster {up,down,status,platform}`: the single-node cluster of `make cluster`.
 
 `platform` readies the running cluster for the kubernetes platform (its images
-in the registry, the namespace, a bucket on its GCS emulator) and writes the
+in the registry, the namespace, Prometheus, KEDA, a bucket on its GCS emulator) and writes the
 settings Airflow runs with to `--env-file`, for `make demo PLATFORM=kubernetes`.
 """
 
@@ -59,6 +59,7 @@ def _ready_platform(node: Node, env_file: Path) -> int:
         build_images,
         create_bucket,
         env_file_text,
+        install_autoscaling,
         install_monitoring,
         kubernetes_environment,
         prepare_namespace,
@@ -70,6 +71,7 @@ def _ready_platform(node: Node, env_file: Path) -> int:
         images = build_images(node, engine)
     prepare_namespace(node)
     prometheus = install_monitoring(node)
+    install_autoscaling(node)
     bucket = create_bucket(DEMO_BUCKET)
     env_file.write_text(env_file_text(kubernetes_environment(node, images, prometheus)))
     print(f"images {images}; bucket {bucket}; Prometheus {prometheus}; settings in {env_file}")

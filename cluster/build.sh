@@ -53,6 +53,8 @@ fi
   done
 )
 (cd "$here/build/etcd" && go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+(cd "$here/build/coredns" && go mod edit -require="github.com/coredns/coredns@$COREDNS_VERSION")
+(cd "$here/build/keda" && go mod edit -require="github.com/kedacore/keda/v2@$KEDA_VERSION")
 (cd "$here/build/registry" && go mod edit -require="github.com/distribution/distribution/v3@$DISTRIBUTION_VERSION")
 (cd "$here/build/buildkit" && go mod edit -require="github.com/moby/buildkit@$BUILDKIT_VERSION" \
   -require="github.com/rootless-containers/rootlesskit/v3@$ROOTLESSKIT_VERSION")
@@ -62,6 +64,15 @@ build kubernetes "$bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/
 build etcd "$bin/etcd"
 build registry "$bin/registry"
 build pause "$bin/pause"
+build coredns "$bin/coredns"
+version_flags="-X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}"
+build keda "$bin/" github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter
+mv "$bin/operator" "$bin/keda" && mv "$bin/adapter" "$bin/keda-adapter"  # the names KEDA's manifests run
+# KEDA's own manifests (CRDs, RBAC, the two Deployments, the APIService), which cluster/keda.py applies.
+keda_source=$(cd "$here/build/keda" && go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)
+rm -rf "$bin/keda-config" && mkdir -p "$bin/keda-config"
+(cd "$keda_source/config" && cp --parents -r crd/bases general rbac service_account manager metrics-server "$bin/keda-config/")
+chmod -R u+w "$bin/keda-config"
 build_prometheus
 version_flags="-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION"
 build buildkit "$bin/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl \

@@ -3,8 +3,9 @@
 etcd, kube-apiserver (TLS, RBAC and the Node authorizer), kube-controller-manager,
 kube-scheduler, the distribution registry (htpasswd credentials for every request),
 containerd with its CRI plugin and the CNI bridge and host-local plugins, a kubelet,
-and kube-proxy (iptables). The control plane and the registry listen on 127.0.0.1 or
-the cluster's bridge (10.88.0.1) only: the API server on the bridge, where pods reach it.
+kube-proxy (iptables), and CoreDNS as the cluster's DNS. The control plane and the registry
+listen on 127.0.0.1 or the cluster's bridge (10.88.0.1) only: the API server on the
+bridge, where pods reach it.
 Everything lives under one folder (`.cluster/` by default): binaries, certificates,
 data, logs and pid files; `down` stops every process, unmounts what the kubelet and
 containerd mounted, and removes the bridge and kube-proxy's iptables rules.
@@ -26,9 +27,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 
+from cluster.dns import CLUSTER_DOMAIN, DNS_IP, DNS_NAMESPACE, dns_manifests
 from cluster.oci_push import RegistryCredentials, push_binary_image
 from cluster.pki import Identity, ensure_ca, ensure_cert, ensure_service_account_keys
 from cluster.versions import pinned
@@ -45,6 +48,7 @@ POD_CIDR = "10.88.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
 API_PORT = 6443
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the CN extension API servers accept headers from
 REGISTRY = f"{BRIDGE_IP}:5000"  # the node pulls from it, and so can pods
 # The one account the registry knows (htpasswd): pushes and pulls alike need it.
 REGISTRY_USER = "dogs-cats"
@@ -79,6 +83,7 @@ BUILT = (
     "kubectl",
     "registry",
     "pause",
+    "coredns",
 )
 
 
@@ -103,6 +108,10 @@ class Node:
     @property
     def pki(self) -> Path:
         return self.run / "pki"
+
+    @property
+    def front_proxy_pki(self) -> Path:
+        return self.pki / "front-proxy"
 
     @property
     def kubeconfig(self) -> Path:
@@ -183,15 +192,38 @@ class Node:
                 )
             self._wait_ready(component, timeout_s)
             if component == "registry":  # the sandbox image every pod starts with
-                push_binary_image(
-                    REGISTRY,
-                    PAUSE_IMAGE,
-                    pinned("PAUSE_TAG"),
-                    self.bin / "pause",
-                    credentials=self.registry_credentials(),
-                )
+                self.push_binary(PAUSE_IMAGE, pinned("PAUSE_TAG"))
         self._wait_node_ready(timeout_s)
+        self._start_dns(timeout_s)
         self.env_file.write_text(f'export PATH="{self.bin}:$PATH" KUBECONFIG="{self.kubeconfig}"\n')
+
+    def _start_dns(self, timeout_s: float) -> None:
+        """CoreDNS as the `kube-dns` Service: the cluster's add-on, as kubeadm installs it."""
+        image = self.push_binary("coredns", pinned("COREDNS_VERSION"))
+        self.apply(dns_manifests(image), "CoreDNS")
+        self.wait_rolled_out(DNS_NAMESPACE, "coredns", timeout_s)
+
+    def push_binary(self, binary: str, tag: str) -> str:
+        """bin/<binary> as a one-file image in the cluster's registry; its pinned reference."""
+        return push_binary_image(
+            REGISTRY, binary, tag, self.bin / binary, credentials=self.registry_credentials()
+        )
+
+    def apply(self, objects: list[dict[str, Any]], what: str, *, server_side: bool = False) -> None:
+        """`kubectl apply` of `objects` as one List; raises naming `what` when refused. Server-side
+        for objects too large for client-side apply's last-applied annotation (CRDs)."""
+        flags = ["--server-side", "--force-conflicts"] if server_side else []
+        listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        applied = self.kubectl("apply", *flags, "-f", "-", stdin=listed)
+        if applied.returncode != 0:
+            raise ClusterError(f"could not apply {what}: {applied.stderr}")
+
+    def wait_rolled_out(self, namespace: str, deployment: str, timeout_s: float) -> None:
+        ready = self.kubectl(
+            "rollout", "status", f"deployment/{deployment}", "-n", namespace, f"--timeout={timeout_s:.0f}s"
+        )
+        if ready.returncode != 0:
+            raise ClusterError(f"{deployment} did not become ready: {ready.stderr or ready.stdout}")
 
     def process(self, component: str) -> Supervised:
         return Supervised(component, self.pid_file(component), self.log_file(component))
@@ -292,6 +324,10 @@ class Node:
         ]
         for identity in identities:
             ensure_cert(self.pki, identity)
+        # The aggregation layer's CA signs only the API server's front-proxy client: an extension
+        # API server (KEDA's metrics server) trusts headers only on connections from it.
+        ensure_ca(self.front_proxy_pki, "dogs-cats-front-proxy-ca")
+        ensure_cert(self.front_proxy_pki, Identity(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT))
         for user in ("admin", "controller-manager", "scheduler", "kube-proxy", "kubelet"):
             path = self.kubeconfig if user == "admin" else self.run / f"{user}.kubeconfig"
             path.write_text(self._kubeconfig_for(user))
@@ -412,6 +448,16 @@ class Node:
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
             "--profiling=false",
+            # The aggregation layer, for extension API servers (KEDA's external metrics).
+            f"--requestheader-client-ca-file={self.front_proxy_pki / 'ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={self.front_proxy_pki / f'{FRONT_PROXY_CLIENT}.crt'}",
+            f"--proxy-client-key-file={self.front_proxy_pki / f'{FRONT_PROXY_CLIENT}.key'}",
+            # Reach them at their pods' addresses: the API server runs beside kube-proxy, not behind it.
+            "--enable-aggregator-routing=true",
         ]
 
     def _controller_manager(self) -> list[str]:
@@ -566,6 +612,9 @@ state = "{folder / "state"}"
                     "failCgroupV1": False,
                     "failSwapOn": False,
                     "resolvConf": "/etc/resolv.conf",
+                    # Pods resolve through the cluster's DNS (cluster/dns.py), as on any cluster.
+                    "clusterDNS": [DNS_IP],
+                    "clusterDomain": CLUSTER_DOMAIN,
                     # Leave the shared disk's free space alone: only a nearly full disk evicts.
                     "evictionHard": {
                         "memory.available": "200Mi",

@@ -1,4 +1,6 @@
-"""The cluster's certificates: one CA, a serving cert per server, a client cert per component.
+"""The cluster's certificates: one CA, a serving cert per server, a client cert per component,
+and the aggregation layer's own CA with the one client it signs (the API server's, which
+extension API servers trust for the user it passes on in headers).
 
 Kubernetes authenticates components by their client certificate's CN (user) and
 O (groups); RBAC's bootstrap roles and the Node authorizer then grant each one
@@ -50,7 +52,9 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) 
     path.chmod(0o600)
 
 
-def ensure_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def ensure_ca(
+    folder: Path, common_name: str = "dogs-cats-cluster-ca"
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA in `folder` (ca.crt, ca.key), created once."""
     folder.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = folder / "ca.crt", folder / "ca.key"
@@ -60,7 +64,7 @@ def ensure_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    name = _name("dogs-cats-cluster-ca")
+    name = _name(common_name)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

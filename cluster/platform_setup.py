@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from typing import Any
 
 from cluster.docker import DockerEngine, builder_image, training_cpu_image, triton_cpu_runtime_image
+from cluster.keda import (
+    EXTERNAL_METRICS_API,
+    KEDA_METRICS_SERVER,
+    KEDA_NAMESPACE,
+    KEDA_OPERATOR,
+    keda_manifests,
+)
 from cluster.node import GCS_ENDPOINT, REGISTRY, ClusterError, Node
-from cluster.oci_push import push_binary_image
 from cluster.versions import pinned
 from deploy.monitoring import PROMETHEUS_PORT, prometheus_manifests
 
@@ -63,36 +68,39 @@ def prepare_namespace(node: Node, namespace: str = NAMESPACE) -> None:
             "stringData": {".dockerconfigjson": node.registry_credentials().docker_config(REGISTRY)},
         },
     ]
-    _apply(node, objects, f"namespace {namespace}")
-
-
-def _apply(node: Node, objects: list[dict[str, Any]], what: str) -> None:
-    """`kubectl apply` of `objects` as one List; raises naming `what` when refused."""
-    result = node.kubectl(
-        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
-    )
-    if result.returncode != 0:
-        raise ClusterError(f"could not apply {what}: {result.stderr}")
+    node.apply(objects, f"namespace {namespace}")
 
 
 def install_monitoring(node: Node, namespace: str = MONITORING_NAMESPACE) -> str:
     """Prometheus in the cluster (deploy/monitoring.py's manifests), its image the binary
     cluster/build.sh built; waits for it to be ready and returns its address (the Service's)."""
-    image = push_binary_image(
-        REGISTRY,
-        "prometheus",
-        pinned("PROMETHEUS_VERSION"),
-        node.bin / "prometheus",
-        credentials=node.registry_credentials(),
-    )
-    _apply(node, prometheus_manifests(namespace, image), "Prometheus")
-    ready = node.kubectl("rollout", "status", "deployment/prometheus", "-n", namespace, "--timeout=180s")
-    if ready.returncode != 0:
-        raise ClusterError(f"Prometheus did not become ready: {ready.stderr or ready.stdout}")
+    image = node.push_binary("prometheus", pinned("PROMETHEUS_VERSION"))
+    node.apply(prometheus_manifests(namespace, image), "Prometheus")
+    node.wait_rolled_out(namespace, "prometheus", 180)
     address = node.kubectl(
         "get", "service", "prometheus", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
     ).stdout
     return f"http://{address}:{PROMETHEUS_PORT}"
+
+
+def install_autoscaling(node: Node) -> None:
+    """KEDA in the cluster (cluster/keda.py), its images the binaries cluster/build.sh built;
+    waits until the API server serves external metrics from it."""
+    config = node.bin / "keda-config"
+    if not config.is_dir():
+        raise ClusterError(f"no KEDA in {node.bin}: make cluster builds it (cluster/build.sh)")
+    images = {
+        deployment: node.push_binary(binary, pinned("KEDA_VERSION"))
+        for deployment, binary in ((KEDA_OPERATOR, "keda"), (KEDA_METRICS_SERVER, "keda-adapter"))
+    }
+    node.apply(keda_manifests(config, images), "KEDA", server_side=True)
+    for deployment in (KEDA_OPERATOR, KEDA_METRICS_SERVER):
+        node.wait_rolled_out(KEDA_NAMESPACE, deployment, 240)
+    served = node.kubectl(
+        "wait", "--for=condition=Available", f"apiservice/{EXTERNAL_METRICS_API}", "--timeout=120s"
+    )
+    if served.returncode != 0:
+        raise ClusterError(f"the API server does not serve {EXTERNAL_METRICS_API}: {served.stderr}")
 
 
 def kubernetes_environment(

@@ -445,8 +445,19 @@ class Environment(BaseSettings):
         description="Secret with the key Triton's control APIs ask for; the deploy task creates it once.",
     )
     serving_replicas: int = Field(default=2, ge=1)
-    serving_max_replicas: int = Field(default=0, ge=0, description="Above serving_replicas adds an HPA.")
-    serving_queue_time_target_us: int = Field(default=50_000, ge=1)
+    serving_max_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Above serving_replicas: KEDA scales between the two (needs prometheus_url).",
+    )
+    serving_queue_per_compute_target: float = Field(
+        default=1.0,
+        gt=0,
+        description="KEDA adds replicas while requests queue in Triton longer than this times their compute.",
+    )
+    serving_scale_down_window_s: int = Field(
+        default=600, ge=0, description="How long the load must stay low before KEDA removes a replica."
+    )
     serving_url: str = Field(
         default="",
         description=(
@@ -464,6 +475,16 @@ class Environment(BaseSettings):
         default="", description="Standing input that dogs_cats_batch re-classifies after each deployment."
     )
     batch_output: str = Field(default="", description="Where dogs_cats_batch writes, one folder per run.")
+
+    @model_validator(mode="after")
+    def _autoscaling_reads_prometheus(self) -> Self:
+        autoscaled = self.platform == "kubernetes" and self.serving_max_replicas > self.serving_replicas
+        if autoscaled and not self.prometheus_url:
+            raise ValueError(
+                "serving_max_replicas above serving_replicas asks KEDA to scale on Prometheus' "
+                "figures: set DOGS_CATS_PROMETHEUS_URL"
+            )
+        return self
 
     def pod_size(self, pod: Literal["training", "build", "triton"]) -> PodSize:
         """The size of one of the platform's pods, for this deployment's flavour (GPU or CPU)."""

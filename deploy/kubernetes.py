@@ -13,12 +13,7 @@ from typing import Any, Literal
 
 from core.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from core.settings import Environment, gpu_node_labels
-from deploy.monitoring import TRACK_LABEL
-
-# Prometheus-adapter metric (see README): Triton's queue time per request, averaged
-# over the last minute, from nv_inference_queue_duration_us / nv_inference_request_success.
-QUEUE_TIME_METRIC = "triton_queue_time_per_request_us"
-
+from deploy.monitoring import QUEUE_PER_COMPUTE_SERIES, TRACK_LABEL
 
 Track = Literal["stable", "canary"]
 
@@ -30,7 +25,9 @@ class ServingSpec:
     image: str
     replicas: int
     max_replicas: int  # > replicas: autoscaled
-    queue_time_target_us: int
+    queue_per_compute_target: float  # what the autoscaler holds the queue/compute ratio to
+    scale_down_window_s: int
+    prometheus_url: str  # where the autoscaler reads the ratio
     gpu_node_labels: dict[str, str]
     model_name: str
     model_version: int
@@ -49,7 +46,9 @@ class ServingSpec:
             image=image,
             replicas=environment.serving_replicas,
             max_replicas=environment.serving_max_replicas,
-            queue_time_target_us=environment.serving_queue_time_target_us,
+            queue_per_compute_target=environment.serving_queue_per_compute_target,
+            scale_down_window_s=environment.serving_scale_down_window_s,
+            prometheus_url=environment.prometheus_url,
             gpu_node_labels=gpu_node_labels(environment),
             model_name=model_name,
             model_version=model_version,
@@ -64,7 +63,8 @@ class ServingSpec:
 
     @property
     def autoscaled(self) -> bool:
-        """A HorizontalPodAutoscaler owns the replica count between the two bounds."""
+        """KEDA (a ScaledObject, and the HorizontalPodAutoscaler it makes) owns the replica
+        count between the two bounds."""
         return self.max_replicas > self.replicas
 
     @property
@@ -254,27 +254,39 @@ def pod_disruption_budget(spec: ServingSpec) -> dict[str, Any]:
     }
 
 
-def horizontal_pod_autoscaler(spec: ServingSpec) -> dict[str, Any]:
-    """Scale on Triton's queue time: it grows before latency does, unlike GPU utilisation."""
+def scaled_object(spec: ServingSpec) -> dict[str, Any]:
+    """KEDA scales the Deployment on NVIDIA's signal for Triton: the time requests wait in the
+    queue per unit of time computing, from Prometheus. It grows before latency does, unlike GPU
+    utilisation, and it is a ratio, so the HorizontalPodAutoscaler compares it as a Value
+    (replicas x ratio / target), not averaged over the pods."""
+    series = f'{QUEUE_PER_COMPUTE_SERIES}{{namespace="{spec.namespace}", model="{spec.model_name}"}}'
     return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
         "metadata": spec.metadata(),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
-            "minReplicas": spec.replicas,
-            "maxReplicas": spec.max_replicas,
-            "metrics": [
+            "scaleTargetRef": {"name": spec.name},
+            "minReplicaCount": spec.replicas,
+            "maxReplicaCount": spec.max_replicas,
+            "pollingInterval": 15,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    # Scale down slowly: new GPU pods take minutes to become ready.
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": spec.scale_down_window_s}}
+                }
+            },
+            "triggers": [
                 {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": QUEUE_TIME_METRIC},
-                        "target": {"type": "AverageValue", "averageValue": str(spec.queue_time_target_us)},
+                    "type": "prometheus",
+                    "metricType": "Value",
+                    "metadata": {
+                        "serverAddress": spec.prometheus_url,
+                        # The worst version's ratio; 0 while nothing is asked (the ratio is NaN then).
+                        "query": f"max({series} >= 0) or vector(0)",
+                        "threshold": str(spec.queue_per_compute_target),
                     },
                 }
             ],
-            # Scale down slowly: new GPU pods take minutes to become ready.
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
         },
     }
 
@@ -284,10 +296,9 @@ def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
     served = deployment(spec)
     manifests = [service(spec), pod_disruption_budget(spec), served]
     if spec.autoscaled:
-        # The HPA owns the replica count: a count in the applied manifest would
-        # reset it on every deploy.
+        # KEDA owns the replica count: a count in the applied manifest would reset it on every deploy.
         del served["spec"]["replicas"]
-        manifests.append(horizontal_pod_autoscaler(spec))
+        manifests.append(scaled_object(spec))
     return manifests
 
 
@@ -297,6 +308,12 @@ def canary_manifests(canary: ServingSpec) -> list[dict[str, Any]]:
 
 
 def retired_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
-    """What an earlier deploy may have left that this spec no longer wants: the HPA once
-    autoscaling is turned off (left in place it would keep resizing the Deployment)."""
-    return [] if spec.autoscaled else [horizontal_pod_autoscaler(spec)]
+    """What an earlier deploy may have left that this spec no longer wants: the ScaledObject
+    once autoscaling is turned off (left in place it would keep resizing the Deployment), and
+    the HorizontalPodAutoscaler of releases before KEDA, on a metric nobody served."""
+    earlier_hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": spec.metadata(),
+    }
+    return [earlier_hpa] if spec.autoscaled else [earlier_hpa, scaled_object(spec)]

@@ -29,14 +29,16 @@ from core.settings import Environment
 
 log = logging.getLogger(__name__)
 
-# The labels every recorded series keeps: Triton's own (model, version) and the pod's track.
-BY = "model, version, track"
+# The labels every recorded series keeps: Triton's own (model, version), the pod's track and,
+# on a cluster, its namespace.
+BY = "namespace, model, version, track"
 WINDOW = "1m"  # four scrapes at least: a rate over fewer is noise
 SCRAPE_INTERVAL_S = 5
 SCRAPE_INTERVAL = f"{SCRAPE_INTERVAL_S}s"
 SUCCESS_RATE_SERIES = "model_version_track:nv_inference_request_success:rate1m"
 P99_SERIES = "model_version_track:nv_inference_request_summary_us:p99"
 P50_SERIES = "model_version_track:nv_inference_request_summary_us:p50"
+QUEUE_PER_COMPUTE_SERIES = "model_version_track:nv_inference_queue_per_compute:ratio_rate1m"
 RULES: list[dict[str, str]] = [
     {
         "record": SUCCESS_RATE_SERIES,
@@ -55,7 +57,7 @@ RULES: list[dict[str, str]] = [
     },
     {
         # NVIDIA's autoscaling signal: time queued per unit of time computing.
-        "record": "model_version_track:nv_inference_queue_per_compute:ratio_rate1m",
+        "record": QUEUE_PER_COMPUTE_SERIES,
         "expr": (
             f"sum by ({BY}) (rate(nv_inference_queue_duration_us[{WINDOW}])) / "
             f"sum by ({BY}) (rate(nv_inference_compute_infer_duration_us[{WINDOW}]))"

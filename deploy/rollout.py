@@ -300,11 +300,20 @@ def start_serving(
 ) -> ServingSpec:
     """Apply the serving manifests for the image holding `version`; the rollout starts.
 
-    Refuses before applying anything when there is nothing to smoke-test with."""
+    Refuses before applying anything when there is nothing to smoke-test with, or when the
+    Deployment there selects its pods otherwise (a selector cannot change)."""
     smoke_images(smoke_images_uri)
     spec = ServingSpec.from_environment(
         environment, image=image, model_name=version.model_name, model_version=version.version
     )
+    existing = api.find_deployment(spec.namespace, spec.name)
+    selects = existing and existing["spec"]["selector"].get("matchLabels")
+    if selects and selects != spec.pod_selector:
+        raise DeploymentFailed(
+            f"deployment {spec.namespace}/{spec.name} selects its pods by {selects}, this version by "
+            f"{spec.pod_selector} (the canary's track came in), and a selector cannot change: delete "
+            "the Deployment once (its Service stays); nothing was applied"
+        )
     if api.create(admin_key_secret(spec)):
         log.info(
             "created Secret %s/%s: the key Triton's control APIs ask for", spec.namespace, spec.admin_secret

@@ -7,6 +7,7 @@ the training image trains a model in a pod."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -19,7 +20,7 @@ import pytest
 
 from cluster.docker import DockerEngine
 from cluster.node import Node
-from cluster.platform_setup import install_monitoring
+from cluster.platform_setup import install_autoscaling, install_monitoring
 from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
 from core.settings import CanaryParams, Environment, to_arguments
 from deploy.canary import roll_out
@@ -242,6 +243,60 @@ def test_a_canary_that_fails_requests_or_answers_slowly_is_aborted_while_the_sta
         assert failed_while_canary < answered, "bounded by the canary's share"
     else:
         assert hammer.failures == [], hammer.failures[:3]
+
+
+def test_keda_adds_a_replica_under_load_and_removes_it_after(
+    node: Node,
+    engine: DockerEngine,
+    served: tuple[KubernetesApi, ServingSpec, int],
+    repository: Path,
+    trained_model: str,
+    prometheus_url: str,
+    session_images: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """KEDA, built here and registered with the aggregation layer, scales the Deployment on the
+    queue/compute ratio Prometheus records: six clients at once queue behind a model that takes
+    0.4 s an execution (one would not), so a second replica comes; when they stop, it goes
+    after the short scale-down window set here. No request fails throughout."""
+    install_autoscaling(node)
+    api, spec, _ = served
+    version = _next_version(trained_model, repository, tmp_path_factory.getbasetemp() / "copies")
+    make_faulty(repository / MODEL_NAME / str(version.version), "slow")
+    image = triton_cpu_image(engine, node.root / "cache", repository, f"test-v{version.version}-scaled")
+    environment = Environment(
+        platform="kubernetes",
+        namespace=NAMESPACE,
+        gpus=0,
+        serving_replicas=1,
+        serving_max_replicas=2,
+        serving_queue_per_compute_target=0.2,
+        serving_scale_down_window_s=20,
+        prometheus_url=prometheus_url,
+        rollout_timeout_s=300,
+    )
+    params = CanaryParams(canary=False)
+    roll_out(api, version, image, str(session_images / "cat"), environment, params, poll_s=2)
+
+    def replicas() -> int:
+        return int(api.read_deployment(spec.namespace, spec.name)["spec"].get("replicas") or 0)
+
+    wait_for("KEDA to settle at one replica", lambda: replicas() == 1, 180)
+    url = _service_url(node, spec.name)
+    with contextlib.ExitStack() as clients:
+        load = [clients.enter_context(Hammer(url)) for _ in range(6)]
+        wait_for("a second replica under load", lambda: replicas() == 2, 300)
+        wait_for("both replicas ready", lambda: _ready_replicas(api, spec) == 2, 180)
+    wait_for("back to one replica without the load", lambda: replicas() == 1, 300)
+    failures = [failure for client in load for failure in client.failures]
+    assert failures == [], failures[:3]
+    assert sum(client.answered for client in load) > 50
+    hpa = json.loads(kubectl(node, "get", "hpa", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+    assert [h["metadata"]["name"] for h in hpa] == [f"keda-hpa-{spec.name}"], "KEDA's, and no other"
+
+
+def _ready_replicas(api: KubernetesApi, spec: ServingSpec) -> int:
+    return int(api.read_deployment(spec.namespace, spec.name).get("status", {}).get("readyReplicas") or 0)
 
 
 def _service_url(node: Node, name: str) -> str:

@@ -1,6 +1,7 @@
 """The single-node cluster from upstream components: it comes up Ready, listens only on
-127.0.0.1 and its bridge, the Deployment controller rolls out, updates, undoes and hits
-progress deadlines as `kubectl rollout` reports, and `down` leaves nothing behind."""
+127.0.0.1 and its bridge, its DNS answers for its Services, the Deployment controller rolls
+out, updates, undoes and hits progress deadlines as `kubectl rollout` reports, and `down`
+leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from typing import Any
 
 import pytest
 
-from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, REGISTRY_USER, Node
+from cluster.dns import CLUSTER_DOMAIN, DNS_IP
+from cluster.node import BRIDGE, BRIDGE_IP, REGISTRY, REGISTRY_USER, SERVICE_IP, Node
 from cluster.oci_push import RegistryCredentials, push_binary_image
 from cluster.versions import pinned
 from deploy.rollout import KubernetesApi, RolloutFailed, rollout_progress, undo, wait_for_rollout
 from harness.cluster import cluster_chains, kubectl, running_cluster
 from harness.sockets import listening_addresses
 from pipeline.rollout_operator import RolloutTrigger
+from pipeline.stack import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 NAMESPACE = "rollout-test"
@@ -90,6 +93,47 @@ def test_the_node_is_ready_and_listens_only_on_loopback_and_its_bridge(node: Nod
     listening = listening_addresses({pid for pid in node.status().values() if pid})
     assert listening, "the components listen somewhere"
     assert listening <= {"127.0.0.1", BRIDGE_IP}, listening
+
+
+def test_the_cluster_s_dns_answers_for_its_services_and_for_nothing_beyond(
+    node: Node, images: dict[str, str]
+) -> None:
+    """CoreDNS behind the kube-dns Service (reached from the node through kube-proxy's rules)
+    resolves a Service's name to its ClusterIP, forwards nothing, and is what pods are told."""
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [DNS_IP]
+
+    def answered() -> list[str]:
+        """kube-proxy refuses the Service's address (EPERM) until it has synced its endpoints."""
+        try:
+            answer = resolver.resolve(f"kubernetes.default.svc.{CLUSTER_DOMAIN}", "A", lifetime=5)
+        except dns.resolver.NoNameservers:
+            return []
+        return [record.address for record in answer]
+
+    assert wait_for("the cluster's DNS to answer", answered, 60) == [SERVICE_IP]
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        resolver.resolve(f"missing.default.svc.{CLUSTER_DOMAIN}", "A", lifetime=10)
+    with pytest.raises(dns.resolver.NoNameservers):  # no zone for it, and nothing is forwarded
+        resolver.resolve("example.com", "A", lifetime=10)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "dns-client", "namespace": "default"},
+        "spec": {"containers": [{"name": "app", "image": images["v1"]}]},
+    }
+    kubectl(node, "apply", "-f", "-", stdin=json.dumps(pod))
+    sandboxes = node.run / "containerd" / "root" / "io.containerd.grpc.v1.cri" / "sandboxes"
+
+    def told() -> list[str]:
+        written = [path.read_text() for path in sandboxes.glob("*/resolv.conf")]
+        return [text for text in written if f"default.svc.{CLUSTER_DOMAIN}" in text]
+
+    (resolv_conf,) = wait_for("the pod's resolv.conf", told, 60)
+    assert f"nameserver {DNS_IP}" in resolv_conf
+    kubectl(node, "delete", "pod", "dns-client", "-n", "default", "--wait=false")
 
 
 def test_kubectl_is_the_one_built_with_the_cluster(node: Node) -> None:

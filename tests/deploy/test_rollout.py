@@ -46,9 +46,14 @@ class FakeTime:
         return self.now
 
 
+NAME = "dogs-cats-triton"
+
+
 def _spec(version: int, max_replicas: int = 0) -> ServingSpec:
     return ServingSpec.from_environment(
-        Environment(platform="kubernetes", serving_max_replicas=max_replicas),
+        Environment(
+            platform="kubernetes", serving_max_replicas=max_replicas, prometheus_url="http://prometheus:9090"
+        ),
         image=f"r/dogs-cats-triton:v{version}",
         model_name="m",
         model_version=version,
@@ -69,7 +74,9 @@ def _roll_out(
     """What the deploy task runs, `start_serving` then `finish_serving`, with the wait in
     fake time and the smoke test passed in; returns the rollout's last status message."""
     time, messages = FakeTime(), []
-    environment = Environment(platform="kubernetes", serving_max_replicas=max_replicas)
+    environment = Environment(
+        platform="kubernetes", serving_max_replicas=max_replicas, prometheus_url="http://prometheus:9090"
+    )
     packaged = RepositoryVersion("r", "m", version, "onnxruntime", 8)
     spec = start_serving(cluster, packaged, f"r/dogs-cats-triton:v{version}", str(smoke_images), environment)
 
@@ -115,14 +122,32 @@ def test_rerunning_the_same_deploy_changes_nothing(smoke_images: Path) -> None:
     assert len(cluster.replica_sets) == 1
 
 
-def test_turning_autoscaling_off_deletes_the_hpa_and_restores_the_replica_count(smoke_images: Path) -> None:
+def test_turning_autoscaling_off_deletes_the_scaled_object_and_restores_the_replica_count(
+    smoke_images: Path,
+) -> None:
     cluster = FakeCluster()
+    cluster.create(
+        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": NAME}}
+    )
     _roll_out(cluster, smoke_images, 1, max_replicas=4)
-    assert ("HorizontalPodAutoscaler", "dogs-cats-triton") in cluster.objects
-    assert "replicas" not in cluster.objects["Deployment", "dogs-cats-triton"]["spec"], "the HPA owns it"
+    assert ("HorizontalPodAutoscaler", NAME) not in cluster.objects, "an earlier release's HPA goes"
+    assert ("ScaledObject", NAME) in cluster.objects
+    assert "replicas" not in cluster.objects["Deployment", NAME]["spec"], "KEDA owns it"
     _roll_out(cluster, smoke_images, 2)
-    assert ("HorizontalPodAutoscaler", "dogs-cats-triton") not in cluster.objects
-    assert cluster.objects["Deployment", "dogs-cats-triton"]["spec"]["replicas"] == 2
+    assert ("ScaledObject", NAME) not in cluster.objects
+    assert cluster.objects["Deployment", NAME]["spec"]["replicas"] == 2
+
+
+def test_a_deployment_selecting_its_pods_otherwise_is_refused_with_what_to_do(smoke_images: Path) -> None:
+    """A Deployment made before each track had its own selector cannot take the new one."""
+    cluster = FakeCluster()
+    _roll_out(cluster, smoke_images, 1)
+    assert cluster.deployment is not None
+    del cluster.deployment["spec"]["selector"]["matchLabels"]["dogs-cats-triton/track"]
+    applied = len(cluster.applied)
+    with pytest.raises(DeploymentFailed, match=r"a selector cannot change: delete the Deployment once"):
+        _roll_out(cluster, smoke_images, 2)
+    assert len(cluster.applied) == applied, "nothing was applied"
 
 
 def test_a_stuck_rollout_times_out_and_rolls_back(smoke_images: Path) -> None:
@@ -251,12 +276,14 @@ def test_undo_sends_a_json_patch_of_the_template(api_server: str) -> None:
 
 def test_delete_removes_the_named_object_and_tolerates_its_absence(api_server: str) -> None:
     api = _api(api_server)
-    (hpa,) = retired_manifests(_spec(1))
+    hpa, scaled = retired_manifests(_spec(1))
     assert api.delete(hpa) is True
+    assert api.delete(scaled) is True
     missing = {**hpa, "metadata": {**hpa["metadata"], "name": "missing"}}
     assert api.delete(missing) is False
     assert [request["path"] for request in _Recorder.requests] == [
         "/apis/autoscaling/v2/namespaces/dogs-cats/horizontalpodautoscalers/dogs-cats-triton",
+        "/apis/keda.sh/v1alpha1/namespaces/dogs-cats/scaledobjects/dogs-cats-triton",
         "/apis/autoscaling/v2/namespaces/dogs-cats/horizontalpodautoscalers/missing",
     ]
 
@@ -268,6 +295,7 @@ def test_the_printed_manifests_are_what_the_deploy_task_applies(
     """`python -m deploy manifests` against the objects start_serving sends to the API server."""
     monkeypatch.setenv("DOGS_CATS_PLATFORM", "kubernetes")
     monkeypatch.setenv("DOGS_CATS_SERVING_MAX_REPLICAS", str(max_replicas))
+    monkeypatch.setenv("DOGS_CATS_PROMETHEUS_URL", "http://prometheus:9090")
     image = "r/dogs-cats-triton:v7"
     assert deploy_main(["manifests", "--image", image, "--model-version", "7", "--model", "m"]) == 0
     printed = capsys.readouterr().out
@@ -276,7 +304,9 @@ def test_the_printed_manifests_are_what_the_deploy_task_applies(
         cluster, RepositoryVersion("r", "m", 7, "onnxruntime", 8), image, str(smoke_images), Environment()
     )
     assert list(yaml.safe_load_all(printed)) == cluster.applied
-    assert ("deletes, if present: HorizontalPodAutoscaler/dogs-cats-triton" in printed) is (max_replicas == 0)
+    assert "deletes, if present: HorizontalPodAutoscaler/dogs-cats-triton" in printed  # before KEDA
+    retired = printed.split("deletes, if present: ")[1].split("\n")[0]
+    assert ("ScaledObject/dogs-cats-triton" in retired) is (max_replicas == 0)
     assert "creates, if absent,\n# Secret/dogs-cats-triton-admin" in printed
 
 
