@@ -277,12 +277,14 @@ class PrometheusApi:
 
 
 def served_since(counter: str, selector: str, window_s: int) -> str:
-    """The counter now less its value `window_s` ago, per version and track; 0 for a version
-    (or pod) that did not exist then. increase() would miss what a new version served before
-    its first scrape (the deploy's smoke test), since it takes that scrape as its baseline."""
-    now = f"sum by (version, track) ({counter}{selector})"
-    then = f"sum by (version, track) ({counter}{selector} offset {window_s}s)"
-    return f"{now} - ({then} or {now} * 0)"
+    """What `counter` counted over the last `window_s` seconds, per version and track: each
+    series' last value in the window less its value before it, or less 0 for a series born
+    within it. Pods gone since (a retired canary's) still count, and so does what a new pod
+    served before its first scrape (the deploy's smoke test), which increase() would miss by
+    taking that scrape as its baseline."""
+    last = f"max_over_time({counter}{selector}[{window_s}s])"
+    before = f"last_over_time({counter}{selector}[5m] offset {window_s}s)"
+    return f"sum by (version, track) ({last} - ({before} or {last} * 0))"
 
 
 def serving_figures(
