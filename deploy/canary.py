@@ -15,11 +15,13 @@ import dataclasses
 import logging
 import math
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from core.constants import HTTP_PORT
+from core.processes import wait_for
 from core.settings import CanaryParams, Environment
 from deploy import Endpoint
 from deploy.kubernetes import ServingSpec, canary_manifests
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 # Two pods' p99 latencies closer than this differ by noise on a shared node (a scheduler
 # quantum, a collector pause), not by the model: the comparison with the stable pods allows it.
 P99_NOISE_MS = 50.0
+ROUTED_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,9 @@ def canary_answers(
     try:
         log.info("%s", rolled_out())
         url = f"{api.cluster_ip(canary.namespace, canary.object_name)}:{HTTP_PORT}"
+        # The canary's Service is as new as its pods: kube-proxy may route it a moment after
+        # they are ready (the clean-clone run's smoke test met a refused connection there).
+        wait_for(f"the canary's Service {url} to answer", lambda: _answers(url), ROUTED_TIMEOUT_S)
         smoke(url, canary.model_name, canary.model_version, smoke_images(smoke_images_uri))
     except Exception as failure:
         retire_canary(api, canary)
@@ -219,6 +225,14 @@ def canary_answers(
             f"canary of version {canary.model_version} failed: {failure} (the canary was deleted; "
             "the stable Deployment is untouched)"
         ) from failure
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused until routed; URLError and HTTPError are OSErrors too
+        return False
 
 
 def act_on(api: ClusterApi, canary: ServingSpec, verdict: Verdict) -> None:

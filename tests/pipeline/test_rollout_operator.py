@@ -184,6 +184,7 @@ def canary_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Fak
     """Version 1 serving; version 2's canary applied, rolled out and smoke-tested, its
     analysis deferred to the triggerer."""
     monkeypatch.setattr("pipeline.rollout_operator.smoke_test", lambda *args: None)
+    monkeypatch.setattr("deploy.canary._answers", lambda url: True)  # no Service to call here
     cluster = FakeCluster()
     with pytest.raises(TaskDeferred):
         _operator(tmp_path, cluster, 1).execute({})
