@@ -20,8 +20,9 @@ operators do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator, Context
@@ -193,7 +194,7 @@ class RolloutOperator(BaseOperator):
     def execute(self, context: Context) -> Endpoint | None:
         api, smoke_uri = self._api(), self._plan().smoke_images_uri
         if not self.deferrable:
-            try:
+            with _failed_for_good():
                 endpoint, verdict = roll_out(
                     api,
                     self.version,
@@ -203,17 +204,13 @@ class RolloutOperator(BaseOperator):
                     self._params(),
                     poll_s=self.poll_s,
                 )
-            except DeploymentFailed as failed:
-                raise AirflowFailException(str(failed)) from failed
             if verdict:
                 context["ti"].xcom_push(key=CANARY_XCOM, value=verdict.to_dict())
             return self._served(endpoint)
-        try:
+        with _failed_for_good():
             started = start_canary(
                 api, self.version, self.image_ref, smoke_uri, self.environment, self._params()
             )
-        except DeploymentFailed as failed:
-            raise AirflowFailException(str(failed)) from failed
         if started is None:
             self._roll_out_stable(api)
         canary, share = started
@@ -223,10 +220,8 @@ class RolloutOperator(BaseOperator):
         """Back from the triggerer with the canary rolled out (or not): smoke-test it, then wait
         out its window in the triggerer."""
         api, canary, params = self._api(), self._spec().canary(replicas), self._params()
-        try:
+        with _failed_for_good():
             canary_answers(api, canary, self._plan().smoke_images_uri, lambda: _rolled_out(event), smoke_test)
-        except DeploymentFailed as failed:
-            raise AirflowFailException(str(failed)) from failed
         self.defer(
             trigger=CanaryAnalysisTrigger(
                 prometheus_url=self.environment.prometheus_url,
@@ -244,7 +239,7 @@ class RolloutOperator(BaseOperator):
         """Abort (the canary goes, the task fails naming each check) or promote: the stable
         Deployment rolls to the new image."""
         api, canary = self._api(), self._spec().canary(replicas)
-        try:
+        with _failed_for_good():
             if event["status"] != "judged":
                 retire_canary(api, canary)
                 raise DeploymentFailed(
@@ -253,17 +248,13 @@ class RolloutOperator(BaseOperator):
             verdict = Verdict.from_dict(event["verdict"])
             context["ti"].xcom_push(key=CANARY_XCOM, value=verdict.to_dict())
             act_on(api, canary, verdict)
-        except DeploymentFailed as failed:
-            raise AirflowFailException(str(failed)) from failed
         self._roll_out_stable(api)
 
     def _roll_out_stable(self, api: KubernetesApi) -> NoReturn:
-        try:
+        with _failed_for_good():  # nothing was applied
             spec = start_serving(
                 api, self.version, self.image_ref, self._plan().smoke_images_uri, self.environment
             )
-        except DeploymentFailed as failed:  # nothing was applied
-            raise AirflowFailException(str(failed)) from failed
         self._defer_rollout(spec, "execute_complete", {})
 
     def _defer_rollout(self, spec: ServingSpec, method_name: str, kwargs: dict[str, Any]) -> NoReturn:
@@ -284,12 +275,10 @@ class RolloutOperator(BaseOperator):
         test, an undo on failure, and the canary (if any) retired either way."""
         api, spec = self._api(), self._spec()
         try:
-            endpoint = finish_serving(
-                api, spec, self._plan().smoke_images_uri, self.environment, lambda: _rolled_out(event)
-            )
-        except DeploymentFailed as failed:
-            # Already rolled back; a retry would roll the same image out and fail the same way.
-            raise AirflowFailException(str(failed)) from failed
+            with _failed_for_good():  # already rolled back
+                endpoint = finish_serving(
+                    api, spec, self._plan().smoke_images_uri, self.environment, lambda: _rolled_out(event)
+                )
         finally:
             retire_canary(api, spec.canary(1))
         return self._served(endpoint)
@@ -307,6 +296,16 @@ class RolloutOperator(BaseOperator):
     def _plan(self) -> RunPlan:
         assert isinstance(self.plan, RunPlan), f"the plan was not rendered: {self.plan!r}"
         return self.plan
+
+
+@contextlib.contextmanager
+def _failed_for_good() -> Iterator[None]:
+    """A DeploymentFailed fails the task with no retry: nothing was applied, or the canary is
+    gone or the rollout undone, and a retry would roll the same image out the same way."""
+    try:
+        yield
+    except DeploymentFailed as failed:
+        raise AirflowFailException(str(failed)) from failed
 
 
 def _rolled_out(event: dict[str, Any]) -> str:
