@@ -235,6 +235,12 @@ def _answers(url: str) -> bool:
         return False
 
 
+def unjudged(api: ClusterApi, canary: ServingSpec, why: str) -> DeploymentFailed:
+    """No verdict (Prometheus failed to answer): the canary goes, and here is the error to raise."""
+    retire_canary(api, canary)
+    return DeploymentFailed(f"canary of version {canary.model_version} could not be judged: {why}")
+
+
 def act_on(api: ClusterApi, canary: ServingSpec, verdict: Verdict) -> None:
     """An aborted canary goes, and the task fails naming each failed check; a promoted one stays
     until the stable Deployment has rolled to its image."""
@@ -278,10 +284,7 @@ def roll_out(
             prometheus = PrometheusApi(environment.prometheus_url)
             verdict = judge_canary(prometheus, canary.model_name, canary.model_version, params, share)
         except (MonitoringError, OSError) as failure:
-            retire_canary(api, canary)
-            raise DeploymentFailed(
-                f"canary of version {version.version} could not be judged: {failure}"
-            ) from failure
+            raise unjudged(api, canary, str(failure)) from failure
         act_on(api, canary, verdict)
     spec = start_serving(api, version, image, smoke_images_uri, environment)
     try:

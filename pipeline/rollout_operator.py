@@ -31,7 +31,16 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from core.settings import CanaryParams, Environment, options_of
 from deploy import Endpoint
-from deploy.canary import Verdict, act_on, canary_answers, judge_canary, retire_canary, roll_out, start_canary
+from deploy.canary import (
+    Verdict,
+    act_on,
+    canary_answers,
+    judge_canary,
+    retire_canary,
+    roll_out,
+    start_canary,
+    unjudged,
+)
 from deploy.kubernetes import ServingSpec
 from deploy.monitoring import PrometheusApi
 from deploy.rollout import (
@@ -241,10 +250,7 @@ class RolloutOperator(BaseOperator):
         api, canary = self._api(), self._spec().canary(replicas)
         with _failed_for_good():
             if event["status"] != "judged":
-                retire_canary(api, canary)
-                raise DeploymentFailed(
-                    f"canary of version {canary.model_version} could not be judged: {event['message']}"
-                )
+                raise unjudged(api, canary, event["message"])
             verdict = Verdict.from_dict(event["verdict"])
             context["ti"].xcom_push(key=CANARY_XCOM, value=verdict.to_dict())
             act_on(api, canary, verdict)
