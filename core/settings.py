@@ -444,7 +444,14 @@ class Environment(BaseSettings):
         default="dogs-cats-triton-admin",
         description="Secret with the key Triton's control APIs ask for; the deploy task creates it once.",
     )
-    serving_replicas: int = Field(default=2, ge=1)
+    serving_replicas: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Triton pods at the least; 0: a batch-only model idles at zero between batch runs "
+            "(needs serving_max_replicas 1 or more: KEDA wakes it)."
+        ),
+    )
     serving_max_replicas: int = Field(
         default=0,
         ge=0,
@@ -457,6 +464,14 @@ class Environment(BaseSettings):
     )
     serving_scale_down_window_s: int = Field(
         default=600, ge=0, description="How long the load must stay low before KEDA removes a replica."
+    )
+    serving_idle_s: int = Field(
+        default=300,
+        ge=0,
+        description=(
+            "With serving_replicas 0: how long the last pod stays after the load and the last batch "
+            "run have gone (KEDA's cooldownPeriod)."
+        ),
     )
     serving_url: str = Field(
         default="",
@@ -477,8 +492,15 @@ class Environment(BaseSettings):
     batch_output: str = Field(default="", description="Where dogs_cats_batch writes, one folder per run.")
 
     @model_validator(mode="after")
-    def _autoscaling_reads_prometheus(self) -> Self:
-        autoscaled = self.platform == "kubernetes" and self.serving_max_replicas > self.serving_replicas
+    def _autoscaling_has_what_it_reads(self) -> Self:
+        if self.platform != "kubernetes":
+            return self
+        if self.serving_replicas == 0 and self.serving_max_replicas == 0:
+            raise ValueError(
+                "serving_replicas 0 idles the model at zero, and KEDA is what wakes it: set "
+                "serving_max_replicas (1 or more) and DOGS_CATS_PROMETHEUS_URL"
+            )
+        autoscaled = self.serving_max_replicas > self.serving_replicas
         if autoscaled and not self.prometheus_url:
             raise ValueError(
                 "serving_max_replicas above serving_replicas asks KEDA to scale on Prometheus' "

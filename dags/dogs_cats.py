@@ -55,7 +55,8 @@ def dogs_cats() -> None:
     version: Any = package(plan)
     trained >> quality_gate(plan) >> version
     endpoint: Any = PLATFORM.deploy_task(version, plan)
-    batch_inference(plan_batch(plan, endpoint, staged))
+    job: Any = plan_batch(plan, endpoint, staged)
+    PLATFORM.keep_serving(job, batch_inference(job), after=endpoint)
 
 
 dogs_cats()

@@ -12,7 +12,9 @@ for any input:
 
     airflow dags trigger dogs_cats_batch --conf '{"input": "/data/new-photos", "output": "/data/predictions"}'
 
-It runs the same tasks as the batch stage of `dogs_cats`.
+It runs the same tasks as the batch stage of `dogs_cats`. On kubernetes a setup task,
+`wake_serving`, wakes a model idling at zero (`DOGS_CATS_SERVING_REPLICAS=0`) before the
+first request, and a teardown, `release_serving`, lets it go back after the last.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ PLATFORM = platform_for(ENVIRONMENT)
 )
 def dogs_cats_batch() -> None:
     job: Any = plan_standing_batch()
-    batch_inference(job)
+    PLATFORM.keep_serving(job, batch_inference(job))
 
 
 dogs_cats_batch()

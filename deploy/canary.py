@@ -15,15 +15,14 @@ import dataclasses
 import logging
 import math
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from core.constants import HTTP_PORT
-from core.processes import wait_for
 from core.settings import CanaryParams, Environment
 from deploy import Endpoint
+from deploy.idle import WakeHold, held_awake
 from deploy.kubernetes import ServingSpec, canary_manifests
 from deploy.monitoring import P99_SERIES, MonitoringError, PrometheusApi, served_since
 from deploy.rollout import (
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 # Two pods' p99 latencies closer than this differ by noise on a shared node (a scheduler
 # quantum, a collector pause), not by the model: the comparison with the stable pods allows it.
 P99_NOISE_MS = 50.0
-ROUTED_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -169,8 +167,9 @@ def start_canary(
     params: CanaryParams,
 ) -> tuple[ServingSpec, float] | None:
     """Apply a canary of `image` beside the stable Deployment; (its spec, its share of the
-    traffic), or None where the rollout goes direct: canaries turned off, or no stable
-    Deployment to compare with. Refuses before applying anything when it could not be judged."""
+    traffic), or None where the rollout goes direct: canaries turned off, no stable Deployment
+    to compare with, or one idling at zero (no live traffic to judge on). Refuses before
+    applying anything when it could not be judged."""
     if not params.canary:
         return None
     smoke_images(smoke_images_uri)
@@ -181,12 +180,17 @@ def start_canary(
     if stable is None:
         log.info("no stable Deployment %s yet: the first version rolls out directly", spec.name)
         return None
+    stable_replicas = int(stable["spec"].get("replicas", 1))
+    if stable_replicas == 0:
+        log.info(
+            "%s idles at zero: no live traffic to judge a canary on, so it rolls out directly", spec.name
+        )
+        return None
     if not environment.prometheus_url:
         raise DeploymentFailed(
             "a canary is judged on Prometheus' figures and DOGS_CATS_PROMETHEUS_URL is empty: "
             "set it, or trigger with canary: false; nothing was applied"
         )
-    stable_replicas = int(stable["spec"].get("replicas") or 1)
     canary = spec.canary(canary_replicas(params.canary_share, stable_replicas))
     share = canary.replicas / (canary.replicas + stable_replicas)
     apply_all(api, canary_manifests(canary))
@@ -215,9 +219,6 @@ def canary_answers(
     try:
         log.info("%s", rolled_out())
         url = f"{api.cluster_ip(canary.namespace, canary.object_name)}:{HTTP_PORT}"
-        # The canary's Service is as new as its pods: kube-proxy may route it a moment after
-        # they are ready (the clean-clone run's smoke test met a refused connection there).
-        wait_for(f"the canary's Service {url} to answer", lambda: _answers(url), ROUTED_TIMEOUT_S)
         smoke(url, canary.model_name, canary.model_version, smoke_images(smoke_images_uri))
     except Exception as failure:
         retire_canary(api, canary)
@@ -225,14 +226,6 @@ def canary_answers(
             f"canary of version {canary.model_version} failed: {failure} (the canary was deleted; "
             "the stable Deployment is untouched)"
         ) from failure
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:  # refused until routed; URLError and HTTPError are OSErrors too
-        return False
 
 
 def unjudged(api: ClusterApi, canary: ServingSpec, why: str) -> DeploymentFailed:
@@ -261,17 +254,19 @@ def roll_out(
     environment: Environment,
     params: CanaryParams,
     *,
+    hold: WakeHold,
     smoke: SmokeTest = smoke_test,
     sleep: Callable[[float], None] = time.sleep,
     poll_s: float = 5.0,
 ) -> tuple[Endpoint, Verdict | None]:
     """The whole deploy, waiting here rather than in the triggerer: the canary where one applies
-    (its rollout, smoke test, window and verdict), then the stable Deployment's rollout."""
+    (its rollout, smoke test, window and verdict), then the stable Deployment's rollout, held
+    awake by `hold` for its smoke test when it idles at zero."""
 
-    def rolled_out(spec: ServingSpec) -> Callable[[], str]:
+    def rolled_out(spec: ServingSpec, at_least: int = 0) -> Callable[[], str]:
         timeout_s = environment.rollout_timeout_s
         return lambda: wait_for_rollout(
-            api, spec.namespace, spec.object_name, timeout_s=timeout_s, poll_s=poll_s
+            api, spec.namespace, spec.object_name, timeout_s=timeout_s, at_least=at_least, poll_s=poll_s
         )
 
     started = start_canary(api, version, image, smoke_images_uri, environment, params)
@@ -288,7 +283,9 @@ def roll_out(
         act_on(api, canary, verdict)
     spec = start_serving(api, version, image, smoke_images_uri, environment)
     try:
-        endpoint = finish_serving(api, spec, smoke_images_uri, environment, rolled_out(spec), smoke)
+        with held_awake(api, environment, hold) as held:
+            rolled = rolled_out(spec, at_least=int(held))
+            endpoint = finish_serving(api, spec, smoke_images_uri, environment, rolled, smoke)
     finally:
         if started:
             retire_canary(api, started[0])

@@ -27,6 +27,7 @@ class ServingSpec:
     max_replicas: int  # > replicas: autoscaled
     queue_per_compute_target: float  # what the autoscaler holds the queue/compute ratio to
     scale_down_window_s: int
+    idle_s: int  # at replicas 0: how long the last pod outlives the load and the wake holds
     prometheus_url: str  # where the autoscaler reads the ratio
     gpu_node_labels: dict[str, str]
     model_name: str
@@ -48,6 +49,7 @@ class ServingSpec:
             max_replicas=environment.serving_max_replicas,
             queue_per_compute_target=environment.serving_queue_per_compute_target,
             scale_down_window_s=environment.serving_scale_down_window_s,
+            idle_s=environment.serving_idle_s,
             prometheus_url=environment.prometheus_url,
             gpu_node_labels=gpu_node_labels(environment),
             model_name=model_name,
@@ -66,6 +68,12 @@ class ServingSpec:
         """KEDA (a ScaledObject, and the HorizontalPodAutoscaler it makes) owns the replica
         count between the two bounds."""
         return self.max_replicas > self.replicas
+
+    @property
+    def idles_at_zero(self) -> bool:
+        """No pod runs while nothing asks: KEDA wakes the Deployment for a batch run
+        (deploy/idle.py) and scales it back to zero after."""
+        return self.replicas == 0
 
     @property
     def object_name(self) -> str:
@@ -260,6 +268,8 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
     utilisation, and it is a ratio, so the HorizontalPodAutoscaler compares it as a Value
     (replicas x ratio / target), not averaged over the pods."""
     series = f'{QUEUE_PER_COMPUTE_SERIES}{{namespace="{spec.namespace}", model="{spec.model_name}"}}'
+    # At zero, the last pod goes this long after the trigger and the last wake hold have.
+    idle = {"cooldownPeriod": spec.idle_s} if spec.idles_at_zero else {}
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -269,6 +279,7 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
             "minReplicaCount": spec.replicas,
             "maxReplicaCount": spec.max_replicas,
             "pollingInterval": 15,
+            **idle,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     # Scale down slowly: new GPU pods take minutes to become ready.
@@ -288,6 +299,32 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
                 }
             ],
         },
+    }
+
+
+FORCE_ACTIVATION = "autoscaling.keda.sh/force-activation"
+WAKE_HOLD_PREFIX = "wake.dogs-cats-triton/"
+
+
+def wake_hold(namespace: str, name: str, holder: str, why: str) -> dict[str, Any]:
+    """What one holder applies (server-side, as its own field manager) to keep an idle-at-zero
+    Deployment awake: KEDA's force-activation, which scales it from zero and keeps it from
+    going back while set, and the holder's own annotation saying who holds it and why.
+
+    Holders applying the same value share the field; when one applies `wake_release`, the
+    API server removes it only once no other holder owns it, so overlapping runs each hold
+    and the last to go lets the Deployment idle."""
+    manifest = wake_release(namespace, name)
+    manifest["metadata"]["annotations"] = {FORCE_ACTIVATION: "true", f"{WAKE_HOLD_PREFIX}{holder}": why}
+    return manifest
+
+
+def wake_release(namespace: str, name: str) -> dict[str, Any]:
+    """A holder's empty apply: it gives up every field it held."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": namespace},
     }
 
 

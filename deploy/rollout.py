@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import numpy as np
 from core import storage
 from core.constants import GRPC_PORT, HTTP_PORT
 from core.errors import ProjectError
+from core.processes import wait_for
 from core.settings import Environment
 from deploy import Endpoint
 from deploy.kubernetes import ServingSpec, admin_key_secret, retired_manifests, serving_manifests
@@ -42,8 +44,12 @@ class DeploymentFailed(ProjectError, RuntimeError):
 
 
 class ClusterApi(Protocol):
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply: create or update, owned by FIELD_MANAGER."""
+    def apply(self, manifest: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply: create or update the fields `field_manager` owns."""
+        ...
+
+    def exists(self, manifest: dict[str, Any]) -> bool:
+        """Whether the object `manifest` names is there."""
         ...
 
     def delete(self, manifest: dict[str, Any]) -> bool:
@@ -86,13 +92,13 @@ class KubernetesApi:
         self.api_client = api_client
         self.apps = client.AppsV1Api(api_client)
 
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, manifest: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         # What `kubectl apply --server-side --force-conflicts` sends: rerunning it
         # with the same manifest changes nothing.
         response: dict[str, Any] = self.api_client.call_api(
             _plural_path(manifest),
             "PATCH",
-            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query_params=[("fieldManager", field_manager), ("force", "true")],
             header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
             body=manifest,
             response_types_map={200: "object", 201: "object"},
@@ -101,13 +107,20 @@ class KubernetesApi:
         )
         return response
 
+    def exists(self, manifest: dict[str, Any]) -> bool:
+        return self._call_unless_absent(manifest, "GET")
+
     def delete(self, manifest: dict[str, Any]) -> bool:
+        return self._call_unless_absent(manifest, "DELETE")
+
+    def _call_unless_absent(self, manifest: dict[str, Any], method: str) -> bool:
+        """`method` on the object `manifest` names; False when there is none (404)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
             self.api_client.call_api(
                 _plural_path(manifest),
-                "DELETE",
+                method,
                 header_params={"Accept": "application/json"},
                 response_types_map={200: "object", 202: "object"},
                 auth_settings=["BearerToken"],
@@ -169,8 +182,9 @@ class KubernetesApi:
         return str(client.CoreV1Api(self.api_client).read_namespaced_service(name, namespace).spec.cluster_ip)
 
 
-def rollout_progress(deployment: dict[str, Any]) -> tuple[bool, str]:
-    """(done, message) for one look at a Deployment, as `kubectl rollout status` judges it.
+def rollout_progress(deployment: dict[str, Any], at_least: int = 0) -> tuple[bool, str]:
+    """(done, message) for one look at a Deployment, as `kubectl rollout status` judges it, and
+    with `at_least` pods available (1: one woken from zero, which rolls out with none).
 
     Raises RolloutFailed once the controller has given up (ProgressDeadlineExceeded).
     """
@@ -192,6 +206,8 @@ def rollout_progress(deployment: dict[str, Any]) -> tuple[bool, str]:
     available = status.get("availableReplicas", 0)
     if available < updated:
         return False, f"{available} of {updated} updated replicas are available"
+    if available < at_least:
+        return False, f"{available} of {at_least} replicas are available: waiting for KEDA to wake {name}"
     return True, f"deployment {name} successfully rolled out"
 
 
@@ -201,6 +217,7 @@ def wait_for_rollout(
     name: str,
     *,
     timeout_s: float,
+    at_least: int = 0,
     poll_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
@@ -208,7 +225,7 @@ def wait_for_rollout(
     deadline = clock() + timeout_s
     message = "not looked at yet"
     while clock() < deadline:
-        done, message = rollout_progress(api.read_deployment(namespace, name))
+        done, message = rollout_progress(api.read_deployment(namespace, name), at_least)
         if done:
             return message
         log.info("%s", message)
@@ -278,6 +295,7 @@ def smoke_test(url: str, model_name: str, version: int, images: list[bytes], tim
     from client.triton import Triton, classify, classify_encoded, model_info
     from core.images import decode_rgb
 
+    wait_until_answering(url, "the smoke test's")
     triton = Triton(url, "http", timeout_s)
     try:
         served = triton.served_versions(model_name)
@@ -344,6 +362,24 @@ def finish_serving(
 
     log.info("%s", undo_on_failure(api, spec.namespace, spec.name, rolled_out_and_answering))
     return endpoint
+
+
+# kube-proxy routes a Service to a pod a moment after the pod is ready (a refused connection
+# met a canary's smoke test in a clean-clone run), longer for a Service as new as its pods.
+ROUTED_TIMEOUT_S = 60.0
+
+
+def wait_until_answering(url: str, what: str, timeout_s: float = ROUTED_TIMEOUT_S) -> None:
+    """Until Triton says ready at `url` (host:port), through whatever routes to it."""
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:  # refused until routed; URLError and HTTPError are OSErrors too
+            return False
+
+    wait_for(f"{what} {url} to answer", ready, timeout_s, error=RolloutFailed)
 
 
 def smoke_images(smoke_images_uri: str, count: int = 4) -> list[bytes]:

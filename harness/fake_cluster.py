@@ -9,6 +9,9 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+from deploy.kubernetes import FORCE_ACTIVATION
+from deploy.rollout import FIELD_MANAGER
+
 Behaviour = Literal["healthy", "stuck", "deadline"]
 
 
@@ -23,15 +26,23 @@ class FakeCluster:
     def __init__(self, behaviour: Behaviour = "healthy") -> None:
         self.behaviour = behaviour
         self.applied: list[dict[str, Any]] = []
+        self.applied_by_others: list[tuple[str, dict[str, Any]]] = []  # (field manager, manifest)
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.deployment: dict[str, Any] | None = None
         self.replica_sets: list[dict[str, Any]] = []
         self.reads_since_change = 0
         self.templates_replaced: list[dict[str, Any]] = []
+        self.activation_pending = False
 
     # ClusterApi
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Any object is stored; the first Deployment's (the stable one's) rollouts are played."""
+    def apply(self, manifest: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Any object the deploy applies is stored; the first Deployment's (the stable one's)
+        rollouts are played. Another field manager's applies (the wake holds) are recorded, and
+        a hold wakes a Deployment at zero as KEDA's force-activation does, a few reads later."""
+        if field_manager != FIELD_MANAGER:
+            self.applied_by_others.append((field_manager, copy.deepcopy(manifest)))
+            self.activation_pending = FORCE_ACTIVATION in manifest["metadata"].get("annotations", {})
+            return manifest
         self.applied.append(copy.deepcopy(manifest))
         self.objects[manifest["kind"], manifest["metadata"]["name"]] = copy.deepcopy(manifest)
         if manifest["kind"] == "Deployment" and self._plays(manifest["metadata"]["name"]):
@@ -40,6 +51,9 @@ class FakeCluster:
 
     def _plays(self, name: str) -> bool:
         return self.deployment is None or self.deployment["metadata"]["name"] == name
+
+    def exists(self, manifest: dict[str, Any]) -> bool:
+        return (manifest["kind"], manifest["metadata"]["name"]) in self.objects
 
     def delete(self, manifest: dict[str, Any]) -> bool:
         return self.objects.pop((manifest["kind"], manifest["metadata"]["name"]), None) is not None
@@ -53,6 +67,11 @@ class FakeCluster:
 
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         assert self.deployment is not None
+        if self.activation_pending and self.reads_since_change >= 3:
+            self.activation_pending = False  # KEDA's next poll: from zero to one
+            if self.deployment["spec"].get("replicas") == 0:
+                self.deployment["spec"]["replicas"] = 1
+                self.reads_since_change = 0
         self._advance()
         return copy.deepcopy(self.deployment)
 
@@ -71,7 +90,7 @@ class FakeCluster:
 
     def cluster_ip(self, namespace: str, name: str) -> str:
         assert ("Service", name) in self.objects, f"no Service {name} was applied"
-        return "10.96.0.10"
+        return "127.0.0.1"  # a call that slips past a test's stand-in stays on this machine
 
     # The controller
     def _set_template(self, template: dict[str, Any], manifest: dict[str, Any] | None = None) -> None:

@@ -13,6 +13,9 @@ it got:
   deferred to the triggerer instead of holding worker slots.
 * `served_endpoint(model_name)`: where the model answers now, for the
   dogs_cats_batch DAG.
+* `keep_serving(first, last)`: the batch stage needs the model answering.
+  Local: the tritonserver runs while Airflow does; kubernetes: a setup task
+  wakes a Deployment idling at zero, and a teardown lets it go back.
 
 Training emits the MODEL asset and deployment the SERVED_MODEL asset, on
 either platform.
@@ -62,6 +65,10 @@ class Platform(Protocol):
 
     def served_endpoint(self, model_name: str) -> Endpoint:
         """Where `model_name` answers now, with the version it serves; raises when nothing does."""
+        ...
+
+    def keep_serving(self, first: XComArg, last: XComArg, after: XComArg | None = None) -> None:
+        """Keep the model answering from `first` (which runs after `after`) to `last`."""
         ...
 
     def start_monitoring(self) -> str | None:
@@ -150,6 +157,9 @@ class LocalPlatform:
 
         return served_endpoint(self.environment, model_name)
 
+    def keep_serving(self, first: XComArg, last: XComArg, after: XComArg | None = None) -> None:
+        """Nothing to add: the local tritonserver serves while Airflow runs (make up, make stop)."""
+
     def start_monitoring(self) -> str:
         return start_local_prometheus(self.environment).url
 
@@ -202,6 +212,11 @@ class KubernetesPlatform:
         from deploy.rollout import served_endpoint
 
         return served_endpoint(cluster_api(self.environment), self.environment, model_name)
+
+    def keep_serving(self, first: XComArg, last: XComArg, after: XComArg | None = None) -> None:
+        from pipeline.serving_wake import keep_serving
+
+        keep_serving(self.environment, first, last, after)
 
     def start_monitoring(self) -> str | None:
         """Nothing to start here: Prometheus runs in the cluster (DOGS_CATS_PROMETHEUS_URL)."""

@@ -41,6 +41,7 @@ from deploy.canary import (
     start_canary,
     unjudged,
 )
+from deploy.idle import WakeHold, hold_awake, release_hold
 from deploy.kubernetes import ServingSpec
 from deploy.monitoring import PrometheusApi
 from deploy.rollout import (
@@ -65,15 +66,23 @@ def cluster_api(environment: Environment) -> KubernetesApi:
 
 
 class RolloutTrigger(BaseTrigger):
-    """Polls one Deployment until it has rolled out, failed, or `timeout_s` has passed."""
+    """Polls one Deployment until it has rolled out with `at_least` pods available, failed, or
+    `deadline` has passed."""
 
     def __init__(
-        self, *, namespace: str, name: str, kubernetes_conn_id: str, deadline: float, poll_s: float = 5.0
+        self,
+        *,
+        namespace: str,
+        name: str,
+        kubernetes_conn_id: str,
+        deadline: float,
+        at_least: int = 0,
+        poll_s: float = 5.0,
     ) -> None:
         super().__init__()
         self.namespace, self.name = namespace, name
         self.kubernetes_conn_id = kubernetes_conn_id
-        self.deadline, self.poll_s = deadline, poll_s
+        self.deadline, self.at_least, self.poll_s = deadline, at_least, poll_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -83,6 +92,7 @@ class RolloutTrigger(BaseTrigger):
                 "name": self.name,
                 "kubernetes_conn_id": self.kubernetes_conn_id,
                 "deadline": self.deadline,
+                "at_least": self.at_least,
                 "poll_s": self.poll_s,
             },
         )
@@ -98,7 +108,9 @@ class RolloutTrigger(BaseTrigger):
             while time.time() < self.deadline:
                 found = await apps.read_namespaced_deployment(self.name, self.namespace)
                 try:
-                    done, message = rollout_progress(api_client.sanitize_for_serialization(found))
+                    done, message = rollout_progress(
+                        api_client.sanitize_for_serialization(found), self.at_least
+                    )
                 except RolloutFailed as failed:
                     yield TriggerEvent({"status": "failed", "message": str(failed)})
                     return
@@ -211,6 +223,7 @@ class RolloutOperator(BaseOperator):
                     smoke_uri,
                     self.environment,
                     self._params(),
+                    hold=_deploy_hold(context),
                     poll_s=self.poll_s,
                 )
             if verdict:
@@ -221,7 +234,7 @@ class RolloutOperator(BaseOperator):
                 api, self.version, self.image_ref, smoke_uri, self.environment, self._params()
             )
         if started is None:
-            self._roll_out_stable(api)
+            self._roll_out_stable(api, context)
         canary, share = started
         self._defer_rollout(canary, "canary_ready", {"replicas": canary.replicas, "share": share})
 
@@ -230,7 +243,7 @@ class RolloutOperator(BaseOperator):
         out its window in the triggerer."""
         api, canary, params = self._api(), self._spec().canary(replicas), self._params()
         with _failed_for_good():
-            canary_answers(api, canary, self._plan().smoke_images_uri, lambda: _rolled_out(event), smoke_test)
+            canary_answers(api, canary, self._plan().smoke_images_uri, lambda: rolled_out(event), smoke_test)
         self.defer(
             trigger=CanaryAnalysisTrigger(
                 prometheus_url=self.environment.prometheus_url,
@@ -254,22 +267,28 @@ class RolloutOperator(BaseOperator):
             verdict = Verdict.from_dict(event["verdict"])
             context["ti"].xcom_push(key=CANARY_XCOM, value=verdict.to_dict())
             act_on(api, canary, verdict)
-        self._roll_out_stable(api)
+        self._roll_out_stable(api, context)
 
-    def _roll_out_stable(self, api: KubernetesApi) -> NoReturn:
+    def _roll_out_stable(self, api: KubernetesApi, context: Context) -> NoReturn:
+        """Apply the new image to the stable Deployment and wait for its rollout, with a pod
+        woken for the smoke test when it idles at zero (execute_complete lets it go)."""
         with _failed_for_good():  # nothing was applied
             spec = start_serving(
                 api, self.version, self.image_ref, self._plan().smoke_images_uri, self.environment
             )
-        self._defer_rollout(spec, "execute_complete", {})
+        held = hold_awake(api, self.environment, _deploy_hold(context))
+        self._defer_rollout(spec, "execute_complete", {}, at_least=int(held))
 
-    def _defer_rollout(self, spec: ServingSpec, method_name: str, kwargs: dict[str, Any]) -> NoReturn:
+    def _defer_rollout(
+        self, spec: ServingSpec, method_name: str, kwargs: dict[str, Any], at_least: int = 0
+    ) -> NoReturn:
         self.defer(
             trigger=RolloutTrigger(
                 namespace=spec.namespace,
                 name=spec.object_name,
                 kubernetes_conn_id=self.environment.kubernetes_conn_id,
                 deadline=time.time() + self.environment.rollout_timeout_s,
+                at_least=at_least,
                 poll_s=self.poll_s,
             ),
             method_name=method_name,
@@ -278,14 +297,20 @@ class RolloutOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Endpoint:
         """Back from the triggerer with the stable Deployment rolled out (or not): the smoke
-        test, an undo on failure, and the canary (if any) retired either way."""
+        test, an undo on failure, and the canary (if any) and the wake hold let go either way."""
         api, spec = self._api(), self._spec()
         try:
             with _failed_for_good():  # already rolled back
                 endpoint = finish_serving(
-                    api, spec, self._plan().smoke_images_uri, self.environment, lambda: _rolled_out(event)
+                    api,
+                    spec,
+                    self._plan().smoke_images_uri,
+                    self.environment,
+                    lambda: rolled_out(event),
+                    smoke_test,
                 )
         finally:
+            release_hold(api, self.environment, _deploy_hold(context))
             retire_canary(api, spec.canary(1))
         return self._served(endpoint)
 
@@ -314,7 +339,12 @@ def _failed_for_good() -> Iterator[None]:
         raise AirflowFailException(str(failed)) from failed
 
 
-def _rolled_out(event: dict[str, Any]) -> str:
+def _deploy_hold(context: Context) -> WakeHold:
+    """The deploy task's wake hold: one per run, so a retry takes and lets go the same one."""
+    return WakeHold.for_run(context["dag"].dag_id, context["run_id"], DEPLOY_TASK)
+
+
+def rolled_out(event: dict[str, Any]) -> str:
     """The triggerer's verdict on a rollout, as a wait would have returned it."""
     if event["status"] != "success":
         raise RolloutFailed(event["message"])

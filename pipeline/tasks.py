@@ -2,7 +2,8 @@
 
 `dogs_cats` runs plan_run -> stage_data -> (the platform's train task) ->
 quality_gate -> package -> (the platform's deploy task) -> plan_batch ->
-batch_inference; `dogs_cats_batch` runs plan_standing_batch -> batch_inference.
+batch_inference; `dogs_cats_batch` runs plan_standing_batch -> batch_inference. On
+kubernetes the platform wraps that stage in a wake (setup) and a release (teardown).
 The batch stage streams the input listing into shard files, classifies each
 shard in a mapped task (resumable, so a retried shard finishes what it
 started), and merges all shards into predictions.jsonl and the report.

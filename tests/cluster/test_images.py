@@ -20,11 +20,12 @@ import pytest
 
 from cluster.docker import DockerEngine
 from cluster.node import Node
-from cluster.platform_setup import install_autoscaling, install_monitoring
+from cluster.platform_setup import install_autoscaling, install_monitoring, kubernetes_environment
 from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
-from core.settings import CanaryParams, Environment, to_arguments
+from core.settings import CanaryParams, Environment, safe_name, to_arguments
 from deploy.canary import roll_out
-from deploy.kubernetes import ServingSpec
+from deploy.idle import WakeHold
+from deploy.kubernetes import FORCE_ACTIVATION, WAKE_HOLD_PREFIX, ServingSpec
 from deploy.rollout import (
     DeploymentFailed,
     KubernetesApi,
@@ -33,6 +34,7 @@ from deploy.rollout import (
     start_serving,
     wait_for_rollout,
 )
+from harness.airflow import running_stack, wait_until_finished
 from harness.cluster import Hammer, kubectl, project_images, running_cluster, triton_cpu_image
 from harness.triton_models import make_faulty
 from model_repository.repository import RepositoryVersion, package_model
@@ -42,6 +44,8 @@ from training.staging import StagingOptions, stage_dataset
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 NAMESPACE = "image-test"
+BATCH_DAG = "dogs_cats_batch"
+HOLD = WakeHold.for_run("test_images", "session", "deploy")
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +227,9 @@ def test_a_canary_that_fails_requests_or_answers_slowly_is_aborted_while_the_sta
     params = CanaryParams(canary_share=0.34, canary_window_s=45)
     with Hammer(_service_url(node, spec.name)) as hammer:
         with pytest.raises(DeploymentFailed) as aborted:
-            roll_out(api, version, image, str(session_images / "cat"), environment, params, poll_s=2)
+            roll_out(
+                api, version, image, str(session_images / "cat"), environment, params, hold=HOLD, poll_s=2
+            )
         wait_for("the canary's pods to go", lambda: _pods(node, "canary") == 0, 180)
         failed_while_canary = len(hammer.failures)
         answered = hammer.answered
@@ -276,10 +282,10 @@ def test_keda_adds_a_replica_under_load_and_removes_it_after(
         rollout_timeout_s=300,
     )
     params = CanaryParams(canary=False)
-    roll_out(api, version, image, str(session_images / "cat"), environment, params, poll_s=2)
+    roll_out(api, version, image, str(session_images / "cat"), environment, params, hold=HOLD, poll_s=2)
 
     def replicas() -> int:
-        return int(api.read_deployment(spec.namespace, spec.name)["spec"].get("replicas") or 0)
+        return _replicas(api, spec)
 
     wait_for("KEDA to settle at one replica", lambda: replicas() == 1, 180)
     url = _service_url(node, spec.name)
@@ -293,6 +299,78 @@ def test_keda_adds_a_replica_under_load_and_removes_it_after(
     assert sum(client.answered for client in load) > 50
     hpa = json.loads(kubectl(node, "get", "hpa", "-n", NAMESPACE, "-o", "json").stdout)["items"]
     assert [h["metadata"]["name"] for h in hpa] == [f"keda-hpa-{spec.name}"], "KEDA's, and no other"
+
+
+def test_the_batch_dag_wakes_a_model_idling_at_zero_and_it_goes_back_to_zero(
+    node: Node,
+    engine: DockerEngine,
+    served: tuple[KubernetesApi, ServingSpec, int],
+    repository: Path,
+    trained_model: str,
+    prometheus_url: str,
+    session_images: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """serving_replicas 0: the deploy wakes a pod for its smoke test and lets it go, and KEDA
+    takes the Deployment to zero after the idle time; then `dogs_cats_batch`, under the live
+    scheduler, wakes it (its setup task), classifies through it, lets it go (its teardown),
+    and it is back at zero with no hold left."""
+    install_autoscaling(node)
+    api, spec, _ = served
+    version = _next_version(trained_model, repository, tmp_path_factory.getbasetemp() / "copies")
+    image = triton_cpu_image(engine, node.root / "cache", repository, f"test-v{version.version}-idle")
+    idle = {"serving_replicas": 0, "serving_max_replicas": 1, "serving_idle_s": 15}
+    environment = Environment(
+        platform="kubernetes",
+        namespace=NAMESPACE,
+        gpus=0,
+        prometheus_url=prometheus_url,
+        serving_replicas=0,
+        serving_max_replicas=1,
+        serving_idle_s=15,
+    )
+    roll_out(
+        api, version, image, str(session_images / "cat"), environment, CanaryParams(), hold=HOLD, poll_s=2
+    )
+    assert _holders(node, spec) == {}, "the deploy's hold went after its smoke test"
+    wait_for("KEDA to take the model to zero", lambda: _replicas(api, spec) == 0, 300, 2)
+    wait_for("no Triton pod left", lambda: _pods(node, "stable") == 0, 120)
+
+    root = tmp_path_factory.mktemp("idle-batch")
+    settings = {
+        **kubernetes_environment(node, project_images(node), prometheus_url, namespace=NAMESPACE),
+        **{f"DOGS_CATS_{name.upper()}": str(value) for name, value in idle.items()},
+        "DOGS_CATS_ALLOWED_ROOTS": json.dumps([str(session_images), str(root)]),
+    }
+    with running_stack(root / "stack", settings) as stack:
+        stack.wait_for_dag(BATCH_DAG)
+        assert _replicas(api, spec) == 0, "still idle: nothing woke it yet"
+        airflow = stack.api()
+        run_id = airflow.trigger(BATCH_DAG, {"input": str(session_images), "output": str(root / "out")})
+        run = wait_until_finished(airflow, BATCH_DAG, run_id, 900)
+        states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances(BATCH_DAG, run_id)}
+    assert run["state"] == "success", states
+    assert states["wake_serving"] == states["release_serving"] == "success", states
+    report = json.loads((root / "out" / safe_name(run_id) / "report.json").read_text())
+    assert report["images"] == report["succeeded"] == len(list(session_images.rglob("*.jpg")))
+    assert _holders(node, spec) == {}, "the batch's hold went with its teardown"
+    wait_for("back to zero after the batch", lambda: _replicas(api, spec) == 0, 300, 2)
+    wait_for("no Triton pod left", lambda: _pods(node, "stable") == 0, 120)
+
+
+def _holders(node: Node, spec: ServingSpec) -> dict[str, str]:
+    """The ScaledObject's force-activation and wake-hold annotations: who keeps it awake."""
+    scaled = kubectl(node, "get", "scaledobject", spec.name, "-n", NAMESPACE, "-o", "json").stdout
+    annotations = json.loads(scaled)["metadata"].get("annotations") or {}
+    return {
+        name: value
+        for name, value in annotations.items()
+        if name == FORCE_ACTIVATION or name.startswith(WAKE_HOLD_PREFIX)
+    }
+
+
+def _replicas(api: KubernetesApi, spec: ServingSpec) -> int:
+    return int(api.read_deployment(spec.namespace, spec.name)["spec"].get("replicas") or 0)
 
 
 def _ready_replicas(api: KubernetesApi, spec: ServingSpec) -> int:

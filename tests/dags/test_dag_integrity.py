@@ -16,6 +16,7 @@ from harness.data import REPO_ROOT
 from pipeline import assets
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 from pipeline.rollout_operator import RolloutOperator
+from pipeline.serving_wake import WakeOperator
 
 DAGS = REPO_ROOT / "dags"
 
@@ -172,6 +173,22 @@ def test_kubernetes_platform_trains_in_a_pod(monkeypatch: pytest.MonkeyPatch) ->
     assert "deploy" in dag.get_task("plan_batch").upstream_task_ids
     assert "platform:kubernetes" in dag.tags
     assert dag.params.get_param("platform").schema["enum"] == ["kubernetes"]
+
+
+@pytest.mark.parametrize(("dag_id", "after"), [("dogs_cats", {"deploy"}), ("dogs_cats_batch", set())])
+def test_on_kubernetes_the_batch_stage_wakes_the_model_and_lets_it_go(
+    monkeypatch: pytest.MonkeyPatch, dag_id: str, after: set[str]
+) -> None:
+    """A setup task before the stage's first task, a teardown after its last (which runs whatever
+    the stage's outcome); locally the tritonserver just serves (test_task_graph_flows_one_way)."""
+    monkeypatch.setenv("DOGS_CATS_PLATFORM", "kubernetes")
+    dag = DagBag(dag_folder=str(DAGS)).dags[dag_id]
+    wake, release = dag.get_task("wake_serving"), dag.get_task("release_serving")
+    assert isinstance(wake, WakeOperator)
+    assert (wake.is_setup, release.is_teardown) == (True, True)
+    assert wake.upstream_task_ids == after
+    assert "plan_batch" in wake.downstream_task_ids
+    assert release.upstream_task_ids == {"merge_predictions", "wake_serving"}
 
 
 # What a DAG file may import: Airflow's authoring API, the settings and the orchestration layer.

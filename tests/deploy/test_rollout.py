@@ -207,6 +207,23 @@ def test_progress_is_judged_as_kubectl_rollout_status_does(status: dict, done: b
     assert message in rollout_progress(deployment)[1]
 
 
+def test_a_deployment_woken_from_zero_is_done_only_with_a_pod_available() -> None:
+    """At zero a new version rolls out with no pod at all: the deploy waits for KEDA's."""
+    idle = {
+        "metadata": {"name": "d", "generation": 2},
+        "spec": {"replicas": 0},
+        "status": {"observedGeneration": 2},
+    }
+    assert rollout_progress(idle)[0] is True
+    assert rollout_progress(idle, at_least=1) == (
+        False,
+        "0 of 1 replicas are available: waiting for KEDA to wake d",
+    )
+    one = {"updatedReplicas": 1, "replicas": 1}
+    woken = {**idle, "spec": {"replicas": 1}, "status": {**ROLLED, **one, "availableReplicas": 1}}
+    assert rollout_progress(woken, at_least=1) == (True, "deployment d successfully rolled out")
+
+
 def test_waiting_gives_up_with_the_last_state_seen() -> None:
     cluster = FakeCluster("stuck")
     cluster.apply(_manifests(1)[2])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from core.settings import CanaryParams, Environment, RunConfig
@@ -134,12 +135,14 @@ def test_the_trigger_survives_serialisation() -> None:
 PROMETHEUS = "http://127.0.0.1:9"  # never asked here: the verdicts are the tests'
 
 
-def _operator(tmp_path: Path, cluster: FakeCluster, version: int, canary: bool = True) -> RolloutOperator:
+def _operator(
+    tmp_path: Path, cluster: FakeCluster, version: int, canary: bool = True, **settings: int
+) -> RolloutOperator:
     plan = make_plan(RunConfig(data_bucket=str(tmp_path / "bucket"), canary=canary), "run")
     write_images(Path(plan.smoke_images_uri), per_class=2, size=32)
     operator = RolloutOperator(
         task_id="deploy",
-        environment=Environment(platform="kubernetes", prometheus_url=PROMETHEUS),
+        environment=Environment(platform="kubernetes", prometheus_url=PROMETHEUS, **settings),  # type: ignore[arg-type]
         version=RepositoryVersion(str(tmp_path / "repo"), "dogs_cats", version, "onnxruntime", 8),
         image_ref=f"r/dogs-cats-triton:v{version}",
         plan=plan,
@@ -152,7 +155,7 @@ def test_the_operator_applies_then_defers_and_undoes_when_the_trigger_reports_fa
     cluster = FakeCluster()
     first = _operator(tmp_path, cluster, 1)
     with pytest.raises(TaskDeferred) as deferred:
-        first.execute({})
+        first.execute(_context())
     assert isinstance(deferred.value.trigger, RolloutTrigger)
     assert deferred.value.method_name == "execute_complete"
     assert _image(cluster) == "r/dogs-cats-triton:v1", "applied before deferring"
@@ -160,13 +163,33 @@ def test_the_operator_applies_then_defers_and_undoes_when_the_trigger_reports_fa
 
     second = _operator(tmp_path, cluster, 2, canary=False)
     with pytest.raises(TaskDeferred):
-        second.execute({})
+        second.execute(_context())
     assert _image(cluster) == "r/dogs-cats-triton:v2"
     verdict = {"status": "failed", "message": "deployment dogs-cats-triton exceeded its progress deadline"}
     # Failed for good (no retry): the same image would fail the same way.
     with pytest.raises(AirflowFailException, match=r"progress deadline .*\(rolled back to revision 1\)"):
-        second.execute_complete({}, verdict)
+        second.execute_complete(_context(), verdict)
     assert _image(cluster) == "r/dogs-cats-triton:v1"
+
+
+def test_a_deploy_to_a_model_idling_at_zero_waits_for_a_woken_pod_and_lets_it_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smoked: list[int] = []
+    monkeypatch.setattr("pipeline.rollout_operator.smoke_test", lambda *args: smoked.append(len(args)))
+    monkeypatch.setattr("pipeline.rollout_operator.annotate", lambda *args, **kwargs: None)  # no asset here
+    cluster = FakeCluster()
+    operator = _operator(tmp_path, cluster, 1, serving_replicas=0, serving_max_replicas=2)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(_context())
+    assert isinstance(deferred.value.trigger, RolloutTrigger)
+    assert deferred.value.trigger.at_least == 1, "a pod to smoke-test, woken from zero"
+    ((manager, hold),) = cluster.applied_by_others
+    assert "autoscaling.keda.sh/force-activation" in hold["metadata"]["annotations"]
+    operator.execute_complete(_context(), {"status": "success", "message": "rolled out"})
+    assert smoked, "smoke-tested"
+    assert [m for m, _ in cluster.applied_by_others] == [manager, manager]
+    assert "annotations" not in cluster.applied_by_others[-1][1]["metadata"], "the hold went"
 
 
 def test_nothing_is_applied_without_images_to_smoke_test_with(tmp_path: Path) -> None:
@@ -175,7 +198,7 @@ def test_nothing_is_applied_without_images_to_smoke_test_with(tmp_path: Path) ->
     shutil.rmtree(operator.plan.smoke_images_uri)
     # Failed for good: a retry would find no images either.
     with pytest.raises(AirflowFailException, match="nothing was applied"):
-        operator.execute({})
+        operator.execute(_context())
     assert cluster.applied == []
 
 
@@ -184,14 +207,13 @@ def canary_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Fak
     """Version 1 serving; version 2's canary applied, rolled out and smoke-tested, its
     analysis deferred to the triggerer."""
     monkeypatch.setattr("pipeline.rollout_operator.smoke_test", lambda *args: None)
-    monkeypatch.setattr("deploy.canary._answers", lambda url: True)  # no Service to call here
     cluster = FakeCluster()
     with pytest.raises(TaskDeferred):
-        _operator(tmp_path, cluster, 1).execute({})
+        _operator(tmp_path, cluster, 1).execute(_context())
     cluster.read_deployment("", "")
     second = _operator(tmp_path, cluster, 2)
     with pytest.raises(TaskDeferred) as deferred:
-        second.execute({})
+        second.execute(_context())
     assert deferred.value.method_name == "canary_ready"
     assert isinstance(deferred.value.trigger, RolloutTrigger)
     assert deferred.value.trigger.name == CANARY
@@ -201,7 +223,9 @@ def canary_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Fak
     assert _image(cluster) == "r/dogs-cats-triton:v1", "the stable Deployment waits for the verdict"
     assert deferred.value.kwargs == {"replicas": 2, "share": 0.5}
     with pytest.raises(TaskDeferred) as judging:
-        second.canary_ready({}, {"status": "success", "message": "rolled out"}, **deferred.value.kwargs)
+        second.canary_ready(
+            _context(), {"status": "success", "message": "rolled out"}, **deferred.value.kwargs
+        )
     trigger = judging.value.trigger
     assert isinstance(trigger, CanaryAnalysisTrigger)
     assert judging.value.method_name == "canary_judged"
@@ -240,7 +264,7 @@ def test_a_promoted_canary_rolls_the_stable_deployment_and_goes_after_it(
     cluster.read_deployment("", "")
     failed = {"status": "failed", "message": "deployment dogs-cats-triton exceeded its progress deadline"}
     with pytest.raises(AirflowFailException, match=r"rolled back to revision 1"):
-        operator.execute_complete({}, failed)
+        operator.execute_complete(_context(), failed)
     assert ("Deployment", CANARY) not in cluster.objects
 
 
@@ -250,7 +274,7 @@ def test_a_canary_that_never_gets_ready_goes_and_fails_the_task(
     cluster, operator = canary_started
     with pytest.raises(AirflowFailException, match=r"canary of version 2 failed: .*untouched"):
         operator.canary_ready(
-            {}, {"status": "failed", "message": "not rolled out in time"}, replicas=2, share=0.5
+            _context(), {"status": "failed", "message": "not rolled out in time"}, replicas=2, share=0.5
         )
     assert ("Deployment", CANARY) not in cluster.objects
     assert _image(cluster) == "r/dogs-cats-triton:v1"
@@ -259,12 +283,12 @@ def test_a_canary_that_never_gets_ready_goes_and_fails_the_task(
 def test_a_canary_needs_prometheus_and_nothing_is_applied_without_it(tmp_path: Path) -> None:
     cluster = FakeCluster()
     with pytest.raises(TaskDeferred):
-        _operator(tmp_path, cluster, 1).execute({})
+        _operator(tmp_path, cluster, 1).execute(_context())
     second = _operator(tmp_path, cluster, 2)
     second.environment = Environment(platform="kubernetes")
     applied = len(cluster.applied)
     with pytest.raises(AirflowFailException, match="DOGS_CATS_PROMETHEUS_URL is empty"):
-        second.execute({})
+        second.execute(_context())
     assert len(cluster.applied) == applied
 
 
@@ -291,8 +315,9 @@ class _TaskInstance:
 
 
 def _context() -> Any:
-    """What the operator reads of a task's context: the task instance it pushes XCom with."""
-    return {"ti": _TaskInstance()}
+    """What the operator reads of a task's context: the task instance it pushes XCom with, and
+    the run its wake hold is named after."""
+    return {"ti": _TaskInstance(), "dag": DAG(dag_id="dogs_cats"), "run_id": "manual__1"}
 
 
 def _image(cluster: FakeCluster) -> str:
