@@ -301,25 +301,22 @@ def test_keda_adds_a_replica_under_load_and_removes_it_after(
     assert [h["metadata"]["name"] for h in hpa] == [f"keda-hpa-{spec.name}"], "KEDA's, and no other"
 
 
-def test_the_batch_dag_wakes_a_model_idling_at_zero_and_it_goes_back_to_zero(
+def test_the_batch_dag_and_a_deploy_wake_a_model_idling_at_zero_and_it_goes_back(
     node: Node,
-    engine: DockerEngine,
     served: tuple[KubernetesApi, ServingSpec, int],
     repository: Path,
-    trained_model: str,
     prometheus_url: str,
     session_images: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """serving_replicas 0: the deploy wakes a pod for its smoke test and lets it go, and KEDA
-    takes the Deployment to zero after the idle time; then `dogs_cats_batch`, under the live
-    scheduler, wakes it (its setup task), classifies through it, lets it go (its teardown),
-    and it is back at zero with no hold left."""
+    """serving_replicas 0: KEDA takes the Deployment to zero after the idle time. Then
+    `dogs_cats_batch`, under the live scheduler, wakes it (its setup task), classifies
+    through it and lets it go (its teardown), and it is back at zero; a deploy from zero
+    goes direct (no live traffic for a canary), wakes a pod for its smoke test and lets it go.
+    No hold is left on the ScaledObject after either."""
     install_autoscaling(node)
-    api, spec, _ = served
-    version = _next_version(trained_model, repository, tmp_path_factory.getbasetemp() / "copies")
-    image = triton_cpu_image(engine, node.root / "cache", repository, f"test-v{version.version}-idle")
-    idle = {"serving_replicas": 0, "serving_max_replicas": 1, "serving_idle_s": 15}
+    api, spec, served_version = served
+    version = RepositoryVersion(str(repository), MODEL_NAME, served_version, "python", 8)
     environment = Environment(
         platform="kubernetes",
         namespace=NAMESPACE,
@@ -328,18 +325,18 @@ def test_the_batch_dag_wakes_a_model_idling_at_zero_and_it_goes_back_to_zero(
         serving_replicas=0,
         serving_max_replicas=1,
         serving_idle_s=15,
+        rollout_timeout_s=300,
     )
-    roll_out(
-        api, version, image, str(session_images / "cat"), environment, CanaryParams(), hold=HOLD, poll_s=2
-    )
-    assert _holders(node, spec) == {}, "the deploy's hold went after its smoke test"
-    wait_for("KEDA to take the model to zero", lambda: _replicas(api, spec) == 0, 300, 2)
-    wait_for("no Triton pod left", lambda: _pods(node, "stable") == 0, 120)
+    cats = str(session_images / "cat")
+    roll_out(api, version, spec.image, cats, environment, CanaryParams(canary=False), hold=HOLD, poll_s=2)
+    _wait_until_idle(node, api, spec)
 
     root = tmp_path_factory.mktemp("idle-batch")
     settings = {
         **kubernetes_environment(node, project_images(node), prometheus_url, namespace=NAMESPACE),
-        **{f"DOGS_CATS_{name.upper()}": str(value) for name, value in idle.items()},
+        "DOGS_CATS_SERVING_REPLICAS": "0",
+        "DOGS_CATS_SERVING_MAX_REPLICAS": "1",
+        "DOGS_CATS_SERVING_IDLE_S": "15",
         "DOGS_CATS_ALLOWED_ROOTS": json.dumps([str(session_images), str(root)]),
     }
     with running_stack(root / "stack", settings) as stack:
@@ -353,8 +350,20 @@ def test_the_batch_dag_wakes_a_model_idling_at_zero_and_it_goes_back_to_zero(
     assert states["wake_serving"] == states["release_serving"] == "success", states
     report = json.loads((root / "out" / safe_name(run_id) / "report.json").read_text())
     assert report["images"] == report["succeeded"] == len(list(session_images.rglob("*.jpg")))
-    assert _holders(node, spec) == {}, "the batch's hold went with its teardown"
-    wait_for("back to zero after the batch", lambda: _replicas(api, spec) == 0, 300, 2)
+    _wait_until_idle(node, api, spec)
+
+    endpoint, verdict = roll_out(
+        api, version, spec.image, cats, environment, CanaryParams(), hold=HOLD, poll_s=2
+    )
+    assert verdict is None, "no canary beside a Deployment at zero"
+    assert endpoint.version == served_version
+    assert _holders(node, spec) == {}, "the deploy's hold went after its smoke test"
+
+
+def _wait_until_idle(node: Node, api: KubernetesApi, spec: ServingSpec) -> None:
+    """No hold on the ScaledObject, and KEDA has taken the Deployment to zero pods."""
+    assert _holders(node, spec) == {}, "every hold was let go"
+    wait_for("KEDA to take the model to zero", lambda: _replicas(api, spec) == 0, 300, 2)
     wait_for("no Triton pod left", lambda: _pods(node, "stable") == 0, 120)
 
 
