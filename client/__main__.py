@@ -88,9 +88,11 @@ def _batch(args: argparse.Namespace) -> int:
         retry=RetryPolicy(attempts=args.retries),
         progress=not args.no_progress,
     )
-    report = run_batch(args.url, args.input, args.output, options)
-    keys = ("images", "succeeded", "failed", "images_per_second", "label_distribution", "request_latency_ms")
-    print(json.dumps({key: report[key] for key in keys}))
+    # Folders named after the model's labels are ground truth, as in the DAG's batch stage.
+    report = run_batch(args.url, args.input, args.output, options, score_served_labels=True)
+    keys = ("images", "succeeded", "failed", "accuracy_by_folder", "images_per_second", "label_distribution")
+    summary = {key: report[key] for key in keys if key in report}
+    print(json.dumps({**summary, "files_left_out": report["left_out"]["files"]}))
     return 1 if report["failed"] else 0
 
 

@@ -48,6 +48,7 @@ from client.triton import (
     classify_encoded,
     is_refusal,
     model_info,
+    served_labels,
 )
 from core import storage
 from core.constants import ensemble_name
@@ -135,11 +136,36 @@ class Outcome:
         self.latencies_ms += other.latencies_ms
 
 
-def iter_images(input_uri: str) -> Iterator[str]:
-    """Image files under a folder or gs:// prefix, streamed in a stable order."""
+@dataclass
+class LeftOut:
+    """The files a listing passes over, by reason, so that none is skipped without a word."""
+
+    files: dict[str, int] = field(default_factory=dict)  # reason -> how many
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> the first such file
+
+    def add(self, reason: str, uri: str) -> None:
+        self.files[reason] = self.files.get(reason, 0) + 1
+        self.examples.setdefault(reason, uri)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": sum(self.files.values()),
+            "by_reason": {
+                reason: {"files": count, "example": self.examples[reason]}
+                for reason, count in sorted(self.files.items())
+            },
+        }
+
+
+def iter_images(input_uri: str, left_out: LeftOut) -> Iterator[str]:
+    """Image files under a folder or gs:// prefix, streamed in a stable order; every other file
+    is counted in `left_out`."""
     for uri in storage.iter_files(input_uri):
-        if PurePosixPath(uri).suffix.lower() in IMAGE_SUFFIXES:
+        suffix = PurePosixPath(uri).suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
             yield uri
+        else:
+            left_out.add(f"not an image type classified here ({suffix or 'no suffix'})", uri)
 
 
 def run_batch(
@@ -150,22 +176,35 @@ def run_batch(
     *,
     images: Iterable[str] | None = None,
     class_names: Collection[str] = (),
+    score_served_labels: bool = False,
 ) -> dict[str, Any]:
     """Classify every image under `input_uri` (or `images`, named by `input_uri`);
-    returns the report also written beside the predictions.
+    returns the report also written beside the predictions, with the files the listing
+    left out when it listed.
 
-    With `class_names`, images in folders of those names (a staged split) are
-    scored, and the report carries their accuracy.
+    With `class_names` (a staged split's), or the served model's labels when
+    `score_served_labels`, images in folders of those names are scored, and the report
+    carries their accuracy and confusion.
     """
     options = options or BatchOptions()
-    this_run = classify_parts(url, input_uri, output_uri, options, images=images)
+    left_out = LeftOut()
+    listed = images if images is not None else iter_images(input_uri, left_out)
+    this_run = classify_parts(url, input_uri, output_uri, options, listed)
+    if score_served_labels:
+        class_names = options.retry.call(
+            lambda: served_labels(url, options.model_name, options.protocol),
+            f"reading {options.model_name}'s labels at {url}",
+        )
+    sections: dict[str, Any] = {"this_run": this_run}
+    if images is None:
+        sections["left_out"] = left_out.to_dict()
     return merge_outputs(
         [output_uri],
         output_uri,
         input_uri=input_uri,
         options=options,
         class_names=class_names,
-        sections={"this_run": this_run},
+        sections=sections,
     )
 
 
@@ -192,10 +231,11 @@ class _Connections:
 
 
 def classify_parts(
-    url: str, input_uri: str, output_uri: str, options: BatchOptions, *, images: Iterable[str] | None = None
+    url: str, input_uri: str, output_uri: str, options: BatchOptions, images: Iterable[str]
 ) -> dict[str, Any]:
-    """Write every part not yet written; returns this run's own figures."""
-    stream = iter(images if images is not None else iter_images(input_uri))
+    """Write every part not yet written of `images` (listed from `input_uri`); returns this
+    run's own figures."""
+    stream = iter(images)
     first = next(stream, None)
     if first is None:
         raise ValueError(f"no images found under {input_uri}")
@@ -417,26 +457,36 @@ def merge_outputs(
 
 
 def write_shards(input_uri: str, shards_uri: str, images_per_shard: int) -> list[str]:
-    """Stream the listing into shard files (one image URI per line) for the DAG's mapped tasks.
+    """Stream the listing into shard files (one image URI per line) for the DAG's mapped tasks;
+    `shards.json`, written last, records them and the files the listing left out.
 
-    Idempotent: once `shards.json` exists (written last) the same shards are returned.
+    Idempotent: once `shards.json` exists the same shards are returned.
     """
     index_uri = join_uri(shards_uri, SHARDS)
     if storage.exists(index_uri):
         recorded = json.loads(storage.read_text(index_uri))
         if recorded["input"] == input_uri and recorded["images_per_shard"] == images_per_shard:
             return list(recorded["shards"])
-    shards = []
-    for index, images in enumerate(_chunked(iter_images(input_uri), images_per_shard)):
+    shards, left_out = [], LeftOut()
+    for index, images in enumerate(_chunked(iter_images(input_uri, left_out), images_per_shard)):
         shard_uri = join_uri(shards_uri, f"shard-{index:05d}.txt")
         storage.write_text(shard_uri, "".join(f"{image}\n" for image in images))
         shards.append(shard_uri)
     if not shards:
         raise ValueError(f"no images found under {input_uri}")
-    storage.write_text(
-        index_uri, json.dumps({"input": input_uri, "images_per_shard": images_per_shard, "shards": shards})
-    )
+    listing = {
+        "input": input_uri,
+        "images_per_shard": images_per_shard,
+        "shards": shards,
+        "left_out": left_out.to_dict(),
+    }
+    storage.write_text(index_uri, json.dumps(listing))
     return shards
+
+
+def shards_left_out(shards_uri: str) -> dict[str, Any]:
+    """What the listing `write_shards` made left out, for the run's report."""
+    return dict(json.loads(storage.read_text(join_uri(shards_uri, SHARDS)))["left_out"])
 
 
 def shard_images(shard_uri: str) -> list[str]:

@@ -257,6 +257,15 @@ def gallery_images(report: dict[str, Any]) -> set[str]:
     return {entry["image"] for entries in report.get("gallery", {}).values() for entry in entries}
 
 
+def _left_out(report: dict[str, Any]) -> dict[str, str]:
+    """The summary row naming the files the listing passed over, and why."""
+    left_out = report.get("left_out")
+    if not left_out or not left_out["files"]:
+        return {}
+    reasons = "; ".join(f"{reason}: {entry['files']}" for reason, entry in left_out["by_reason"].items())
+    return {"files left out": f"{left_out['files']} ({reasons})"}
+
+
 def render_html(report: dict[str, Any], thumbnails: dict[str, str] | None = None) -> str:
     """One page: summary, evaluation, label distribution, confidence histogram, galleries, failures.
 
@@ -277,6 +286,7 @@ def render_html(report: dict[str, Any], thumbnails: dict[str, str] | None = None
         "request latency p50 / p95 / p99": " / ".join(f"{latency.get(k, '-')} ms" for k in PERCENTILES),
         "confidence mean / median": f"{confidence.get('mean', '-')} / {confidence.get('p50', '-')}",
         **_accuracy(report),
+        **_left_out(report),
         **{f"setting: {key}": value for key, value in report.get("settings", {}).items()},
     }
     rows = "".join(

@@ -158,6 +158,15 @@ def class_names(triton: Triton, info: ModelInfo) -> tuple[str, ...]:
     return tuple(sorted(prediction.label for prediction in ranked))
 
 
+def served_labels(url: str, model_name: str, protocol: InferenceProtocol = "http") -> tuple[str, ...]:
+    """The labels the model at `url` serves: folders of these names are ground truth."""
+    triton = Triton(url, protocol)
+    try:
+        return class_names(triton, model_info(triton, model_name))
+    finally:
+        triton.close()
+
+
 def is_refusal(exc: Exception) -> bool:
     """The server answered that this request is bad (HTTP 400, gRPC INVALID_ARGUMENT):
     retrying it cannot help, and the message says why."""

@@ -9,7 +9,8 @@ from PIL import Image, UnidentifiedImageError
 
 from core.errors import ProjectError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+# What the batch client classifies: every format Pillow decodes that photos come in.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Far above any photo worth classifying, far below what exhausts memory when decoded.
 MAX_IMAGE_PIXELS = 50_000_000
 

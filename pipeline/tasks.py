@@ -113,7 +113,7 @@ def plan_batch(plan: RunPlan, endpoint: Endpoint, staged: dict[str, Any]) -> Bat
 def plan_standing_batch() -> BatchJob:
     """The input, a per-run output folder and the endpoint serving now; skipped without an input.
     Folders named after the served model's labels count as ground truth in the report."""
-    from client.triton import Triton, class_names, model_info
+    from client.triton import served_labels
     from core.policy import access_policy
     from core.settings import BatchParams, BatchRunConfig, config_from_params, join_uri, options_of, safe_name
 
@@ -129,11 +129,7 @@ def plan_standing_batch() -> BatchJob:
     policy.check_location("input", config.input)
     policy.check_location("output", config.output)
     endpoint = platform_for(environment).served_endpoint(MODEL_NAME)
-    triton = Triton(endpoint.url)
-    try:
-        labels = class_names(triton, model_info(triton, endpoint.model_name))
-    finally:
-        triton.close()
+    labels = served_labels(endpoint.url, endpoint.model_name)
     return BatchJob(
         params=options_of(BatchParams, config),
         input_uri=config.input,
@@ -163,7 +159,7 @@ def classify_shard(shard_uri: str, job: BatchJob) -> str:
 @task(outlets=[PREDICTIONS])
 def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]:
     """All shards' predictions and one report (JSON and HTML)."""
-    from client.batch import merge_outputs
+    from client.batch import merge_outputs, shards_left_out
     from core.settings import join_uri
 
     report = merge_outputs(
@@ -174,7 +170,10 @@ def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]
         input_uri=job.input_uri,
         options=job.options(),
         class_names=job.class_names,
-        sections={"serving": _serving_figures(job.endpoint.model_name)},
+        sections={
+            "left_out": shards_left_out(job.shards_uri),
+            "serving": _serving_figures(job.endpoint.model_name),
+        },
     )
     written = {
         name: join_uri(job.output_uri, name) for name in ("predictions.jsonl", "report.json", "report.html")

@@ -17,17 +17,20 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 import pytest
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from client.batch import (
     BatchOptions,
     InputChanged,
+    LeftOut,
     RetryPolicy,
     TritonUnavailable,
     iter_images,
     retryable,
     run_batch,
     shard_images,
+    shards_left_out,
     write_shards,
 )
 from core.images import decode_rgb
@@ -93,20 +96,38 @@ def test_a_model_still_loading_is_retried_but_an_unknown_one_is_not() -> None:
 def test_listing_streams_images_in_a_stable_order(tmp_path: Path) -> None:
     images = write_images(tmp_path / "in", per_class=3)
     (images / "dog" / "notes.txt").write_text("not an image suffix")
-    stream = iter_images(str(images))
+    (images / "dog" / "README").write_text("no suffix")
+    Image.new("RGB", (8, 8)).save(images / "cat" / "scan.tif")  # Pillow reads TIFF: classified
+    left_out = LeftOut()
+    stream = iter_images(str(images), left_out)
     assert not isinstance(stream, list), "a generator, not a list in memory"
     listed = list(stream)
-    assert len(listed) == 6
-    assert listed == list(iter_images(str(images)))
+    assert len(listed) == 7
+    assert listed == list(iter_images(str(images), LeftOut()))
+    assert left_out.to_dict() == {
+        "files": 2,
+        "by_reason": {
+            "not an image type classified here (.txt)": {
+                "files": 1,
+                "example": str(images / "dog" / "notes.txt"),
+            },
+            "not an image type classified here (no suffix)": {
+                "files": 1,
+                "example": str(images / "dog" / "README"),
+            },
+        },
+    }
 
 
 def test_shards_cover_the_input_once_and_are_reused(tmp_path: Path) -> None:
     images = write_images(tmp_path / "in", per_class=5)
+    (images / "README").write_text("no suffix")
     shards = write_shards(str(images), str(tmp_path / "shards"), images_per_shard=4)
     assert len(shards) == 3
     listed = [image for shard in shards for image in shard_images(shard)]
-    assert sorted(listed) == sorted(iter_images(str(images)))
+    assert sorted(listed) == sorted(iter_images(str(images), LeftOut()))
     assert write_shards(str(images), str(tmp_path / "shards"), images_per_shard=4) == shards
+    assert shards_left_out(str(tmp_path / "shards"))["files"] == 1, "the merge's report names it"
 
 
 def test_empty_input_is_a_clear_error_before_any_connection(tmp_path: Path) -> None:
@@ -139,6 +160,7 @@ def test_batch_matches_in_process_onnx_and_reports_every_bad_kind(
     options = BatchOptions(protocol=protocol, encoded=encoded, concurrency=3)  # type: ignore[arg-type]
 
     report = run_batch(url, str(images), str(tmp_path / "out"), options, class_names=["cat", "dog"])
+    assert report["left_out"]["files"] == 1, "notes.txt, named with its reason"
 
     refused = {name: reason for name, reason in IMAGE_KINDS.items() if reason}
     assert report["images"] == 22 + len(IMAGE_KINDS)
@@ -179,6 +201,32 @@ def test_predict_cli_prints_top_k(served_model: dict, tmp_path: Path) -> None:
         assert [p["label"] for p in good["predictions"]] in (["cat", "dog"], ["dog", "cat"])
         assert sum(p["confidence"] for p in good["predictions"]) == pytest.approx(1.0, abs=1e-4)
         assert "not an image Pillow can read" in bad["error"]
+
+
+@pytest.mark.integration
+def test_batch_cli_scores_class_folders_and_counts_what_it_leaves_out(
+    served_model: dict, tmp_path: Path
+) -> None:
+    """Folders named after the model's labels are ground truth, as in the DAG; a TIFF is
+    classified and a file of no image type is named in the report with its reason."""
+    images = write_images(tmp_path / "in", per_class=4, size=40, seed=3)
+    Image.open(images / "cat" / "cat0.jpg").save(images / "cat" / "scan.tif")
+    (images / "dog" / "notes.txt").write_text("not an image")
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "--url", served_model["url"], "batch", "--input", str(images),
+         "--output", str(tmp_path / "out"), "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout.splitlines()[-1])
+    assert (printed["images"], printed["files_left_out"]) == (9, 1)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["accuracy_by_folder"] == printed["accuracy_by_folder"]
+    confusion = report["evaluation"]["confusion_matrix"]
+    assert confusion["labels"] == ["cat", "dog"]
+    assert sum(map(sum, confusion["rows_true_columns_predicted"])) == 9
+    assert list(report["left_out"]["by_reason"]) == ["not an image type classified here (.txt)"]
+    assert "files left out" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_cli_says_clearly_when_no_server_answers(tmp_path: Path) -> None:
