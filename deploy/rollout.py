@@ -9,6 +9,7 @@ apps/v1, since no API server runs here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -295,7 +296,8 @@ def smoke_test(url: str, model_name: str, version: int, images: list[bytes], tim
     from client.triton import Triton, classify, classify_encoded, model_info
     from core.images import decode_rgb
 
-    wait_until_answering(url, "the smoke test's")
+    with contextlib.suppress(RolloutFailed):  # never: the checks below say what answers instead
+        wait_until_answering(url, "the smoke test's", (model_name, version))
     triton = Triton(url, "http", timeout_s)
     try:
         served = triton.served_versions(model_name)
@@ -364,22 +366,28 @@ def finish_serving(
     return endpoint
 
 
-# kube-proxy routes a Service to a pod a moment after the pod is ready (a refused connection
-# met a canary's smoke test in a clean-clone run), longer for a Service as new as its pods.
+# kube-proxy follows a rollout a moment late: it routes a Service to a new pod a while after
+# the pod is ready (a refused connection met a canary's smoke test in a clean-clone run), and
+# to a replaced pod a while after the rollout is done (version 1 answered a smoke test of
+# version 4 in another, on a loaded machine).
 ROUTED_TIMEOUT_S = 60.0
 
 
-def wait_until_answering(url: str, what: str, timeout_s: float = ROUTED_TIMEOUT_S) -> None:
-    """Until Triton says ready at `url` (host:port), through whatever routes to it."""
+def wait_until_answering(
+    url: str, what: str, model: tuple[str, int] | None = None, timeout_s: float | None = None
+) -> None:
+    """Until Triton says ready at `url` (host:port), through whatever routes to it; with
+    `model` (name, version), until that version is ready there."""
+    path = f"/v2/models/{model[0]}/versions/{model[1]}/ready" if model else "/v2/health/ready"
 
     def ready() -> bool:
         try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
+            with urllib.request.urlopen(f"http://{url}{path}", timeout=5) as response:
                 return bool(response.status == 200)
         except OSError:  # refused until routed; URLError and HTTPError are OSErrors too
             return False
 
-    wait_for(f"{what} {url} to answer", ready, timeout_s, error=RolloutFailed)
+    wait_for(f"{what} {url} to answer at {path}", ready, timeout_s or ROUTED_TIMEOUT_S, error=RolloutFailed)
 
 
 def smoke_images(smoke_images_uri: str, count: int = 4) -> list[bytes]:

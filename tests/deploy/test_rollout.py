@@ -27,6 +27,7 @@ from deploy.rollout import (
     rollout_progress,
     start_serving,
     wait_for_rollout,
+    wait_until_answering,
 )
 from harness.fake_cluster import FakeCluster
 from harness.http_server import reply_json
@@ -337,3 +338,29 @@ def test_the_admin_key_secret_is_made_once_and_never_printed_or_overwritten(smok
     _roll_out(cluster, smoke_images, 2)
     assert cluster.objects["Secret", "dogs-cats-triton-admin"]["stringData"]["admin-key"] == key
     assert key not in json.dumps(cluster.applied), "the manifests name the Secret, never the key"
+
+
+def test_the_smoke_test_waits_until_the_service_routes_to_the_new_version() -> None:
+    """Behind a Service, a replaced pod may answer a moment after its rollout is done: the wait
+    asks for the version itself, so an old pod's answers are waited out, not smoke-tested."""
+    asked: list[str] = []
+
+    class OldThenNew(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            new = self.path == "/v2/models/m/versions/4/ready" and len(asked) > 2
+            reply_json(self, 200 if new else 400, {})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OldThenNew)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        wait_until_answering(url, "the Service", ("m", 4), timeout_s=10)
+        assert asked == ["/v2/models/m/versions/4/ready"] * 3
+        with pytest.raises(RolloutFailed, match="versions/5/ready"):
+            wait_until_answering(url, "the Service", ("m", 5), timeout_s=1)
+    finally:
+        server.shutdown()

@@ -32,6 +32,13 @@ def test_smoke_test_passes_on_the_served_version(served_model: dict, session_ima
     smoke_test(served_model["url"], "dogs_cats", served_model["version"].version, _images(session_images))
 
 
+@pytest.fixture
+def short_routing_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version that never answers waits out the routing delay first: a short one here."""
+    monkeypatch.setattr("deploy.rollout.ROUTED_TIMEOUT_S", 2.0)
+
+
+@pytest.mark.usefixtures("short_routing_wait")
 def test_smoke_test_fails_when_another_version_answers(served_model: dict, session_images: Path) -> None:
     with pytest.raises(RolloutFailed, match=r"serves dogs_cats versions \['1'\], not 7"):
         smoke_test(served_model["url"], "dogs_cats", 7, _images(session_images))
@@ -76,6 +83,7 @@ def test_deploy_task_rolls_out_and_returns_the_service_endpoint(
     assert cluster.deployment is not None
 
 
+@pytest.mark.usefixtures("short_routing_wait")
 def test_deploy_task_rolls_back_when_the_new_pods_serve_the_wrong_model(
     served_model: dict, session_images: Path
 ) -> None:
