@@ -3,8 +3,10 @@
 The source is an http(s) zip or tar, a local folder or a gs:// prefix laid out
 `class/*.jpg` (optionally below one parent folder, like the Kaggle zip's
 `PetImages/`). Every file that is dropped is listed in the manifest with its
-reason. The split is decided by each image's content hash, so an image lands
-in the same split on every run. `manifest.json` is written last: its presence
+reason. Near-duplicates (resized, re-encoded, lightly cropped copies; see
+near_duplicates.py) form groups, listed in the manifest, and the split is
+decided by each group's first content hash, so a group stays on one side and
+an image lands in the same split on every run. `manifest.json` is written last: its presence
 means the dataset is complete, and a rerun with the same inputs reuses it
 without copying anything; a run that crashed halfway resumes, skipping the
 files already there.
@@ -24,6 +26,7 @@ from core import storage
 from core.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
 from core.policy import AccessPolicy, access_policy
 from core.settings import Environment, StagingParams, join_uri
+from training.near_duplicates import near_duplicate_groups, perceptual_hash
 from training.sources import DatasetError, local_source
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ def stage_dataset(
         "counts": counts,
         "balance": {"per_class": per_class, "min_to_max": balance},
         "duplicate_groups": selection.duplicate_groups,
+        "near_duplicate_groups": selection.near_duplicate_groups,
         "dropped": dropped,
         "over_cap": selection.over_cap,
         "digest": digest,
@@ -102,12 +106,13 @@ def stage_dataset(
     if balance < 0.5:
         log.warning("classes are unbalanced: %s", per_class)
     log.info(
-        "staged %d images (%s) into %s; dropped %d, %d duplicate groups",
+        "staged %d images (%s) into %s; dropped %d, %d duplicate groups, %d near-duplicate groups",
         len(files),
         {s: sum(c.values()) for s, c in counts.items()},
         dataset_uri,
         len(dropped),
         selection.duplicate_groups,
+        len(selection.near_duplicate_groups),
     )
     return manifest
 
@@ -126,15 +131,16 @@ def split_of(sha256: str, val_fraction: float, test_fraction: float = 0.0) -> st
     return "train"
 
 
-def rejection(data: bytes, options: StagingOptions) -> str | None:
-    """Why `data` is not kept as a training image, or None when it is."""
+def examine(data: bytes, options: StagingOptions) -> str | int:
+    """Why `data` is not kept as a training image, or, kept, its perceptual hash (from the one
+    decode that checks it)."""
     if options.require_jfif and b"JFIF" not in data[:10]:
         return "no JFIF marker in the header"
     try:
-        decode_rgb(data, max_pixels=options.max_image_pixels)
+        pixels = decode_rgb(data, max_pixels=options.max_image_pixels)
     except ImageDecodeError as exc:
         return str(exc)
-    return None
+    return perceptual_hash(pixels)
 
 
 @dataclass
@@ -143,10 +149,12 @@ class _Selection:
     dropped: list[dict]
     over_cap: dict[str, int]
     duplicate_groups: int
+    near_duplicate_groups: list[list[str]]  # each group's staged paths
 
 
 def _select(class_dirs: dict[str, Path], options: StagingOptions) -> _Selection:
-    """Hash every file, drop duplicates and rejected ones, apply the cap."""
+    """Hash every file, drop duplicates and rejected ones, apply the cap, group near-duplicates
+    and split by group."""
     by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for label, folder in class_dirs.items():
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -165,31 +173,66 @@ def _select(class_dirs: dict[str, Path], options: StagingOptions) -> _Selection:
         dropped += [{"file": str(p), "reason": f"duplicate of {keep[1]}"} for _, p in copies]
         candidates[keep[0]].append((digest, keep[1]))
 
-    files: list[tuple[StagedFile, Path]] = []
+    kept: list[tuple[str, str, Path]] = []  # (label, digest, path)
+    perceptual: dict[str, int] = {}  # digest -> perceptual hash
     over_cap: dict[str, int] = {}
     cap = options.max_images_per_class
     for label in sorted(class_dirs):
-        kept = 0
+        kept_here = 0
         # Hash order is a fixed pseudo-random order: a capped sample is unbiased.
         ordered = sorted(candidates[label])
         for index, (digest, path) in enumerate(ordered):
-            if cap and kept >= cap:
+            if cap and kept_here >= cap:
                 over_cap[label] = len(ordered) - index
                 break
-            reason = rejection(path.read_bytes(), options)
-            if reason:
-                dropped.append({"file": str(path), "reason": reason})
+            examined = examine(path.read_bytes(), options)
+            if isinstance(examined, str):
+                dropped.append({"file": str(path), "reason": examined})
                 continue
-            split = split_of(digest, options.val_fraction, options.test_fraction)
-            files.append((StagedFile(f"{split}/{label}/{path.name}", label, split, digest), path))
-            kept += 1
-        if not kept:
+            perceptual[digest] = examined
+            kept.append((label, digest, path))
+            kept_here += 1
+
+    files, near_groups, ambiguous = _split_by_group(kept, perceptual, options)
+    dropped += ambiguous
+    for label in sorted(class_dirs):
+        if not any(staged.label == label for staged, _ in files):
             raise DatasetError(f"class {label!r} has no usable images after validation")
     for split in ("train", "val"):
         if not any(staged.split == split for staged, _ in files):
             raise DatasetError(f"the {split} split is empty; stage more images")
     groups = sum(1 for places in by_hash.values() if len(places) > 1)
-    return _Selection(files, dropped, over_cap, groups)
+    return _Selection(files, dropped, over_cap, groups, near_groups)
+
+
+def _split_by_group(
+    kept: list[tuple[str, str, Path]], perceptual: dict[str, int], options: StagingOptions
+) -> tuple[list[tuple[StagedFile, Path]], list[list[str]], list[dict]]:
+    """(the staged files, each near-duplicate group's staged paths, the files dropped).
+
+    A group takes its first digest's split, so near-duplicates land together. A group across
+    classes is one picture under two labels, ambiguous as an exact copy is, and goes whole
+    (the Kaggle set files a "photo unavailable" placeholder under both)."""
+    where = {digest: (label, path) for label, digest, path in kept}
+    split_key = {digest: digest for digest in where}
+    groups, dropped = [], []
+    for group in near_duplicate_groups(perceptual):
+        labels = sorted({where[digest][0] for digest in group})
+        if len(labels) > 1:
+            reason = f"near-duplicate pictures in classes {labels}"
+            dropped += [{"file": str(where[digest][1]), "reason": reason} for digest in group]
+            for digest in group:
+                del split_key[digest]
+            continue
+        groups.append(group)
+        split_key.update(dict.fromkeys(group, group[0]))
+    files: list[tuple[StagedFile, Path]] = []
+    for label, digest, path in kept:
+        if digest in split_key:
+            split = split_of(split_key[digest], options.val_fraction, options.test_fraction)
+            files.append((StagedFile(f"{split}/{label}/{path.name}", label, split, digest), path))
+    staged_path = {staged.sha256: staged.path for staged, _ in files}
+    return files, [[staged_path[digest] for digest in group] for group in groups], dropped
 
 
 def _upload(selected: list[tuple[StagedFile, Path]], dataset_uri: str) -> None:
