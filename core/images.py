@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import ProjectError
 
@@ -20,10 +20,13 @@ class ImageDecodeError(ProjectError, ValueError):
 
 
 def decode_rgb(data: bytes, image_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Encoded bytes -> uint8 RGB array, resized to image_size x image_size if given.
+    """Encoded bytes -> uint8 RGB array, upright (EXIF orientation applied, as viewers show a
+    phone's photo), resized to image_size x image_size if given.
 
-    Decodes every pixel, so truncated files fail here rather than later, and
-    refuses images over `max_pixels` before decoding them (decompression bombs).
+    The one decode of the project: training's input pipeline, the client and the server's
+    preprocessing model all call it, so the model sees in training the pixels it is served.
+    Decodes every pixel, so truncated files fail here rather than later, and refuses images
+    over `max_pixels` before decoding them (decompression bombs).
     """
     if not data:
         raise ImageDecodeError("empty file")
@@ -36,7 +39,8 @@ def decode_rgb(data: bytes, image_size: int | None = None, max_pixels: int = MAX
                 )
             if image_size:
                 image.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale
-            rgb = _sixteen_bit_to_8(image).convert("RGB")  # CMYK, grey, palette, RGBA: alpha dropped
+            upright = ImageOps.exif_transpose(image)
+            rgb = _sixteen_bit_to_8(upright).convert("RGB")  # CMYK, grey, palette, RGBA: alpha dropped
             if image_size:
                 rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)

@@ -28,6 +28,21 @@ def write_images(root: Path, per_class: int, size: int = 48, seed: int = 0) -> P
     return root
 
 
+def photo_like(seed: int, width: int, height: int) -> Image.Image:
+    """Noise with a photo's spectrum (amplitude falling as 1/f^1.5): smooth shapes and fine
+    detail, where flat noise has only detail (perceptual hashes and resizing both tell)."""
+    rng = np.random.default_rng(seed)
+    frequency = np.hypot(np.fft.rfftfreq(width)[None, :], np.fft.fftfreq(height)[:, None])
+    frequency[0, 0] = 1.0
+    channels = []
+    for _ in range(3):
+        spectrum = (rng.normal(size=frequency.shape) + 1j * rng.normal(size=frequency.shape)) / frequency**1.5
+        spectrum[0, 0] = 0
+        channel = np.fft.irfft2(spectrum, s=(height, width))
+        channels.append((channel - channel.mean()) / channel.std() * 40 + 128)
+    return Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8))
+
+
 # File name -> the reason it must be refused with, or None when it must be classified.
 IMAGE_KINDS: dict[str, str | None] = {
     "cmyk.jpg": None,

@@ -28,6 +28,7 @@ import tensorflow as tf
 from core import storage
 from core.constants import INPUT_NAME, INT8_MODEL_FILE, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
 from core.errors import ProjectError
+from core.images import ImageDecodeError, decode_rgb
 from core.settings import join_uri
 from training.checkpoints import BucketCheckpoint
 from training.efficientnet import unfreeze_top
@@ -108,9 +109,11 @@ def train(job: TrainingJob) -> dict[str, Any]:
             y_true = np.concatenate([np.asarray(y).reshape(-1) for _, y in val_ds]).astype(int)
             probabilities = _probabilities(model, val_ds, job.image_size)
             parity_batch = next(iter(val_ds))[0].numpy()
-        except tf.errors.InvalidArgumentError as exc:  # decode_image on a damaged file
+        except tf.errors.InvalidArgumentError as exc:  # a staged file that no longer decodes
+            first = exc.message.splitlines()[0]
+            detail = first.partition(f"{ImageDecodeError.__name__}: ")[2] or first
             raise TrainingDataError(
-                f"a staged image could not be decoded ({exc.message.splitlines()[0]}); restage the dataset"
+                f"a staged image could not be decoded ({detail}); restage the dataset"
             ) from exc
 
         evaluation = classification_metrics(y_true, probabilities, labels)
@@ -233,9 +236,10 @@ def make_dataset(
     size = (job.image_size, job.image_size)
 
     def load(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = tf.image.resize(image, size)
-        return _to_uint8(image), target
+        # The client's and the server's decode (core.images), not TensorFlow's: one preprocessing.
+        image = tf.numpy_function(_decoded_file, [path, job.image_size], tf.uint8, stateful=False)
+        image.set_shape((*size, 3))
+        return image, target
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
@@ -249,6 +253,13 @@ def make_dataset(
     else:
         dataset = dataset.batch(job.batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _decoded_file(path: bytes, image_size: int) -> np.ndarray:
+    try:
+        return decode_rgb(Path(path.decode()).read_bytes(), int(image_size))
+    except (ImageDecodeError, OSError) as exc:  # reaches fit() as an InvalidArgumentError
+        raise ImageDecodeError(f"{path.decode()}: {exc}") from exc
 
 
 def _to_uint8(images: tf.Tensor) -> tf.Tensor:

@@ -8,29 +8,18 @@ import io
 import itertools
 from pathlib import Path
 
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from core.images import decode_rgb
+from harness.data import photo_like
 from training.near_duplicates import NEAR_BITS, near_duplicate_groups, perceptual_hash
 from training.staging import StagingOptions, split_of, stage_dataset
 
 
 def _photo(seed: int, size: int = 160) -> Image.Image:
-    """Noise with a photo's spectrum (amplitude falling as 1/f^1.5): pHash reads the lowest
-    frequencies, which in photos stand well apart from each other (flat noise's do not)."""
-    rng = np.random.default_rng(seed)
-    frequency = np.hypot(np.fft.rfftfreq(size)[None, :], np.fft.fftfreq(size)[:, None])
-    frequency[0, 0] = 1.0
-    channels = []
-    for _ in range(3):
-        spectrum = (rng.normal(size=frequency.shape) + 1j * rng.normal(size=frequency.shape)) / frequency**1.5
-        spectrum[0, 0] = 0
-        channel = np.fft.irfft2(spectrum, s=(size, size))
-        channels.append((channel - channel.mean()) / channel.std() * 40 + 128)
-    return Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8))
+    return photo_like(seed, size, size)
 
 
 def _copies(photo: Image.Image) -> dict[str, Image.Image]:
