@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -27,6 +26,10 @@ _BITS_SET = np.array([bin(value).count("1") for value in range(256)], dtype=np.u
 
 def perceptual_hash(pixels: np.ndarray) -> int:
     """The 64-bit pHash of a decoded RGB image."""
+    # The staging extra's: training imports staging for its constants, and the training
+    # image (no staging extra) must not need it.
+    import imagehash
+
     return int(str(imagehash.phash(Image.fromarray(pixels))), 16)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core.images import decode_rgb
-from harness.data import photo_like
+from harness.data import REPO_ROOT, photo_like
 from training.near_duplicates import NEAR_BITS, near_duplicate_groups, perceptual_hash
 from training.staging import StagingOptions, split_of, stage_dataset
 
@@ -109,3 +111,11 @@ def test_staging_keeps_each_group_on_one_side_of_the_split(tmp_path: Path) -> No
         assert len({Path(path).stem.split("-")[0] for path in group}) == 1, group
     # Split by each file's own hash, as before, at least one group would have straddled.
     assert any(len({split_of(by_path[path]["sha256"], 0.3) for path in group}) > 1 for group in groups)
+
+
+def test_training_needs_no_staging_extra() -> None:
+    """The training image installs the training extra only: `python -m training train`
+    must import without imagehash (it reads staging's constants)."""
+    blocked = "import sys; sys.modules['imagehash'] = None; import training.train, training.__main__"
+    result = subprocess.run([sys.executable, "-c", blocked], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
