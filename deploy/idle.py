@@ -66,14 +66,14 @@ def release_hold(api: ClusterApi, environment: Environment, hold: WakeHold) -> N
     """Give `hold` up; the Deployment idles again once no other holder and no load keep it."""
     if environment.serving_replicas:
         return
-    namespace, name = environment.namespace, environment.serving_name
-    if api.exists(wake_release(namespace, name)):
-        api.apply(wake_release(namespace, name), field_manager=hold.field_manager)
+    release = wake_release(environment.namespace, environment.serving_name)
+    if api.exists(release):
+        api.apply(release, field_manager=hold.field_manager)
         log.info(
             "released %s%s: %s goes back to zero after %d s without load",
             WAKE_HOLD_PREFIX,
             hold.holder,
-            name,
+            environment.serving_name,
             environment.serving_idle_s,
         )
 
