@@ -402,17 +402,27 @@ def _classify_chunk(triton: Triton, info: ModelInfo, uris: list[str], options: B
 
 def _request(triton: Triton, info: ModelInfo, loaded: list[tuple[str, Any]], options: BatchOptions) -> Any:
     what = f"inference on {len(loaded)} images"
+    # Every class's score, not only the top one: the report's log-loss and ROC AUC need them.
+    classes = info.num_classes
     if options.encoded:
         blobs = [data for _, data in loaded]
-        return options.retry.call(lambda: classify_encoded(triton, info.name, blobs), what)
+        return options.retry.call(lambda: classify_encoded(triton, info.name, blobs, top_k=classes), what)
     batch = np.stack([array for _, array in loaded])
-    return options.retry.call(lambda: classify(triton, info, batch), what)
+    return options.retry.call(lambda: classify(triton, info, batch, top_k=classes), what)
 
 
 def _predictions(loaded: list[tuple[str, Any]], answers: Any, triton: Triton) -> Outcome:
     outcome = Outcome(latencies_ms=[round(triton.last_latency_s * 1000, 3)])
-    for (uri, _), (top,) in zip(loaded, answers, strict=True):
-        outcome.predictions.append({"image": uri, "label": top.label, "confidence": round(top.confidence, 6)})
+    for (uri, _), ranked in zip(loaded, answers, strict=True):
+        top = ranked[0]
+        outcome.predictions.append(
+            {
+                "image": uri,
+                "label": top.label,
+                "confidence": round(top.confidence, 6),
+                "scores": dict(sorted((entry.label, round(entry.confidence, 6)) for entry in ranked)),
+            }
+        )
     return outcome
 
 

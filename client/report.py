@@ -3,10 +3,11 @@ not per prediction), then written as JSON and as one self-contained HTML page
 (inline SVG charts and thumbnails, no scripts, no external files) people can
 open anywhere.
 
-When the input's folders are class names (the validation split, any labelled
-folder), each image's folder is its true label: the report then adds accuracy,
-the confusion matrix, per-class precision and recall, and a gallery of the
-misclassified and the least confident images.
+When the input's folders are class names (the test split, any labelled
+folder), each image's folder is its true label: the report then adds the figures
+training gives its test split (`core.metrics`: accuracy with its 95% interval,
+log-loss, ROC AUC, calibration, per-class precision and recall, the confusion
+matrix) and a gallery of the misclassified and the least confident images.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from core.images import ImageDecodeError, decode_rgb
-from core.metrics import confusion_figures
+from core.metrics import classification_metrics
 
 HISTOGRAM_BINS = 20
 FAILURES_SHOWN = 200
@@ -40,11 +41,14 @@ class ReportBuilder:
         self.confidences = array("f")
         self.latencies_ms = array("f")
         self.labels: Counter[str] = Counter()
-        self.confusion: Counter[tuple[str, str]] = Counter()  # (true, predicted)
+        self.labels_scored: list[str] | None = None
         # Heaps of (key, tiebreak, entry): the most confident mistakes, the least confident predictions.
         self.mistakes: list[tuple[float, str, dict[str, Any]]] = []
         self.least_confident: list[tuple[float, str, dict[str, Any]]] = []
         self.failures: list[dict[str, str]] = []
+        # Each scored image's true class and every class's score (labels in sorted order).
+        self.truths = array("H")
+        self.scores = array("f")
         self.scored = self.correct = 0
         self.first_start: float | None = None
         self.last_finish: float | None = None
@@ -62,7 +66,7 @@ class ReportBuilder:
             if truth is not None:
                 self.scored += 1
                 self.correct += truth == prediction["label"]
-                self.confusion[truth, prediction["label"]] += 1
+                self._add_scores(truth, prediction["scores"])
                 if truth != prediction["label"]:
                     _keep(self.mistakes, prediction["confidence"], entry)
         self.failures += part["failures"]
@@ -99,12 +103,25 @@ class ReportBuilder:
         }
         return report
 
+    def _add_scores(self, truth: str, scores: dict[str, float]) -> None:
+        if self.labels_scored is None:
+            self.labels_scored = sorted(scores)
+            if not self.class_names <= set(self.labels_scored):
+                raise ValueError(
+                    f"the model scores {self.labels_scored}, which lacks folder labels "
+                    f"{sorted(self.class_names - set(self.labels_scored))}"
+                )
+        if sorted(scores) != self.labels_scored:
+            raise ValueError(
+                f"a prediction scores {sorted(scores)}, others {self.labels_scored}: two models?"
+            )
+        self.truths.append(self.labels_scored.index(truth))
+        self.scores.extend(scores[label] for label in self.labels_scored)
+
     def _evaluation(self) -> dict[str, Any]:
-        labels = sorted(self.class_names | {predicted for _, predicted in self.confusion})
-        matrix = np.zeros((len(labels), len(labels)), dtype=int)
-        for (truth, predicted), count in self.confusion.items():
-            matrix[labels.index(truth), labels.index(predicted)] = count
-        return confusion_figures(matrix, labels)
+        labels = self.labels_scored or []
+        probabilities = np.frombuffer(self.scores, dtype=np.float32).reshape(-1, len(labels))
+        return classification_metrics(np.frombuffer(self.truths, dtype=np.uint16), probabilities, labels)
 
 
 def _keep(heap: list[tuple[float, str, dict[str, Any]]], key: float, entry: dict[str, Any]) -> None:
@@ -218,12 +235,30 @@ def _evaluation_html(evaluation: dict[str, Any] | None) -> str:
         f"<td>{f['support']}</td></tr>"
         for label, f in evaluation["per_class"].items()
     )
-    right = f"{evaluation['accuracy']:.2%} of {evaluation['examples']} right"
+    low, high = evaluation["accuracy_95ci"]
+    right = (
+        f"{evaluation['accuracy']:.2%} of {evaluation['examples']} right (95% interval {low:.2%}-{high:.2%})"
+    )
     per_class_header = "<tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>"
+    auc = evaluation["roc_auc"]
+    figures = {
+        "log-loss": f"{evaluation['log_loss']:.4f}",
+        "ROC AUC": "n/a (one class)" if auc is None else f"{auc:.4f}",
+        "expected calibration error": f"{evaluation['calibration']['ece']:.4f}",
+    }
+    figure_rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in figures.items())
+    reliability = "".join(
+        f"<tr><td>{row['from']:.1f}-{row['to']:.1f}</td><td>{row['images']}</td>"
+        f"<td>{row['confidence']:.2%}</td><td>{row['accuracy']:.2%}</td></tr>"
+        for row in evaluation["calibration"]["bins"]
+    )
     return f"""<h2>Against the folder labels: {right}</h2>
+<table id="figures">{figure_rows}</table>
 <table id="confusion"><caption>Confusion matrix: true label (rows) by predicted label (columns)</caption>
 <tr><th>true / predicted</th>{header}</tr>{body}</table>
-<table id="per-class">{per_class_header}{per_class}</table>"""
+<table id="per-class">{per_class_header}{per_class}</table>
+<table id="reliability"><caption>Reliability: accuracy against the top label's confidence</caption>
+<tr><th>confidence</th><th>images</th><th>mean confidence</th><th>accuracy</th></tr>{reliability}</table>"""
 
 
 def _gallery_html(

@@ -31,6 +31,7 @@ PlatformName = Literal["local", "kubernetes"]
 ModelChoice = Literal["efficientnet_lite0", "small", "xception"]
 InferenceProtocol = Literal["http", "grpc"]
 Precision = Literal["fp32", "int8"]
+ServingPrecision = Literal["auto", "fp32", "int8"]
 
 
 class _Options(BaseModel):
@@ -63,10 +64,16 @@ class StagingParams(_Options):
         default=0, ge=0, description="Cap per class for quick runs; 0 keeps every image."
     )
     val_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of images held out for validation."
+        default=0.2, gt=0, lt=1, description="Share of images held out for validation (it chooses the epoch)."
     )
     test_fraction: float = Field(
-        default=0.0, ge=0, lt=1, description="Share of images held out as a test split (never trained on)."
+        default=0.1,
+        gt=0,
+        lt=1,
+        description=(
+            "Share of images held out as the test split: never trained on nor used to choose anything, "
+            "scored once on the exported model; the quality gate and the batch stage read it."
+        ),
     )
     require_jfif: bool = Field(
         default=False,
@@ -146,7 +153,7 @@ class TrainingParams(_Options):
         default=True,
         description=(
             "Also export an INT8 twin of model.onnx (ONNX Runtime static quantization, calibrated on "
-            "training images) and report its validation accuracy beside the FP32 model's."
+            "training images) and score it on the test split beside the FP32 model."
         ),
     )
 
@@ -233,17 +240,34 @@ class CanaryParams(_Options):
 class RunConfig(CanaryParams, BatchParams, TrainingParams, StagingParams, DataLocation):
     """Per-run parameters; every field becomes a DAG Param of the same name."""
 
-    min_val_accuracy: float = Field(
+    min_test_accuracy: float = Field(
         default=0.0,
         ge=0,
-        description="Quality gate: a model under this validation accuracy is not packaged or deployed.",
+        description="Quality gate: a model under this test accuracy is not packaged or deployed.",
+    )
+    champion_tolerance: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description=(
+            "Champion and challenger: the new model is deployed only if its accuracy on this run's test "
+            "split is no lower than the served model's on the same images minus this (0.005: half a point)."
+        ),
+    )
+    force_deploy: bool = Field(
+        default=False,
+        description="Deploy the new model even when it scores worse than the served one (still recorded).",
     )
     max_batch_size: int = Field(
         default=32, ge=1, le=256, description="Largest batch Triton accepts for one request."
     )
-    serving_precision: Precision = Field(
-        default="fp32",
-        description="int8: serve the model's INT8 twin (ONNX Runtime static quantization) instead of FP32.",
+    serving_precision: ServingPrecision = Field(
+        default="auto",
+        description=(
+            "auto: on a CPU server, the INT8 twin when on the test split it gives FP32's label to 99% of "
+            "images and loses at most 0.5 points (or one image), else FP32; a GPU server keeps FP32. "
+            "fp32 or int8 force one."
+        ),
     )
     tensorrt_fp16: bool = Field(
         default=False,
@@ -255,7 +279,7 @@ class RunConfig(CanaryParams, BatchParams, TrainingParams, StagingParams, DataLo
     )
     inference_input: str = Field(
         default="",
-        description="Images to classify after deployment; empty uses the staged validation split.",
+        description="Images to classify after deployment; empty classifies the staged test split.",
     )
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from pipeline.platforms import platform_for
 from pipeline.tasks import (
     DEFAULT_ARGS,
     batch_inference,
+    challenge_champion,
     package,
     plan_batch,
     plan_run,
@@ -52,8 +53,9 @@ def dogs_cats() -> None:
     staged: Any = stage_data(plan)
     trained = PLATFORM.train_task(plan)
     staged >> trained
-    version: Any = package(plan)
-    trained >> quality_gate(plan) >> version
+    packaged: Any = package(plan)
+    trained >> quality_gate(plan) >> packaged
+    version: Any = challenge_champion(plan, packaged)  # passed on only when it may replace the served one
     endpoint: Any = PLATFORM.deploy_task(version, plan)
     job: Any = plan_batch(plan, endpoint, staged)
     PLATFORM.keep_serving(job, batch_inference(job), after=endpoint)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from core.errors import ProjectError
 from core.settings import Environment
-from deploy.kubernetes import WAKE_HOLD_PREFIX, wake_hold, wake_release
-from deploy.rollout import FIELD_MANAGER, ClusterApi
+from deploy import Endpoint
+from deploy.kubernetes import WAKE_HOLD_PREFIX, deployment_ref, wake_hold, wake_release
+from deploy.rollout import FIELD_MANAGER, ClusterApi, served_endpoint, service_endpoint, wait_until_answering
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +87,18 @@ def held_awake(api: ClusterApi, environment: Environment, hold: WakeHold) -> Ite
         yield held
     finally:
         release_hold(api, environment, hold)
+
+
+@contextlib.contextmanager
+def serving_now(
+    api: ClusterApi, environment: Environment, model_name: str, hold: WakeHold
+) -> Iterator[Endpoint | None]:
+    """The endpoint serving `model_name` now, held awake and answering for the block; None
+    before the first deployment (no Deployment yet)."""
+    if not api.exists(deployment_ref(environment.namespace, environment.serving_name)):
+        yield None
+        return
+    with held_awake(api, environment, hold):
+        url = service_endpoint(api, environment, model_name, 0).url
+        wait_until_answering(url, "the served model", timeout_s=environment.rollout_timeout_s)
+        yield served_endpoint(api, environment, model_name)

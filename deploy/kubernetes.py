@@ -328,6 +328,11 @@ def wake_release(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
+def deployment_ref(namespace: str, name: str) -> dict[str, Any]:
+    """Enough of a Deployment to ask whether it exists."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace}}
+
+
 def serving_manifests(spec: ServingSpec) -> list[dict[str, Any]]:
     """Everything `deploy` applies, in apply order."""
     served = deployment(spec)

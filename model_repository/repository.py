@@ -14,10 +14,11 @@ import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from core import storage
 from core.constants import INT8_MODEL_FILE, LABELS_FILE, ensemble_name, preprocess_name
-from core.settings import Precision, join_uri
+from core.settings import Precision, ServingPrecision, join_uri
 from model_repository.config import Flavour, config_pbtxt, ensemble_config_pbtxt, preprocess_config_pbtxt
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class RepositoryVersion:
     flavour: str
     max_batch_size: int
     image_size: int = 0
+    precision: str = "fp32"
 
 
 def existing_versions(repository_uri: str, model_name: str) -> list[int]:
@@ -56,7 +58,7 @@ def package_model(
     flavour: Flavour,
     model_name: str,
     max_batch_size: int,
-    precision: Precision = "fp32",
+    precision: ServingPrecision = "auto",
     tensorrt_fp16: bool = False,
     instances: int = 1,
     ort_threads: int = 0,
@@ -67,13 +69,15 @@ def package_model(
     """
     metrics = json.loads(storage.read_text(join_uri(model_uri, "metrics.json")))
     labels = storage.read_text(join_uri(model_uri, LABELS_FILE))
-    onnx_file = ONNX_FILES[precision]
+    served, why = served_precision(precision, flavour, metrics)
+    log.info("serving %s: %s", served.upper(), why)
+    onnx_file = ONNX_FILES[served]
     if not storage.exists(join_uri(model_uri, onnx_file)):
         raise FileNotFoundError(
             f"{model_uri} has no {onnx_file}: serving_precision {precision} needs a model trained with int8"
         )
     model_dir = join_uri(repository_uri, model_name)
-    source = _source_marker(model_uri, precision)
+    source = _source_marker(model_uri, served)
     version = packaged_version(repository_uri, model_name, source)
     if version is None:
         version = max(existing_versions(repository_uri, model_name), default=0) + 1
@@ -103,7 +107,23 @@ def package_model(
         ),
     )
     _write_jpeg_ensemble(repository_uri, model_name, labels, image_size, num_classes, max_batch_size)
-    return RepositoryVersion(repository_uri, model_name, version, flavour, max_batch_size, image_size)
+    return RepositoryVersion(repository_uri, model_name, version, flavour, max_batch_size, image_size, served)
+
+
+def served_precision(
+    requested: ServingPrecision, flavour: Flavour, metrics: dict[str, Any]
+) -> tuple[Precision, str]:
+    """The precision to serve and why. `auto` serves the INT8 twin on a CPU server when
+    training's verdict on the test split allows it (training.quantize.int8_verdict); a GPU
+    server (the onnxruntime flavour, where TensorRT or CUDA run FP32) keeps FP32."""
+    if requested != "auto":
+        return requested, f"serving_precision {requested} was asked for"
+    if flavour != "python":
+        return "fp32", f"serving_precision auto keeps FP32 on a GPU server ({flavour} flavour)"
+    twin = metrics.get("int8")
+    if twin is None:
+        return "fp32", "serving_precision auto: the model has no INT8 twin (trained with int8 false)"
+    return ("int8" if twin["serve"] else "fp32"), f"serving_precision auto: {twin['why']}"
 
 
 def _write_jpeg_ensemble(

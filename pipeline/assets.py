@@ -15,6 +15,8 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context
 
+from deploy import Endpoint
+
 GROUP = "dogs_cats"
 DATASET = Asset(name="dogs_cats.dataset", uri="dogs-cats://dataset", group=GROUP)
 MODEL = Asset(name="dogs_cats.model", uri="dogs-cats://model", group=GROUP)
@@ -25,6 +27,33 @@ SERVED_MODEL = Asset(name="dogs_cats.served_model", uri="dogs-cats://served-mode
 PREDICTIONS = Asset(name="dogs_cats.predictions", uri="dogs-cats://predictions", group=GROUP)
 
 
+# The dogs_cats task that weighs the new model against the served one, and its verdict's XCom key.
+CHAMPION_TASK = "challenge_champion"
+VERDICT_XCOM = "verdict"
+
+
 def annotate(asset: Asset, **extra: Any) -> None:
     """Attach `extra` to the event the running task emits for `asset` (one of its outlets)."""
     get_current_context()["outlet_events"][asset].extra = extra
+
+
+def annotate_served(endpoint: Endpoint, **extra: Any) -> None:
+    """The SERVED_MODEL event: where the model answers, and the champion/challenger verdict
+    that let it replace the one served before."""
+    annotate(
+        SERVED_MODEL,
+        url=endpoint.url,
+        model=endpoint.model_name,
+        version=endpoint.version,
+        champion=champion_verdict(),
+        **extra,
+    )
+
+
+def champion_verdict() -> dict[str, Any] | None:
+    """This run's champion/challenger verdict; None in a DAG without that task."""
+    context = get_current_context()
+    if CHAMPION_TASK not in context["dag"].task_ids:
+        return None
+    verdict: dict[str, Any] | None = context["ti"].xcom_pull(task_ids=CHAMPION_TASK, key=VERDICT_XCOM)
+    return verdict

@@ -79,7 +79,7 @@ def _summarise(bucket: str, run_id: str) -> int:
     print(
         f"""
 Done. {report["succeeded"]} of {report["images"]} images classified; labels {report["label_distribution"]}, \
-accuracy on the validation split {report.get("accuracy_by_folder", "n/a")}.
+accuracy on the test split {report.get("accuracy_by_folder", "n/a")}.
   predictions: {join_uri(predictions, "predictions.jsonl")}
   report:      {report_uri} and {join_uri(predictions, "report.html")} (open it in a browser)
 Triton serves version {endpoint.version} of {endpoint.model_name} at {endpoint.url}:

@@ -3,7 +3,7 @@
 Stages pass URIs, never data; computing them in one place keeps the layout of
 the bucket documented by code:
 
-    {bucket}/datasets/<name>/{train,val}/<class>/...   + manifest.json
+    {bucket}/datasets/<name>/{train,val,test}/<class>/...   + manifest.json
     {bucket}/models/<run>/                              saved_model/, model.onnx, labels.txt, metrics.json
     {bucket}/model_repository/<platform>/dogs_cats/     Triton repository, versions 1, 2, ...
     {bucket}/images/                                     Triton image build contexts (kubernetes)
@@ -41,6 +41,7 @@ class RunPlan(BaseModel):
     repository_uri: str
     images_uri: str
     smoke_images_uri: str
+    test_images_uri: str
     predictions_uri: str
     shards_uri: str
     inference_input: str
@@ -104,8 +105,9 @@ def make_plan(config: RunConfig, run_id: str) -> RunPlan:
         repository_uri=join_uri(config.data_bucket, "model_repository", config.platform),
         images_uri=join_uri(config.data_bucket, "images"),
         smoke_images_uri=join_uri(dataset_uri, "val"),
+        test_images_uri=join_uri(dataset_uri, "test"),
         predictions_uri=predictions_uri,
         shards_uri=join_uri(predictions_uri, "shards"),
-        inference_input=config.inference_input or join_uri(dataset_uri, "val"),
+        inference_input=config.inference_input or join_uri(dataset_uri, "test"),
         training=options_of(TrainingJob, config, dataset_uri=dataset_uri, output_uri=model_uri),
     )

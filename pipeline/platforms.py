@@ -12,7 +12,8 @@ it got:
   On kubernetes the long waits (training pod, image build, rollout) are
   deferred to the triggerer instead of holding worker slots.
 * `served_endpoint(model_name)`: where the model answers now, for the
-  dogs_cats_batch DAG.
+  dogs_cats_batch DAG; `serving_now(...)`: the same, or None before the first
+  deployment, held awake (kubernetes) while the champion is scored.
 * `keep_serving(first, last)`: the batch stage needs the model answering.
   Local: the tritonserver runs while Airflow does; kubernetes: a setup task
   wakes a Deployment idling at zero, and a teardown lets it go back.
@@ -27,8 +28,11 @@ The platform is chosen once per deployment by DOGS_CATS_PLATFORM. Only the
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import subprocess
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from airflow.sdk import BaseOperator, XComArg, task
@@ -39,7 +43,7 @@ from deploy import Endpoint
 from deploy.monitoring import PrometheusApi, prometheus_from_environment, start_local_prometheus
 from model_repository.config import Flavour
 from model_repository.repository import RepositoryVersion
-from pipeline.assets import MODEL, SERVED_MODEL, annotate
+from pipeline.assets import MODEL, SERVED_MODEL, annotate, annotate_served
 from pipeline.plan import RunPlan
 from pipeline.pods import ImageBuildPodOperator, TrainingPodOperator
 from pipeline.rollout_operator import DEPLOY_TASK, RolloutOperator, cluster_api
@@ -65,6 +69,13 @@ class Platform(Protocol):
 
     def served_endpoint(self, model_name: str) -> Endpoint:
         """Where `model_name` answers now, with the version it serves; raises when nothing does."""
+        ...
+
+    def serving_now(
+        self, model_name: str, dag_id: str, run_id: str
+    ) -> AbstractContextManager[Endpoint | None]:
+        """Where `model_name` answers now, answering for the block (a model idling at zero is
+        held awake for this run); None when nothing serves it yet."""
         ...
 
     def keep_serving(self, first: XComArg, last: XComArg, after: XComArg | None = None) -> None:
@@ -147,7 +158,7 @@ class LocalPlatform:
             from deploy.local_triton import deploy_version
 
             endpoint = deploy_version(version, environment)
-            annotate(SERVED_MODEL, url=endpoint.url, model=endpoint.model_name, version=endpoint.version)
+            annotate_served(endpoint)
             return endpoint
 
         return deploy(resolved(version))
@@ -156,6 +167,18 @@ class LocalPlatform:
         from deploy.local_triton import served_endpoint
 
         return served_endpoint(self.environment, model_name)
+
+    @contextlib.contextmanager
+    def serving_now(self, model_name: str, dag_id: str, run_id: str) -> Iterator[Endpoint | None]:
+        """The local server serves while Airflow runs: nothing to hold."""
+        from deploy.local_triton import TritonError
+
+        try:
+            endpoint = self.served_endpoint(model_name)
+        except TritonError as nothing:
+            log.info("no champion: %s", nothing)
+            endpoint = None
+        yield endpoint
 
     def keep_serving(self, first: XComArg, last: XComArg, after: XComArg | None = None) -> None:
         """Nothing to add: the local tritonserver serves while Airflow runs (make up, make stop)."""
@@ -212,6 +235,14 @@ class KubernetesPlatform:
         from deploy.rollout import served_endpoint
 
         return served_endpoint(cluster_api(self.environment), self.environment, model_name)
+
+    @contextlib.contextmanager
+    def serving_now(self, model_name: str, dag_id: str, run_id: str) -> Iterator[Endpoint | None]:
+        from deploy.idle import WakeHold, serving_now
+
+        hold = WakeHold.for_run(dag_id, run_id, "champion")
+        with serving_now(cluster_api(self.environment), self.environment, model_name, hold) as endpoint:
+            yield endpoint
 
     def keep_serving(self, first: XComArg, last: XComArg, after: XComArg | None = None) -> None:
         from pipeline.serving_wake import keep_serving

@@ -54,7 +54,7 @@ from deploy.rollout import (
     start_serving,
 )
 from model_repository.repository import RepositoryVersion
-from pipeline.assets import SERVED_MODEL, annotate
+from pipeline.assets import SERVED_MODEL, annotate_served
 from pipeline.plan import RunPlan
 
 
@@ -315,13 +315,7 @@ class RolloutOperator(BaseOperator):
         return self._served(endpoint)
 
     def _served(self, endpoint: Endpoint) -> Endpoint:
-        annotate(
-            SERVED_MODEL,
-            url=endpoint.url,
-            model=endpoint.model_name,
-            version=endpoint.version,
-            image=self.image_ref,
-        )
+        annotate_served(endpoint, image=self.image_ref)
         return endpoint
 
     def _plan(self) -> RunPlan:

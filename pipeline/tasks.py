@@ -1,8 +1,8 @@
 """Every task body of both DAGs, in one place; the DAG files only wire them.
 
 `dogs_cats` runs plan_run -> stage_data -> (the platform's train task) ->
-quality_gate -> package -> (the platform's deploy task) -> plan_batch ->
-batch_inference; `dogs_cats_batch` runs plan_standing_batch -> batch_inference. On
+quality_gate -> package -> challenge_champion -> (the platform's deploy task) ->
+plan_batch -> batch_inference; `dogs_cats_batch` runs plan_standing_batch -> batch_inference. On
 kubernetes the platform wraps that stage in a wake (setup) and a release (teardown).
 The batch stage streams the input listing into shard files, classifies each
 shard in a mapped task (resumable, so a retried shard finishes what it
@@ -28,7 +28,15 @@ from core.constants import MODEL_NAME
 from core.settings import Environment
 from deploy import Endpoint
 from model_repository.repository import RepositoryVersion
-from pipeline.assets import DATASET, PREDICTIONS, REPOSITORY_VERSION, annotate
+from pipeline.assets import (
+    CHAMPION_TASK,
+    DATASET,
+    PREDICTIONS,
+    REPOSITORY_VERSION,
+    VERDICT_XCOM,
+    annotate,
+    champion_verdict,
+)
 from pipeline.plan import BatchJob, RunPlan
 from pipeline.platforms import platform_for, resolved
 from pipeline.rollout_operator import CANARY_XCOM, DEPLOY_TASK
@@ -74,10 +82,10 @@ def stage_data(plan: RunPlan) -> dict[str, Any]:
 
 @task
 def quality_gate(plan: RunPlan) -> None:
-    """Skip packaging and deployment of a model under min_val_accuracy, saying why."""
+    """Skip packaging and deployment of a model under min_test_accuracy, saying why."""
     from training.evaluate import model_gate_reason
 
-    if reason := model_gate_reason(plan.model_uri, plan.config.min_val_accuracy):
+    if reason := model_gate_reason(plan.model_uri, plan.config.min_test_accuracy):
         raise AirflowSkipException(reason)
 
 
@@ -97,8 +105,46 @@ def package(plan: RunPlan) -> RepositoryVersion:
         **platform.instance_options(),
     )
     annotate(
-        REPOSITORY_VERSION, repository=version.repository_uri, version=version.version, model=plan.model_uri
+        REPOSITORY_VERSION,
+        repository=version.repository_uri,
+        version=version.version,
+        model=plan.model_uri,
+        precision=version.precision,
     )
+    return version
+
+
+@task(task_id=CHAMPION_TASK)
+def challenge_champion(plan: RunPlan, version: RepositoryVersion) -> RepositoryVersion:
+    """Score the served model on this run's test split beside the new one, and pass the new
+    version on only when it is not worse beyond champion_tolerance (or force_deploy says so);
+    the verdict goes to the log, the served-model asset event and the run's report."""
+    import json
+
+    from core import storage
+    from core.settings import join_uri
+    from deploy.champion import challenger_figures, judge, score_champion
+
+    context = get_current_context()
+    metrics = json.loads(storage.read_text(join_uri(plan.model_uri, "metrics.json")))
+    with platform_for(Environment()).serving_now(
+        MODEL_NAME, context["dag"].dag_id, context["run_id"]
+    ) as endpoint:
+        if endpoint is None or endpoint.version == version.version:  # a retry after this run deployed
+            champion = None
+        else:
+            output = join_uri(plan.predictions_uri, "champion")
+            champion = score_champion(endpoint, metrics["labels"], plan.test_images_uri, output)
+    verdict = judge(
+        challenger_figures(metrics, version.precision),
+        champion,
+        tolerance=plan.config.champion_tolerance,
+        force=plan.config.force_deploy,
+    )
+    context["ti"].xcom_push(key=VERDICT_XCOM, value=verdict)
+    log.info("%s", verdict["why"])
+    if not verdict["deploy"]:
+        raise AirflowSkipException(verdict["why"])
     return version
 
 
@@ -173,6 +219,7 @@ def merge_predictions(shard_outputs: list[str], job: BatchJob) -> dict[str, str]
         sections={
             "left_out": shards_left_out(job.shards_uri),
             "serving": _serving_figures(job.endpoint.model_name),
+            "champion": champion_verdict(),
         },
     )
     written = {

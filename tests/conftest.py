@@ -64,7 +64,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, session_images: Path
     stage_dataset(
         str(session_images),
         dataset_uri,
-        StagingOptions(val_fraction=0.25),
+        StagingOptions(val_fraction=0.25, test_fraction=0.25),
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
     model_uri = str(bucket / "models" / "session")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.train import train
 
         metrics = train(options_from_namespace(parser, TrainingJob, args))
-        print(json.dumps({"val_accuracy": metrics["val_accuracy"]}))
+        print(json.dumps({key: metrics[key] for key in ("val_accuracy", "test_accuracy")}))
     return 0
 
 

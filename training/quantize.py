@@ -2,24 +2,32 @@
 
 QDQ format with per-channel weights (depthwise convolutions keep their accuracy
 only per channel); activations are calibrated with MinMax on images of the
-training split, never the validation split it is then judged on.
+training split, never the test split it is then judged on. `int8_verdict` says
+whether the twin may be served in the FP32 model's place.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from core.constants import INPUT_NAME, OUTPUT_NAME
 
 CALIBRATION_IMAGES = 256
+# INT8 is served in FP32's place only when on the test split it gives FP32's label to at least
+# this share of images ...
+MIN_AGREEMENT = 0.99
+# ... and loses no more accuracy than this many points or one image, whichever is larger.
+MAX_ACCURACY_DROP_POINTS = 0.5
 
 
 def calibration_sample(files: list[dict[str, Any]], count: int = CALIBRATION_IMAGES) -> list[dict[str, Any]]:
@@ -60,7 +68,22 @@ def quantize_int8(fp32_model: Path, int8_model: Path, calibration: Iterable[np.n
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=head_nodes(onnx.load(str(prepared))),
         )
+
+
+def head_nodes(model: onnx.ModelProto) -> list[str]:
+    """The logit layer (the graph's last MatMul or Gemm) and every node after it, kept in FP32:
+    quantized, the probabilities came in steps of 1/255 and summed to 0.999, which blunts
+    log-loss and calibration. The head is one small matrix: it costs nothing to keep."""
+    nodes = list(model.graph.node)
+    last = max(index for index, node in enumerate(nodes) if node.op_type in ("MatMul", "Gemm"))
+    downstream, names = set(nodes[last].output), [nodes[last].name]
+    for node in nodes[last + 1 :]:  # ONNX lists nodes in topological order
+        if downstream.intersection(node.input):
+            downstream.update(node.output)
+            names.append(node.name)
+    return names
 
 
 def onnx_probabilities(model: Path, batches: Iterable[np.ndarray]) -> np.ndarray:
@@ -69,3 +92,26 @@ def onnx_probabilities(model: Path, batches: Iterable[np.ndarray]) -> np.ndarray
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0] for batch in batches])
+
+
+def int8_verdict(y_true: np.ndarray, fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
+    """Whether the INT8 twin may be served in FP32's place, judged on the same test images:
+    `serve`, the figures, and `why` in words (the packaging log and the model card say it)."""
+    fp32_labels, int8_labels = fp32.argmax(axis=1), int8.argmax(axis=1)
+    images = len(y_true)
+    agreement = float((fp32_labels == int8_labels).mean())
+    lost = int((fp32_labels == y_true).sum()) - int((int8_labels == y_true).sum())
+    allowed = max(MAX_ACCURACY_DROP_POINTS / 100 * images, 1.0)
+    figures = (
+        f"on {images} test images INT8 gives FP32's label to {agreement:.2%} (at least {MIN_AGREEMENT:.0%} "
+        f"needed) and gets {abs(lost)} {'fewer' if lost >= 0 else 'more'} right "
+        f"(at most {math.floor(allowed)} fewer allowed: {MAX_ACCURACY_DROP_POINTS} points or one image)"
+    )
+    serve = agreement >= MIN_AGREEMENT and lost <= allowed
+    return {
+        "serve": serve,
+        "agreement": round(agreement, 4),
+        "images_lost": lost,
+        "accuracy_change_points": round(-100 * lost / images, 2),
+        "why": f"INT8 may be served: {figures}" if serve else f"FP32 is served: {figures}",
+    }

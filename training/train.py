@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from core import storage
 from core.constants import INPUT_NAME, INT8_MODEL_FILE, LABELS_FILE, MODEL_NAME, OUTPUT_NAME
 from core.errors import ProjectError
 from core.images import ImageDecodeError, decode_rgb
+from core.metrics import classification_metrics
 from core.settings import join_uri
 from training.checkpoints import BucketCheckpoint
 from training.efficientnet import unfreeze_top
-from training.evaluate import classification_metrics, save_charts
+from training.evaluate import save_charts
 from training.export import (
     PARITY_TOLERANCE,
     export_onnx,
@@ -42,8 +44,8 @@ from training.export import (
 )
 from training.job import TrainingJob
 from training.models import build_model
-from training.quantize import calibration_sample, onnx_probabilities, quantize_int8
-from training.staging import MANIFEST
+from training.quantize import calibration_sample, int8_verdict, onnx_probabilities, quantize_int8
+from training.staging import MANIFEST, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
     keras.utils.set_random_seed(job.seed)
     manifest = json.loads(storage.read_text(join_uri(job.dataset_uri, MANIFEST)))
     labels: list[str] = manifest["classes"]
-    splits = {split: [f for f in manifest["files"] if f["split"] == split] for split in ("train", "val")}
+    splits = {split: [f for f in manifest["files"] if f["split"] == split] for split in SPLITS}
     check_splits(splits, labels)
     weights = class_weights(splits["train"], labels)
     started = time.monotonic()
@@ -95,7 +97,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 verbose=2,
             )
 
-        try:
+        with _staged_images_decode():
             if not checkpoints.fine_tuning:
                 fit_until(job.epochs)
             if job.fine_tune_epochs and not checkpoints.fine_tuning:
@@ -106,17 +108,10 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 model.optimizer.learning_rate = fine_tune_schedule(job, steps_per_epoch)
                 fit_until(checkpoints.state["fine_tune_from"] + job.fine_tune_epochs)
             checkpoints.restore_best(model)
-            y_true = np.concatenate([np.asarray(y).reshape(-1) for _, y in val_ds]).astype(int)
-            probabilities = _probabilities(model, val_ds, job.image_size)
+            y_val = _targets(val_ds)
+            validation = classification_metrics(y_val, _probabilities(model, val_ds, job.image_size), labels)
             parity_batch = next(iter(val_ds))[0].numpy()
-        except tf.errors.InvalidArgumentError as exc:  # a staged file that no longer decodes
-            first = exc.message.splitlines()[0]
-            detail = first.partition(f"{ImageDecodeError.__name__}: ")[2] or first
-            raise TrainingDataError(
-                f"a staged image could not be decoded ({detail}); restage the dataset"
-            ) from exc
 
-        evaluation = classification_metrics(y_true, probabilities, labels)
         metrics: dict[str, Any] = {
             "model": job.model,
             "image_size": job.image_size,
@@ -126,8 +121,8 @@ def train(job: TrainingJob) -> dict[str, Any]:
             "best_epoch": checkpoints.state["best_epoch"],
             "stopped_early": checkpoints.state["stopped_early"],
             "history": checkpoints.state["history"],
-            "val_accuracy": evaluation["accuracy"],
-            "evaluation": evaluation,
+            "val_accuracy": validation["accuracy"],
+            "validation": validation,
             "class_weights": weights,
             "device": "gpu" if on_gpu else "cpu",
             "train_seconds": round(time.monotonic() - started, 1),
@@ -143,46 +138,74 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 f"ONNX export differs from the SavedModel by {difference:.2e} "
                 f"(tolerance {PARITY_TOLERANCE:.0e}); not publishing the model"
             )
+        # Scored once, after every choice is made: the exported model, through the client's decode.
+        test_ds = make_dataset(data_dir, splits["test"], labels, job, training=False)
+        with _staged_images_decode():
+            y_test = _targets(test_ds)
+            fp32_test = onnx_probabilities(out / "model.onnx", (images.numpy() for images, _ in test_ds))
+        test = classification_metrics(y_test, fp32_test, labels)
+        metrics["test_accuracy"] = test["accuracy"]
+        metrics["test"] = test
         if job.int8:
             calibration = make_dataset(
                 data_dir, calibration_sample(splits["train"]), labels, job, training=False
             )
-            metrics["int8"] = int8_twin(out, calibration, val_ds, y_true, evaluation)
-        save_charts(metrics["history"], evaluation, out)
+            metrics["int8"] = int8_twin(out, calibration, test_ds, y_test, fp32_test, labels)
+        save_charts(metrics["history"], test, out)
         (out / LABELS_FILE).write_text("\n".join(labels) + "\n")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "model_card.json").write_text(json.dumps(model_card(job, manifest, metrics), indent=2))
         storage.upload_tree(out, job.output_uri)
-    per_class = ", ".join(
-        f"{label} precision {v['precision']:.2f} recall {v['recall']:.2f}"
-        for label, v in evaluation["per_class"].items()
-    )
+    low, high = test["accuracy_95ci"]
     log.info(
-        "validation accuracy %.2f%%, ROC AUC %.3f (%s) after %d epochs (best %d) in %.0f s; model at %s",
-        100 * evaluation["accuracy"], evaluation["roc_auc"], per_class, metrics["epochs_trained"],
-        metrics["best_epoch"], metrics["train_seconds"], job.output_uri,
+        "test accuracy %.2f%% (95%% interval %.2f-%.2f%%, %d images), log-loss %.3f, ROC AUC %.3f, "
+        "ECE %.3f; validation accuracy %.2f%% after %d epochs (best %d) in %.0f s; model at %s",
+        100 * test["accuracy"], 100 * low, 100 * high, test["examples"], test["log_loss"],
+        test["roc_auc"], test["calibration"]["ece"], 100 * validation["accuracy"],
+        metrics["epochs_trained"], metrics["best_epoch"], metrics["train_seconds"], job.output_uri,
     )  # fmt: skip
     return metrics
 
 
+@contextlib.contextmanager
+def _staged_images_decode() -> Iterator[None]:
+    """A staged file that no longer decodes reaches TensorFlow's loops as an
+    InvalidArgumentError: say which, and what to do."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as exc:
+        first = exc.message.splitlines()[0]
+        detail = first.partition(f"{ImageDecodeError.__name__}: ")[2] or first
+        raise TrainingDataError(
+            f"a staged image could not be decoded ({detail}); restage the dataset"
+        ) from exc
+
+
+def _targets(dataset: tf.data.Dataset) -> np.ndarray:
+    return np.concatenate([np.asarray(y).reshape(-1) for _, y in dataset]).astype(int)
+
+
 def int8_twin(
-    out: Path, calibration: tf.data.Dataset, val_ds: tf.data.Dataset, y_true: np.ndarray, fp32: dict[str, Any]
+    out: Path,
+    calibration: tf.data.Dataset,
+    test_ds: tf.data.Dataset,
+    y_test: np.ndarray,
+    fp32_probabilities: np.ndarray,
+    labels: list[str],
 ) -> dict[str, Any]:
-    """Quantize model.onnx and judge the twin on the same validation images as the FP32 model."""
+    """Quantize model.onnx, score the twin on the test split beside the FP32 model, and say
+    whether it may be served in FP32's place (`int8_verdict`)."""
     started = time.monotonic()
     quantize_int8(out / "model.onnx", out / INT8_MODEL_FILE, (images.numpy() for images, _ in calibration))
-    probabilities = onnx_probabilities(out / INT8_MODEL_FILE, (images.numpy() for images, _ in val_ds))
-    evaluation = classification_metrics(y_true, probabilities, fp32["confusion_matrix"]["labels"])
-    log.info(
-        "INT8 twin: validation accuracy %.2f%% (FP32 %.2f%%)",
-        100 * evaluation["accuracy"],
-        100 * fp32["accuracy"],
-    )
+    probabilities = onnx_probabilities(out / INT8_MODEL_FILE, (images.numpy() for images, _ in test_ds))
+    evaluation = classification_metrics(y_test, probabilities, labels)
+    verdict = int8_verdict(y_test, fp32_probabilities, probabilities)
+    log.info("INT8 twin: test accuracy %.2f%%; %s", 100 * evaluation["accuracy"], verdict["why"])
     return {
         "file": INT8_MODEL_FILE,
-        "val_accuracy": evaluation["accuracy"],
-        "accuracy_change_points": round(100 * (evaluation["accuracy"] - fp32["accuracy"]), 2),
-        "evaluation": evaluation,
+        "test_accuracy": evaluation["accuracy"],
+        "test": evaluation,
+        **verdict,
         "quantize_seconds": round(time.monotonic() - started, 1),
     }
 
@@ -205,7 +228,11 @@ def check_splits(splits: dict[str, list[dict]], labels: list[str]) -> None:
         raise TrainingDataError(f"need at least two classes, the manifest has {labels}")
     for split, files in splits.items():
         if not files:
-            raise TrainingDataError(f"the {split} split is empty: stage more images or change val_fraction")
+            raise TrainingDataError(
+                f"the {split} split is empty: stage more images or raise {split}_fraction"
+                if split != "train"
+                else "the train split is empty: stage more images or lower val_fraction and test_fraction"
+            )
         missing = sorted(set(labels) - {f["label"] for f in files})
         if missing:
             raise TrainingDataError(
@@ -322,6 +349,7 @@ def _probabilities(model: keras.Model, dataset: tf.data.Dataset, image_size: int
 
 def model_card(job: TrainingJob, manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """What a reviewer needs to trust or reproduce the model."""
+    test = metrics["test"]
     import onnx
     import onnxruntime
     import tf2onnx
@@ -340,12 +368,18 @@ def model_card(job: TrainingJob, manifest: dict[str, Any], metrics: dict[str, An
         },
         "params": job.model_dump(),
         "metrics": {
-            "val_accuracy": metrics["evaluation"]["accuracy"],
-            "val_roc_auc": metrics["evaluation"]["roc_auc"],
-            "per_class": metrics["evaluation"]["per_class"],
+            "test": {  # scored once, on the exported model.onnx, after every choice was made
+                key: test[key]
+                for key in ("examples", "accuracy", "accuracy_95ci", "log_loss", "roc_auc", "per_class")
+            }
+            | {"ece": test["calibration"]["ece"], "confusion_matrix": test["confusion_matrix"]},
+            "val_accuracy": metrics["val_accuracy"],  # the split that chose the epoch: it flatters
             "epochs_trained": metrics["epochs_trained"],
             "onnx_max_abs_difference": metrics["onnx_max_abs_difference"],
         },
+        "int8": {key: metrics["int8"][key] for key in ("test_accuracy", "agreement", "serve", "why")}
+        if "int8" in metrics
+        else "not exported (int8 false)",
         "versions": {
             "python": sys.version.split()[0],
             "tensorflow": tf.__version__,

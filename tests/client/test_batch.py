@@ -177,9 +177,11 @@ def test_batch_matches_in_process_onnx_and_reports_every_bad_kind(
     assert report["request_latency_ms"]["requests"] >= 3
     assert report["request_latency_ms"]["p50"] <= report["request_latency_ms"]["p99"]
 
-    # What Triton answered is what the trained model computes in-process, odd modes included.
+    # What Triton answered is what the served model file (FP32 or its INT8 twin, as packaging
+    # chose) computes in-process, odd modes included.
     files = [Path(line["image"]) for line in lines]
-    expected = _expected(served_model["model_uri"], files)
+    version = served_model["version"]
+    expected = _expected(f"{version.repository_uri}/{version.model_name}/{version.version}", files)
     labels = ["cat", "dog"]
     for line, row in zip(lines, expected, strict=True):
         assert line["label"] == labels[int(row.argmax())]

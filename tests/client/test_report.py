@@ -25,9 +25,16 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def _prediction(image: str, label: str, confidence: float) -> dict:
+    """As the batch client writes it: the top label, and every class's score (cat or dog here)."""
+    other = "dog" if label == "cat" else "cat"
+    scores = dict(sorted({label: confidence, other: round(1 - confidence, 6)}.items()))
+    return {"image": image, "label": label, "confidence": confidence, "scores": scores}
+
+
 def _part(predictions: list[tuple[str, str, float]], **extra: object) -> dict:
     return {
-        "predictions": [{"image": i, "label": label, "confidence": c} for i, label, c in predictions],
+        "predictions": [_prediction(*prediction) for prediction in predictions],
         "failures": [],
         "latencies_ms": [],
         "started": 100.0,
@@ -88,6 +95,11 @@ def test_labelled_folders_add_the_confusion_matrix_per_class_figures_and_a_galle
         "cat": {"precision": 0.5, "recall": 1.0, "support": 1},
         "dog": {"precision": 1.0, "recall": 0.5, "support": 2},
     }
+    # The true class's probabilities are 0.9, 0.4 and 0.7; dogs score 0.4 and 0.7 against the cat's 0.1.
+    assert evaluation["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.4) + np.log(0.7)) / 3, abs=1e-4)
+    assert evaluation["roc_auc"] == 1.0
+    assert evaluation["calibration"]["ece"] == pytest.approx((0.1 + 0.6 + 0.3) / 3, abs=1e-4)
+    assert evaluation["accuracy_95ci"][0] < 2 / 3 < evaluation["accuracy_95ci"][1]
     (mistake,) = report["gallery"]["misclassified"]
     assert (mistake["image"], mistake["true_label"], mistake["label"]) == ("b/val/dog/2.jpg", "dog", "cat")
     assert [e["confidence"] for e in report["gallery"]["least_confident"]] == [0.6, 0.7, 0.9]

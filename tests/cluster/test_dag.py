@@ -90,7 +90,7 @@ def conf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "early_stopping_patience": 30,
         "batch_size": 8,
         "max_batch_size": 8,
-        "min_val_accuracy": 0.0,
+        "min_test_accuracy": 0.0,
         # The second version's canary serves half the traffic this long before it is judged.
         "canary_window_s": 30,
     }

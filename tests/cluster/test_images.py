@@ -407,7 +407,10 @@ def test_the_cpu_training_image_trains_a_model_in_a_pod(
     image = project_images(node).training
     data = tmp_path / "data"
     stage_dataset(
-        str(session_images), str(data / "dataset"), StagingOptions(val_fraction=0.25), cache_dir=tmp_path
+        str(session_images),
+        str(data / "dataset"),
+        StagingOptions(val_fraction=0.25, test_fraction=0.25),
+        cache_dir=tmp_path,
     )
     data.chmod(0o777)  # the image runs as uid 10001
     job = TrainingJob(
@@ -445,11 +448,11 @@ def test_the_cpu_training_image_trains_a_model_in_a_pod(
     phase = wait_for("the training pod to finish", finished, 600)
     logs = kubectl(node, "logs", "train", check=False).stdout
     assert phase == "Succeeded", logs[-3000:]
-    assert "validation accuracy" in logs, "its log reaches kubectl logs (the pod operator streams it)"
+    assert "test accuracy" in logs, "its log reaches kubectl logs (the pod operator streams it)"
     assert (data / "model" / "model.onnx").is_file()
-    accuracy = json.loads((data / "model" / "metrics.json").read_text())["val_accuracy"]
-    # The summary line, not the INT8 twin's line before it ("INT8 twin: validation accuracy ...").
-    logged = re.search(r"validation accuracy ([0-9.]+)%, ROC AUC", logs)
+    accuracy = json.loads((data / "model" / "metrics.json").read_text())["test_accuracy"]
+    # The summary line, not the INT8 twin's line before it ("INT8 twin: test accuracy ...").
+    logged = re.search(r"test accuracy ([0-9.]+)% \(95% interval", logs)
     assert logged is not None, logs[-3000:]
     assert 0.0 <= accuracy <= 1.0
     assert f"{accuracy:.2%}" == f"{logged.group(1)}%", "metrics.json holds what the pod reported"

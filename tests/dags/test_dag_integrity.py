@@ -83,7 +83,9 @@ def test_both_dags_run_the_same_batch_tasks(dagbag: DagBag) -> None:
     }
 
 
-PLAN_DOWNSTREAM = sorted({"package", "plan_batch", "quality_gate", "stage_data", "train"})
+PLAN_DOWNSTREAM = sorted(
+    {"challenge_champion", "package", "plan_batch", "quality_gate", "stage_data", "train"}
+)
 
 
 def test_task_graph_flows_one_way(dagbag: DagBag) -> None:
@@ -94,7 +96,8 @@ def test_task_graph_flows_one_way(dagbag: DagBag) -> None:
         "stage_data": ["plan_batch", "train"],
         "train": ["quality_gate"],
         "quality_gate": ["package"],
-        "package": ["deploy"],
+        "package": ["challenge_champion"],
+        "challenge_champion": ["deploy"],
         "deploy": ["plan_batch"],
         "plan_batch": ["classify_shard", "list_shards", "merge_predictions"],
         "list_shards": ["classify_shard"],
@@ -166,10 +169,15 @@ def test_kubernetes_platform_trains_in_a_pod(monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(dag.get_task("deploy"), RolloutOperator)
     # The long waits run in the triggerer, not in worker slots.
     assert all(_deferrable(dag.get_task(task)) for task in ("train", "build_image", "deploy"))
-    # package -> build_context -> build_image -> deploy (rollout) -> list_shards -> classify_shard[]
-    assert dag.get_task("build_context").upstream_task_ids == {"package", "plan"}
+    # package -> challenge_champion -> build_context -> build_image -> deploy (rollout) -> list_shards
+    assert dag.get_task("build_context").upstream_task_ids == {"challenge_champion", "plan"}
     assert dag.get_task("build_image").upstream_task_ids == {"build_context"}
-    assert dag.get_task("deploy").upstream_task_ids == {"build_image", "build_context", "package", "plan"}
+    assert dag.get_task("deploy").upstream_task_ids == {
+        "build_image",
+        "build_context",
+        "challenge_champion",
+        "plan",
+    }
     assert "deploy" in dag.get_task("plan_batch").upstream_task_ids
     assert "platform:kubernetes" in dag.tags
     assert dag.params.get_param("platform").schema["enum"] == ["kubernetes"]

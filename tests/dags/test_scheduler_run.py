@@ -87,6 +87,7 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: AirflowS
     conf = {
         "data_bucket": str(bucket),
         "source": str(write_images(tmp_path / "source", per_class=16, size=40)),
+        "test_fraction": 0.25,  # a few test images of each class from 32
         "model": "small",
         "image_size": 32,
         "epochs": 1,

@@ -10,8 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from core.settings import CanaryParams, Environment
+from deploy import Endpoint
 from deploy.canary import roll_out, start_canary
-from deploy.idle import NothingToWake, WakeHold, held_awake, hold_awake, release_hold
+from deploy.idle import NothingToWake, WakeHold, held_awake, hold_awake, release_hold, serving_now
 from deploy.kubernetes import FORCE_ACTIVATION, WAKE_HOLD_PREFIX, ServingSpec, serving_manifests
 from deploy.rollout import FIELD_MANAGER, start_serving
 from harness.data import write_images
@@ -169,3 +170,30 @@ def test_a_deploy_to_an_idle_model_holds_it_awake_for_its_smoke_test_and_lets_go
     assert smoked == [(2, 1, 1)], "smoke-tested while held, once a pod was woken"
     assert [manager for manager, _ in deployed.applied_by_others] == [deploy_hold.field_manager] * 2
     assert deployed.applied_by_others[-1][1]["metadata"].get("annotations") is None, "released"
+
+
+def test_the_champion_is_held_awake_while_it_is_scored_and_let_go_after(
+    deployed: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answering: list[str] = []
+    monkeypatch.setattr("deploy.idle.wait_until_answering", lambda url, what, **kw: answering.append(url))
+    monkeypatch.setattr(
+        "deploy.idle.served_endpoint", lambda api, environment, model: Endpoint("127.0.0.1:8000", model, 1)
+    )
+    hold = WakeHold.for_run("dogs_cats", "manual__2026-12-06T09:00:00+00:00", "champion")
+    with serving_now(deployed, _environment(), "dogs_cats", hold) as endpoint:
+        assert endpoint == Endpoint("127.0.0.1:8000", "dogs_cats", 1)
+        assert answering, "it waited for the Service to answer first"
+        ((manager, held),) = deployed.applied_by_others
+        assert manager == hold.field_manager
+        assert held["metadata"]["annotations"][FORCE_ACTIVATION] == "true"
+    (_, released) = deployed.applied_by_others[-1]
+    assert "annotations" not in released["metadata"], "the hold went with the block"
+
+
+def test_before_the_first_deployment_there_is_no_champion_and_nothing_is_held() -> None:
+    cluster = FakeCluster()
+    hold = WakeHold.for_run("dogs_cats", "manual__2026-12-06T09:00:00+00:00", "champion")
+    with serving_now(cluster, _environment(), "dogs_cats", hold) as endpoint:
+        assert endpoint is None
+    assert cluster.applied_by_others == []

@@ -1,21 +1,25 @@
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from core.settings import Precision
 from harness.data import fake_model
-from model_repository.config import config_pbtxt, preferred_batch_sizes
+from model_repository.config import Flavour, config_pbtxt, preferred_batch_sizes
 from model_repository.repository import (
     existing_versions,
     package_model,
     preprocess_imports,
     preprocess_model,
     python_backend_model,
+    served_precision,
 )
 
 
@@ -200,3 +204,37 @@ def test_what_the_preprocessing_model_ships_imports_nothing_it_lacks() -> None:
                     assert f"core/{module.split('.')[1]}.py" in shipped, (path, module)
                 else:
                     assert module.split(".")[0] in available, (path, module)
+
+
+@pytest.mark.parametrize(
+    ("requested", "flavour", "twin", "served"),
+    [
+        ("auto", "python", {"serve": True, "why": "INT8 may be served: ..."}, "int8"),
+        ("auto", "python", {"serve": False, "why": "FP32 is served: ..."}, "fp32"),
+        ("auto", "python", None, "fp32"),  # trained with int8 false
+        ("auto", "onnxruntime", {"serve": True, "why": "INT8 may be served: ..."}, "fp32"),  # a GPU server
+        ("fp32", "python", {"serve": True, "why": "INT8 may be served: ..."}, "fp32"),
+        ("int8", "onnxruntime", {"serve": False, "why": "FP32 is served: ..."}, "int8"),
+    ],
+)
+def test_auto_serves_int8_on_a_cpu_server_when_training_s_verdict_allows(
+    requested: Precision | Literal["auto"], flavour: Flavour, twin: dict[str, Any] | None, served: str
+) -> None:
+    metrics = {"int8": twin} if twin else {}
+    precision, why = served_precision(requested, flavour, metrics)
+    assert precision == served
+    if requested == "auto" and twin and flavour == "python":
+        assert why == f"serving_precision auto: {twin['why']}"
+
+
+def test_auto_packages_the_twin_the_verdict_allows_and_says_so(tmp_path: Path) -> None:
+    model_uri = fake_model(tmp_path / "model")
+    (tmp_path / "model" / "model.int8.onnx").write_bytes(b"int8-bytes")
+    metrics_file = tmp_path / "model" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "int8": {"serve": True, "why": "INT8 may be served: ok"}}))
+    version = package_model(
+        model_uri, str(tmp_path / "repo"), flavour="python", model_name="m", max_batch_size=8
+    )
+    assert version.precision == "int8"
+    assert (tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes() == b"int8-bytes"

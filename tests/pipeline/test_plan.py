@@ -14,7 +14,8 @@ def test_plan_lays_out_the_bucket_per_run() -> None:
     assert plan.model_uri == "gs://b/p/models/manual__2026-01-01T00_00_00_00_00"
     assert plan.repository_uri == "gs://b/p/model_repository/local"
     assert plan.predictions_uri == "gs://b/p/predictions/manual__2026-01-01T00_00_00_00_00"
-    assert plan.inference_input == "gs://b/p/datasets/cats_vs_dogs/val"
+    assert plan.inference_input == "gs://b/p/datasets/cats_vs_dogs/test"
+    assert plan.test_images_uri == plan.inference_input
     assert plan.config.epochs == 2
 
 

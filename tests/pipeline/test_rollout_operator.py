@@ -177,7 +177,9 @@ def test_a_deploy_to_a_model_idling_at_zero_waits_for_a_woken_pod_and_lets_it_go
 ) -> None:
     smoked: list[int] = []
     monkeypatch.setattr("pipeline.rollout_operator.smoke_test", lambda *args: smoked.append(len(args)))
-    monkeypatch.setattr("pipeline.rollout_operator.annotate", lambda *args, **kwargs: None)  # no asset here
+    monkeypatch.setattr(
+        "pipeline.rollout_operator.annotate_served", lambda *args, **kwargs: None
+    )  # no asset here
     cluster = FakeCluster()
     operator = _operator(tmp_path, cluster, 1, serving_replicas=0, serving_max_replicas=2)
     with pytest.raises(TaskDeferred) as deferred:

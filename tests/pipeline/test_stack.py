@@ -57,6 +57,7 @@ def finished_run(stack: AirflowStack, workdir: Path) -> dict[str, Any]:
     conf = {
         "data_bucket": str(workdir / "bucket"),
         "source": str(write_images(workdir / "source", per_class=16, size=40)),
+        "test_fraction": 0.25,  # a few test images of each class from 32
         "model": "small",
         "image_size": 32,
         "epochs": 1,
