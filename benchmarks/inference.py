@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -53,7 +54,7 @@ from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, s
 from client.triton import PROTOCOLS
 from core.constants import INPUT_NAME, INT8_MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from core.images import decode_rgb
-from core.settings import ModelChoice, TrainingParams
+from core.settings import ModelChoice, ServingPrecision, TrainingParams
 from deploy.local_triton import ServerState, pytriton_root
 from harness.serving import free_port, serving_model_folder
 
@@ -167,9 +168,11 @@ def ceiling_after_export(
 
 
 @contextmanager
-def triton_serving(model_dir: str, work: Path, instances: int, threads: int) -> Iterator[ServerState]:
+def triton_serving(
+    model_dir: str, work: Path, instances: int, threads: int, precision: ServingPrecision = "auto"
+) -> Iterator[ServerState]:
     with serving_model_folder(
-        model_dir, work, max_batch_size=32, instances=instances, ort_threads=threads
+        model_dir, work, max_batch_size=32, instances=instances, ort_threads=threads, precision=precision
     ) as (
         server,
         _,
@@ -528,18 +531,38 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
             paths["ceiling_int8"] = [("ort_ceiling", {**arguments, "onnx": int8}) for arguments in ceilings]
         else:
             setting = _named(ceiling, "batch", "workers", "threads")
-            after = {"model": model, "folder": images, "export_to": str(work / f"{model}-again"), **setting}
-            paths["ceiling_after_tf"] = [("ceiling_after_export", after)]
-        extra["round_candidates"] = {
-            name: [_setting(arguments) for _, arguments in candidates] for name, candidates in paths.items()
-        }
-        extra["rounds"] = [
-            {
-                name: max(in_clean_process(function, **args)["img_s"] for function, args in candidates)
+            again = str(work / f"{model}-again")
+            paths["ceiling_after_tf"] = [
+                ("ceiling_after_export", {"model": model, "folder": images, "export_to": again, **setting})
+            ]
+        # The pretrained model's INT8 twin served as a CPU server serves it by default once
+        # training's verdict allows (a verdict needs a trained model's test split: these heads
+        # are untrained, so the twin is asked for by name).
+        instances, threads = triton["server"]
+        int8_serving = (
+            triton_serving(model_dir, work, instances, threads, precision="int8")
+            if pretrained
+            else contextlib.nullcontext()
+        )
+        with int8_serving as served8:
+            if served8 is not None:
+                urls8 = {"http_url": served8.http_url, "grpc_url": f"127.0.0.1:{served8.grpc_port}"}
+                warm_up(urls8, images, work)
+                on_int8 = {**urls8, "folder": images, "work": str(work)}
+                paths["triton_int8"] = [
+                    ("triton_client", {**on_int8, "options": row["options"]}) for row in leaders(served)
+                ]
+            extra["round_candidates"] = {
+                name: [_setting(arguments) for _, arguments in candidates]
                 for name, candidates in paths.items()
             }
-            for _ in range(ROUNDS)
-        ]
+            extra["rounds"] = [
+                {
+                    name: max(in_clean_process(function, **args)["img_s"] for function, args in candidates)
+                    for name, candidates in paths.items()
+                }
+                for _ in range(ROUNDS)
+            ]
     return {
         "ceiling": ceiling,
         "triton": triton,
@@ -597,6 +620,7 @@ RATIOS = {
     "(4) / (1)": ("end_to_end", "ceiling"),
     "(2) / (3)": ("triton", "peer"),
     "INT8 / FP32 (1)": ("ceiling_int8", "ceiling"),
+    "(2) INT8 served / (1) FP32": ("triton_int8", "ceiling"),
     "(1) after a TF export / (1)": ("ceiling_after_tf", "ceiling"),
 }
 

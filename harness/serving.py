@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.constants import MODEL_NAME, ensemble_name
+from core.settings import ServingPrecision
 from deploy.local_triton import LocalTriton
 from model_repository.repository import RepositoryVersion, package_model
 
@@ -21,17 +22,24 @@ def free_port() -> int:
 
 @contextmanager
 def serving_model_folder(
-    model_uri: str, work: Path, *, max_batch_size: int = 8, instances: int = 1, ort_threads: int = 0
+    model_uri: str,
+    work: Path,
+    *,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    ort_threads: int = 0,
+    precision: ServingPrecision = "auto",
 ) -> Iterator[tuple[LocalTriton, RepositoryVersion]]:
     """A model folder packaged into its own repository and served by a real local
     tritonserver on free ports, classifier and JPEG ensemble loaded; stopped afterwards."""
-    name = f"{Path(model_uri).name}-{instances}x{ort_threads}"
+    name = f"{Path(model_uri).name}-{instances}x{ort_threads}-{precision}"
     version = package_model(
         model_uri,
         str(work / f"repository-{name}"),
         flavour="python",
         model_name=MODEL_NAME,
         max_batch_size=max_batch_size,
+        precision=precision,
         instances=instances,
         ort_threads=ort_threads,
     )
