@@ -251,7 +251,8 @@ class RunConfig(CanaryParams, BatchParams, TrainingParams, StagingParams, DataLo
         le=1,
         description=(
             "Champion and challenger: the new model is deployed only if its accuracy on this run's test "
-            "split is no lower than the served model's on the same images minus this (0.005: half a point)."
+            "split is lower than the served model's on the same images by no more than this (0.005: half "
+            "a point) or one image, whichever is larger."
         ),
     )
     force_deploy: bool = Field(

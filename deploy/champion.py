@@ -30,8 +30,10 @@ def judge(
     force: bool,
 ) -> dict[str, Any]:
     """Whether the challenger is deployed: when nothing is served, when its test accuracy is
-    at least the champion's minus `tolerance`, or when forced. `champion` holds the served
-    model's `version` and its figures on the same images, or `unscored` saying why it has none."""
+    lower than the champion's by no more than `tolerance` or one image, whichever is larger
+    (one image is noise at any test size; the INT8 verdict allows the same), or when forced.
+    `champion` holds the served model's `version` and its figures on the same images, or
+    `unscored` saying why it has none."""
     verdict: dict[str, Any] = {"challenger": challenger, "champion": champion, "tolerance": tolerance}
     if champion is None:
         return verdict | {"deploy": True, "forced": False, "why": "first deployment: no model is served"}
@@ -40,12 +42,13 @@ def judge(
         why = f"the served version {champion['version']} cannot be compared: {champion['unscored']}"
     else:
         difference = challenger["accuracy"] - champion["accuracy"]
+        allowed = max(tolerance, 1 / challenger["examples"])
         verdict["difference_points"] = round(100 * difference, 2)
-        good_enough = difference >= -tolerance - 1e-9  # rounding must not refuse an equal model
+        good_enough = difference >= -allowed - 1e-9  # rounding must not refuse an equal model
         why = (
             f"on {challenger['examples']} test images the new model scores {challenger['accuracy']:.2%}, "
             f"the served version {champion['version']} {champion['accuracy']:.2%} ({100 * difference:+.2f} "
-            f"points; champion_tolerance allows {100 * tolerance:.2f} lower)"
+            f"points; {100 * allowed:.2f} lower allowed: champion_tolerance or one image)"
         )
     if good_enough:
         return verdict | {"deploy": True, "forced": False, "why": why}

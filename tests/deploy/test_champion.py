@@ -41,8 +41,17 @@ def test_the_challenger_is_deployed_unless_worse_beyond_the_tolerance(
     if not deploy:
         assert verdict["why"] == (
             "not deployed: on 400 test images the new model scores 93.49%, the served version 3 94.00% "
-            "(-0.51 points; champion_tolerance allows 0.50 lower) (force_deploy overrides)"
+            "(-0.51 points; 0.50 lower allowed: champion_tolerance or one image) (force_deploy overrides)"
         )
+
+
+def test_one_image_is_allowed_whatever_the_tolerance() -> None:
+    """On 100 test images one image is a point: a rerun of the demo must not lose its deploy to it."""
+    champion = {**FIGURES, "examples": 100, "accuracy": 0.98, "version": 1}
+    one_worse = judge({**champion, "accuracy": 0.97}, champion, tolerance=0.005, force=False)
+    assert one_worse["deploy"]
+    assert not judge({**champion, "accuracy": 0.96}, champion, tolerance=0.005, force=False)["deploy"]
+    assert judge({**champion, "accuracy": 0.97}, champion, tolerance=0.0, force=False)["deploy"]
 
 
 def test_force_deploys_a_worse_challenger_and_says_it_was_forced() -> None:
