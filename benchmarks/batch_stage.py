@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-batch-stage-") as tmp:
         work = Path(tmp)
-        with running_stack(work) as stack:
+        # The deployment's policy lets a conf name only these folders (core/policy.py).
+        roots = {"DOGS_CATS_ALLOWED_ROOTS": json.dumps([str(work), str(args.source.resolve())])}
+        with running_stack(work, roots) as stack:
             stack.wait_for_dag("dogs_cats")
             stack.wait_for_dag(BATCH)
             api = stack.api()
