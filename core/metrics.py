@@ -63,6 +63,12 @@ def confusion_figures(confusion: np.ndarray, labels: list[str]) -> dict[str, Any
     }
 
 
+def allowed_loss(share: float, examples: int) -> float:
+    """The accuracy a model may lose against another on the same `examples` images and still
+    count as no worse: `share`, or one image, whichever is larger (one image is noise)."""
+    return max(share, 1 / examples)
+
+
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     """The Wilson score interval of a proportion: at 194 of 198 right it is 94.9%-99.2%, where
     the normal approximation would claim up to 99.9%."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.metrics import allowed_loss
 from deploy import Endpoint
 
 FIGURES = ("examples", "accuracy", "accuracy_95ci", "log_loss", "roc_auc")
@@ -42,7 +43,7 @@ def judge(
         why = f"the served version {champion['version']} cannot be compared: {champion['unscored']}"
     else:
         difference = challenger["accuracy"] - champion["accuracy"]
-        allowed = max(tolerance, 1 / challenger["examples"])
+        allowed = allowed_loss(tolerance, challenger["examples"])
         verdict["difference_points"] = round(100 * difference, 2)
         good_enough = difference >= -allowed - 1e-9  # rounding must not refuse an equal model
         why = (
