@@ -1,13 +1,16 @@
-"""What the frozen ImageNet backbone's features tell cats from dogs at each internal resolution.
+"""What each frozen ImageNet backbone's features tell cats from dogs, at each internal resolution.
 
-    .venv/bin/python -m benchmarks.backbone_probe [--sizes 224 256 288] [--train-images 6000]
+    .venv/bin/python -m benchmarks.backbone_probe [--backbones efficientnet_lite0 ...]
+        [--sizes 0 288] [--train-images 6000]
 
 A linear probe: the whole petimages-180 staged as `benchmarks.train_accuracy` stages it, the
-features of `--train-images` training images (one fixed random sample for every size) and of the
-whole validation split through EfficientNet-Lite0 with its ImageNet weights, the 180 px images
-resized to each size inside the model; then one Dense unit trained on the features (Adam, no
-augmentation). It asks whether a larger internal resolution, at its compute cost, is a lever on
-accuracy. Prints one Markdown row per size.
+features of `--train-images` training images (one fixed random sample for every row) and of the
+whole test split through each backbone with its ImageNet weights, the 180 px images resized to
+each size inside the model (0: the backbone's own); then one Dense unit trained on the features
+for a fixed number of epochs (Adam, no augmentation), nothing chosen on the test split; each row
+is compared with the first on the same test images (McNemar's exact test). It asks
+which backbone and resolution, at its compute cost, is a lever on accuracy; the extraction time
+is what one frozen epoch costs per image. Prints one Markdown row per backbone and size.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
-from core.constants import BACKBONE_SIZE
+from core.metrics import mcnemar_p, wilson_interval
+from core.settings import PretrainedChoice
 from training.staging import StagingOptions, stage_dataset
 
 PROBE_EPOCHS = 40
@@ -30,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--bucket", type=Path, default=Path(".bench/bucket"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[BACKBONE_SIZE, 256, 288])
+    parser.add_argument(
+        "--backbones", nargs="+", choices=get_args(PretrainedChoice), default=get_args(PretrainedChoice)
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[0], help="0: the backbone's own")
     parser.add_argument("--train-images", type=int, default=6000)
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):
@@ -38,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from training.efficientnet import pretrained_backbone
+    from training.efficientnet import VARIANTS, pretrained_backbone
     from training.job import TrainingJob
-    from training.pretrained import efficientnet_lite0_weights
     from training.train import make_dataset
 
     dataset = args.bucket.resolve() / "datasets" / "petimages"
@@ -50,37 +57,56 @@ def main(argv: list[str] | None = None) -> int:
     train = [f for f in manifest["files"] if f["split"] == "train"]
     splits = {
         "train": random.Random(0).sample(train, min(args.train_images, len(train))),
-        "val": [f for f in manifest["files"] if f["split"] == "val"],
+        "test": [f for f in manifest["files"] if f["split"] == "test"],
     }
     job = TrainingJob(dataset_uri=str(dataset), output_uri=str(args.bucket / "unused"), batch_size=64)
     inputs = {
         split: make_dataset(dataset, files, labels, job, training=False) for split, files in splits.items()
     }
     targets = {split: np.concatenate([y.numpy() for _, y in batches]) for split, batches in inputs.items()}
-    weights = efficientnet_lite0_weights()
+    tested = len(splits["test"])
     print(
-        f"| internal size | compute vs {BACKBONE_SIZE} | extraction img/s "
-        f"| probe val accuracy ({len(splits['train'])} train, {len(splits['val'])} val images) |"
+        "| backbone | internal size | extraction ms/img | probe test accuracy "
+        f"({len(splits['train'])} train, {tested} test images) | 95% interval "
+        "| vs the first row: images only it / only the first got right | McNemar p |"
     )
-    print("|---|---|---|---|")
-    rows = []
-    for size in args.sizes:
-        backbone = pretrained_backbone(job.image_size, weights, backbone_size=size)
+    print("|---|---|---|---|---|---|---|")
+    rows, first_right = [], None
+    for name, asked in ((name, size) for name in args.backbones for size in args.sizes):
+        size = asked or VARIANTS[name].resolution
+        backbone = pretrained_backbone(name, job.image_size, backbone_size=size)
         started = time.perf_counter()
         features = {split: backbone.predict(batches, verbose=0) for split, batches in inputs.items()}
-        per_second = sum(len(f) for f in features.values()) / (time.perf_counter() - started)
+        ms_per_image = (time.perf_counter() - started) * 1000 / sum(len(f) for f in features.values())
         keras.utils.set_random_seed(0)
         probe = keras.Sequential([keras.Input((features["train"].shape[1],)), keras.layers.Dense(1)])
         probe.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
+            optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True)
         )
         probe.fit(features["train"], targets["train"], batch_size=64, epochs=PROBE_EPOCHS, verbose=0)
-        _, accuracy = probe.evaluate(features["val"], targets["val"], verbose=0)
-        rows.append({"size": size, "img_s": per_second, "val_accuracy": accuracy})
-        compute = (size / BACKBONE_SIZE) ** 2
-        print(f"| {size} | {compute:.2f}x | {per_second:.0f} | {accuracy:.2%} |", flush=True)
+        right = (probe.predict(features["test"], verbose=0)[:, 0] > 0) == (targets["test"].reshape(-1) > 0.5)
+        first_right = right if first_right is None else first_right
+        accuracy, only_this, only_first = (
+            right.mean(),
+            int((right & ~first_right).sum()),
+            int((first_right & ~right).sum()),
+        )
+        low, high = wilson_interval(int(right.sum()), tested)
+        p_value = mcnemar_p(only_this, only_first)
+        rows.append(
+            {
+                "backbone": name,
+                "size": size,
+                "ms_per_image": ms_per_image,
+                "test_accuracy": accuracy,
+                "mcnemar_p": p_value,
+            }
+        )
+        print(
+            f"| {name} | {size} | {ms_per_image:.1f} | {accuracy:.2%} | {low:.2%}-{high:.2%} "
+            f"| {only_this} / {only_first} | {p_value:.3g} |",
+            flush=True,
+        )
     print(json.dumps(rows))
     return 0
 

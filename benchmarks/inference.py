@@ -54,7 +54,7 @@ from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, s
 from client.triton import PROTOCOLS
 from core.constants import INPUT_NAME, INT8_MODEL_FILE, MODEL_NAME, OUTPUT_NAME
 from core.images import decode_rgb
-from core.settings import ModelChoice, ServingPrecision, TrainingParams
+from core.settings import ModelChoice, ServingPrecision, TrainingParams, is_pretrained
 from deploy.local_triton import ServerState, pytriton_root
 from harness.serving import free_port, serving_model_folder
 
@@ -449,7 +449,7 @@ def sweep(name: str, rows: list[Row], results: dict[str, list[Row]]) -> Row:
 
 def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) -> dict[str, Any]:
     """Sweep each path's settings, then rerun the best of each head to head in interleaved rounds."""
-    pretrained = model == "efficientnet_lite0"
+    pretrained = is_pretrained(model)
     model_dir = in_clean_process(
         "export_model", model=model, folder=str(work / model), calibration=str(folder) if pretrained else ""
     )
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         wanted = args.models.split(",")
         for model in [choice for choice in get_args(ModelChoice) if choice in wanted]:
-            count = args.efficientnet_images if model == "efficientnet_lite0" else args.images
+            count = args.efficientnet_images if is_pretrained(model) else args.images
             folder = link_images(args.source, work / f"images-{model}", count)
             print(f"{model}: {count} images", file=sys.stderr, flush=True)
             results[model] = benchmark_model(model, folder, work, model == "small")

@@ -12,7 +12,6 @@ ENCODED_INPUT_NAME = "image_bytes"  # the ensemble's input: encoded JPEG/PNG byt
 OUTPUT_NAME = "probabilities"  # float32 [N, classes], in labels.txt order
 LABELS_FILE = "labels.txt"
 INT8_MODEL_FILE = "model.int8.onnx"  # training's INT8 twin of model.onnx, beside it
-BACKBONE_SIZE = 224  # the resolution efficientnet_lite0's ImageNet weights were trained at
 
 # tritonserver's own defaults, kept on every platform so a client needs no port map.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002

@@ -84,6 +84,15 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return low, high
 
 
+def mcnemar_p(only_first_right: int, only_second_right: int) -> float:
+    """Two models on the same images: the exact two-sided McNemar p-value that their accuracies
+    differ, from the images only one of them got right (those both got right or wrong say nothing).
+    Paired, it sees a difference that two overlapping intervals hide."""
+    discordant = only_first_right + only_second_right
+    tail = sum(math.comb(discordant, k) for k in range(min(only_first_right, only_second_right) + 1))
+    return min(1.0, 2 * tail / 2**discordant)
+
+
 def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
     """Expected calibration error (the images-weighted gap between confidence and accuracy,
     over equal-width confidence bins) and each non-empty bin, for a reliability diagram."""

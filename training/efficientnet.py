@@ -1,7 +1,11 @@
-"""EfficientNet-Lite0 in Keras 3, every weight set from the ImageNet file of `training.pretrained`.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in Keras 3, every weight set from the ImageNet file of
+`training.pretrained`.
 
 Lite0 is EfficientNet-B0 made for CPUs and accelerators: ReLU6 instead of
-swish, no squeeze-and-excitation, a fixed stem and head. What made the
+swish, no squeeze-and-excitation, a fixed stem and head. Lite1 and Lite2 are the
+same network deeper (and Lite2 wider), trained at a larger resolution; their first
+and last stages and the stem and head keep Lite0's sizes, as in Google's
+`efficientnet_lite_builder`. What made the
 converted ImageNet head agree with the original: TF "same" padding, BatchNorm
 epsilon 1e-3, and input scaled as (x - 127) / 128 on RGB 0-255. The input size
 and this scaling live inside the model, so clients keep sending uint8 RGB at the
@@ -16,7 +20,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from core.constants import BACKBONE_SIZE
+from core.settings import PretrainedChoice
+from training.pretrained import imagenet_weights
 
 FEATURES = 1280
 BN_EPSILON = 1e-3
@@ -32,15 +37,27 @@ class Stage:
     filters: int
 
 
-STAGES = (
-    Stage(1, 3, 1, 1, 16),
-    Stage(2, 3, 2, 6, 24),
-    Stage(2, 5, 2, 6, 40),
-    Stage(3, 3, 2, 6, 80),
-    Stage(3, 5, 1, 6, 112),
-    Stage(4, 5, 2, 6, 192),
-    Stage(1, 3, 1, 6, 320),
-)
+@dataclass(frozen=True)
+class Variant:
+    stages: tuple[Stage, ...]
+    resolution: int  # what its ImageNet weights were trained at: the backbone's default input
+
+    @property
+    def blocks(self) -> int:
+        return sum(stage.repeats for stage in self.stages)
+
+
+def _stages(repeats: tuple[int, ...], filters: tuple[int, ...]) -> tuple[Stage, ...]:
+    kernels, strides, expands = (3, 3, 5, 3, 5, 5, 3), (1, 2, 2, 2, 1, 2, 1), (1, 6, 6, 6, 6, 6, 6)
+    return tuple(Stage(*stage) for stage in zip(repeats, kernels, strides, expands, filters, strict=True))
+
+
+# Read off the weight files' block shapes; set_weights refuses any other, and a test loads each.
+VARIANTS: dict[PretrainedChoice, Variant] = {
+    "efficientnet_lite0": Variant(_stages((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320)), 224),
+    "efficientnet_lite1": Variant(_stages((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)), 240),
+    "efficientnet_lite2": Variant(_stages((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)), 260),
+}
 STEM_FILTERS = 32
 
 
@@ -78,11 +95,13 @@ class _Builder:
 
 
 def backbone(
-    image_size: int, backbone_size: int = BACKBONE_SIZE
+    name: PretrainedChoice, image_size: int, backbone_size: int = 0
 ) -> tuple[keras.Model, list[tuple[layers.Layer, str]]]:
     """uint8 RGB [N, size, size, 3] -> pooled ImageNet features [N, 1280], and each layer's weight source.
 
-    The images are resized to `backbone_size` inside (ImageNet's 224 unless the run's backbone_size says)."""
+    The images are resized to `backbone_size` inside (0: the variant's ImageNet resolution)."""
+    variant = VARIANTS[name]
+    backbone_size = backbone_size or variant.resolution
     build = _Builder()
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8")
     x = layers.Rescaling(1.0 / 128, offset=-127.0 / 128)(inputs)
@@ -90,25 +109,25 @@ def backbone(
         x = layers.Resizing(backbone_size, backbone_size, interpolation="bilinear")(x)
     x = build.batch_norm(build.conv(x, STEM_FILTERS, 3, 2, "_conv_stem"), "_bn0")
     block, filters_in = 0, STEM_FILTERS
-    for stage in STAGES:
+    for stage in variant.stages:
         for repeat in range(stage.repeats):
             stride = stage.stride if repeat == 0 else 1
-            name = f"_blocks.{block}."
+            prefix = f"_blocks.{block}."
             shortcut = x
             if stage.expand != 1:
-                x = build.conv(x, filters_in * stage.expand, 1, 1, name + "_expand_conv")
-                x = build.batch_norm(x, name + "_bn0")
+                x = build.conv(x, filters_in * stage.expand, 1, 1, prefix + "_expand_conv")
+                x = build.batch_norm(x, prefix + "_bn0")
             x = build.batch_norm(
-                build.depthwise(x, stage.kernel, stride, name + "_depthwise_conv"), name + "_bn1"
+                build.depthwise(x, stage.kernel, stride, prefix + "_depthwise_conv"), prefix + "_bn1"
             )
-            x = build.conv(x, stage.filters, 1, 1, name + "_project_conv")
-            x = build.batch_norm(x, name + "_bn2", relu6=False)
+            x = build.conv(x, stage.filters, 1, 1, prefix + "_project_conv")
+            x = build.batch_norm(x, prefix + "_bn2", relu6=False)
             if stride == 1 and filters_in == stage.filters:
                 x = layers.Add()([shortcut, x])
             block, filters_in = block + 1, stage.filters
     x = build.batch_norm(build.conv(x, FEATURES, 1, 1, "_conv_head"), "_bn1")
     features = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, features, name="efficientnet_lite0"), build.sources
+    return keras.Model(inputs, features, name=name), build.sources
 
 
 def layer_name(source: str) -> str:
@@ -119,7 +138,7 @@ def layer_name(source: str) -> str:
 def unfreeze_top(backbone: keras.Model, blocks: int) -> None:
     """Let the top `blocks` blocks and the head convolution train; BatchNorm layers stay frozen
     (and the model calls the backbone in inference mode), so ImageNet's statistics are kept."""
-    total = sum(stage.repeats for stage in STAGES)
+    total = VARIANTS[backbone.name].blocks
     first = next(
         index
         for index, layer in enumerate(backbone.layers)
@@ -146,9 +165,8 @@ def set_weights(sources: list[tuple[layers.Layer, str]], weights: dict[str, np.n
         layer.set_weights(values)
 
 
-def pretrained_backbone(
-    image_size: int, weights: dict[str, np.ndarray], backbone_size: int = BACKBONE_SIZE
-) -> keras.Model:
-    model, sources = backbone(image_size, backbone_size)
-    set_weights(sources, weights)
+def pretrained_backbone(name: PretrainedChoice, image_size: int, backbone_size: int = 0) -> keras.Model:
+    """The variant's backbone with its ImageNet weights (read and checked by `training.pretrained`)."""
+    model, sources = backbone(name, image_size, backbone_size)
+    set_weights(sources, imagenet_weights(name))
     return model

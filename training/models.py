@@ -1,5 +1,5 @@
-"""The Keras classifiers: a pretrained EfficientNet-Lite0 with a new head (the default),
-and, trained from scratch, the tutorial's small Xception and a narrow variant of it.
+"""The Keras classifiers: a pretrained EfficientNet-Lite0 (the default), -Lite1 or -Lite2 with
+a new head, and, trained from scratch, the tutorial's small Xception and a narrow variant of it.
 
 The two from scratch follow "Image classification from scratch" (keras.io):
 rescaling inside the model, an entry convolution, residual SeparableConv blocks,
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from core.constants import BACKBONE_SIZE, INPUT_NAME, MODEL_NAME
-from core.settings import ModelChoice
+from core.constants import INPUT_NAME, MODEL_NAME
+from core.settings import ModelChoice, PretrainedChoice, is_pretrained
 
 # Keras' default 0.99 needs hundreds of steps before the moving statistics used
 # at inference match the data: short runs on small datasets then evaluate as
@@ -40,16 +40,16 @@ WIDTHS: dict[str, Widths] = {
 
 
 def build_model(
-    model: ModelChoice, image_size: int, num_classes: int, *, backbone_size: int = BACKBONE_SIZE
+    model: ModelChoice, image_size: int, num_classes: int, *, backbone_size: int = 0
 ) -> keras.Model:
-    """Logits out: one for two classes, else one per class. `backbone_size`: efficientnet_lite0's
-    internal resolution."""
+    """Logits out: one for two classes, else one per class. `backbone_size`: a pretrained
+    backbone's internal resolution (0: its ImageNet one)."""
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
     units = 1 if num_classes == 2 else num_classes
-    if model == "efficientnet_lite0":
-        return _pretrained(inputs, image_size, units, backbone_size)
+    if is_pretrained(model):
+        return _pretrained(model, inputs, image_size, units, backbone_size)
     widths = WIDTHS[model]
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(x)
@@ -75,15 +75,16 @@ def build_model(
     return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{model}")
 
 
-def _pretrained(inputs: keras.KerasTensor, image_size: int, units: int, backbone_size: int) -> keras.Model:
+def _pretrained(
+    name: PretrainedChoice, inputs: keras.KerasTensor, image_size: int, units: int, backbone_size: int
+) -> keras.Model:
     """The ImageNet backbone, frozen and always in inference mode (its BatchNorm statistics
     stay ImageNet's, as the Keras transfer-learning guide advises), then dropout and logits."""
     from training.efficientnet import pretrained_backbone
-    from training.pretrained import efficientnet_lite0_weights
 
-    backbone = pretrained_backbone(image_size, efficientnet_lite0_weights(), backbone_size)
+    backbone = pretrained_backbone(name, image_size, backbone_size)
     backbone.trainable = False
     x = backbone(inputs, training=False)
     x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(units, name="logits", dtype="float32")(x)  # float32 under mixed precision
-    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_efficientnet_lite0")
+    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{name}")

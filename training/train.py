@@ -302,7 +302,7 @@ def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) ->
 def start_fine_tuning(model: keras.Model, job: TrainingJob, steps_per_epoch: int, jit_compile: bool) -> None:
     """Unfreeze the backbone's top blocks and recompile at the low rate (a fresh optimizer:
     Adam's moments from the head phase do not fit the new variables)."""
-    unfreeze_top(model.get_layer("efficientnet_lite0"), job.fine_tune_blocks)
+    unfreeze_top(model.get_layer(job.model), job.fine_tune_blocks)
     _compile(model, model.output_shape[-1] == 1, fine_tune_schedule(job, steps_per_epoch), jit_compile)
     log.info(
         "fine-tuning the top %d blocks, learning rate %g falling to 0 over %d epochs",

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.metrics import calibration, classification_metrics, roc_auc, wilson_interval
+from core.metrics import calibration, classification_metrics, mcnemar_p, roc_auc, wilson_interval
 
 
 def test_roc_auc_counts_correctly_ordered_pairs() -> None:
@@ -92,3 +92,13 @@ def test_a_single_class_has_no_roc_auc() -> None:
     metrics = classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]), ["cat", "dog"])
     assert metrics["roc_auc"] is None
     assert metrics["accuracy"] == 0.5
+
+
+def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_images() -> None:
+    # 1 vs 9 discordant: 2 * (1 + 10) / 2**10 (scipy.stats.binomtest(1, 10).pvalue = 0.021484375).
+    assert mcnemar_p(1, 9) == pytest.approx(0.021484375)
+    assert mcnemar_p(9, 1) == mcnemar_p(1, 9)
+    assert mcnemar_p(5, 5) == 1.0
+    assert mcnemar_p(0, 0) == 1.0, "no discordant image: no evidence of a difference"
+    # Beyond 1,030 discordant images a float binomial coefficient overflows; this stays exact.
+    assert mcnemar_p(500, 600) == pytest.approx(0.0028195449914364284)  # scipy binomtest(500, 1100)

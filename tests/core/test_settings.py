@@ -58,7 +58,13 @@ def test_param_specs_mirror_the_model() -> None:
         "title": "epochs",
         "type": "integer",
     }
-    assert specs["model"]["enum"] == ["efficientnet_lite0", "small", "xception"]
+    assert specs["model"]["enum"] == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "small",
+        "xception",
+    ]
     assert specs["model"]["default"] == "efficientnet_lite0"
 
 

@@ -139,7 +139,8 @@ def test_batch_params_default_to_the_standing_input(monkeypatch: pytest.MonkeyPa
         ({"data_bucket": "/b", "epochs": 0}, "0 is less than the minimum of 1"),
         (
             {"data_bucket": "/b", "model": "resnet"},
-            "'resnet' is not one of ['efficientnet_lite0', 'small', 'xception']",
+            "'resnet' is not one of ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', "
+            "'small', 'xception']",
         ),
         ({"data_bucket": "/b", "platform": "kubernetes"}, "'kubernetes' is not one of ['local']"),
         ({"data_bucket": "/b", "dataset_name": "../up"}, "does not match"),

@@ -71,7 +71,10 @@ def test_cli_triggered_run_succeeds_and_bad_conf_is_refused(standalone: AirflowS
         json.dumps({"data_bucket": "/b", "model": "resnet"}),
     )
     assert refused.returncode != 0
-    refusal = "'resnet' is not one of ['efficientnet_lite0', 'small', 'xception']"
+    refusal = (
+        "'resnet' is not one of "
+        "['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'small', 'xception']"
+    )
     assert refusal in refused.stdout + refused.stderr
 
     for conf, message in BAD_CONF:

@@ -1,46 +1,56 @@
-"""The converted EfficientNet-Lite0 is ImageNet's: its own head names real cats and dogs."""
+"""The converted EfficientNet-Lite backbones are ImageNet's: their own heads name real cats and dogs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from training.efficientnet import backbone, set_weights
+from core.settings import BACKBONE_BLOCKS, PretrainedChoice
+from training.efficientnet import VARIANTS, backbone, set_weights
 from training.models import build_model
-from training.pretrained import efficientnet_lite0_weights
+from training.pretrained import imagenet_weights
 
 IMAGENET_CLASSES = 1000
-
-
-def imagenet_classifier(image_size: int, weights: dict[str, np.ndarray]) -> keras.Model:
-    """The whole converted network with its 1000-class ImageNet head: the proof the weights are right."""
-    model, sources = backbone(image_size)
-    head = keras.layers.Dense(IMAGENET_CLASSES)
-    logits = head(model.output)
-    set_weights([*sources, (head, "_fc")], weights)
-    return keras.Model(model.input, logits, name="efficientnet_lite0_imagenet")
-
-
 PETS = Path(__file__).resolve().parents[1] / "data" / "pets"
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_DOGS = range(151, 269)  # the dog breeds
+VARIANT_NAMES: tuple[PretrainedChoice, ...] = get_args(PretrainedChoice)
 
 
-@pytest.fixture(scope="module")
-def imagenet() -> object:
-    return imagenet_classifier(180, efficientnet_lite0_weights())
+def imagenet_classifier(variant: PretrainedChoice, image_size: int) -> keras.Model:
+    """The whole converted network with its 1000-class ImageNet head: the proof the weights are right."""
+    model, sources = backbone(variant, image_size)
+    head = keras.layers.Dense(IMAGENET_CLASSES)
+    logits = head(model.output)
+    set_weights([*sources, (head, "_fc")], imagenet_weights(variant))
+    return keras.Model(model.input, logits, name=f"{variant}_imagenet")
+
+
+@pytest.fixture(scope="module", params=VARIANT_NAMES)
+def imagenet(request: pytest.FixtureRequest) -> keras.Model:
+    return imagenet_classifier(request.param, 180)
 
 
 @pytest.mark.parametrize("photo", sorted(p.name for p in PETS.glob("*.jpg")))
-def test_the_imagenet_head_names_each_photo_s_animal(imagenet: object, photo: str) -> None:
+def test_the_imagenet_head_names_each_photo_s_animal(imagenet: keras.Model, photo: str) -> None:
     image = np.asarray(Image.open(PETS / photo).convert("RGB").resize((180, 180)))[None]
-    top = int(np.argmax(imagenet(image, training=False)))  # type: ignore[operator]
+    top = int(np.argmax(imagenet(image, training=False)))
     expected = IMAGENET_CATS if photo.startswith("cat") else IMAGENET_DOGS
-    assert top in expected, f"{photo}: ImageNet class {top}"
+    assert top in expected, f"{imagenet.name}, {photo}: ImageNet class {top}"
+
+
+@pytest.mark.parametrize("variant", VARIANT_NAMES)
+def test_each_backbone_runs_at_its_imagenet_resolution_unless_told(variant: PretrainedChoice) -> None:
+    own, _ = backbone(variant, 40)
+    told, _ = backbone(variant, 40, backbone_size=64)
+    resized = [layer.output.shape[1] for layer in (own.layers[2], told.layers[2])]
+    assert resized == [VARIANTS[variant].resolution, 64]
+    assert VARIANTS[variant].blocks == BACKBONE_BLOCKS[variant]
 
 
 def test_only_the_new_head_trains_and_the_backbone_stays_in_inference_mode() -> None:
@@ -53,18 +63,25 @@ def test_only_the_new_head_trains_and_the_backbone_stays_in_inference_mode() -> 
     np.testing.assert_allclose(features, np.asarray(backbone(images, training=False)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("blocks", [1, 4, 8, 16])
-def test_fine_tuning_unfreezes_the_top_blocks_and_the_head_convolution_only(blocks: int) -> None:
+@pytest.mark.parametrize(
+    ("variant", "blocks"),
+    [("efficientnet_lite0", 1), ("efficientnet_lite0", 16),
+     ("efficientnet_lite2", 8), ("efficientnet_lite2", 21)],
+)  # fmt: skip
+def test_fine_tuning_unfreezes_the_top_blocks_and_the_head_convolution_only(
+    variant: PretrainedChoice, blocks: int
+) -> None:
     from keras import layers
 
-    from training.efficientnet import backbone, unfreeze_top
+    from training.efficientnet import unfreeze_top
 
-    model, _ = backbone(40)
+    model, _ = backbone(variant, 40)
     unfreeze_top(model, blocks)
+    total = BACKBONE_BLOCKS[variant]
     weighted = [layer for layer in model.layers if layer.weights]
     trainable = {layer.name.split("_")[1] if layer.name.startswith("blocks_") else layer.name
                  for layer in weighted if layer.trainable}  # fmt: skip
-    assert trainable == {*(str(block) for block in range(16 - blocks, 16)), "conv_head"}
+    assert trainable == {*(str(block) for block in range(total - blocks, total)), "conv_head"}
     assert not [
         layer.name for layer in weighted if isinstance(layer, layers.BatchNormalization) and layer.trainable
     ]

@@ -42,5 +42,23 @@ def test_the_pretrained_model_resizes_to_its_backbone_size_inside() -> None:
 def test_backbone_size_is_refused_for_a_model_trained_from_scratch() -> None:
     from training.job import TrainingJob
 
-    with pytest.raises(ValueError, match="backbone_size needs the pretrained efficientnet_lite0"):
+    with pytest.raises(ValueError, match="backbone_size needs a pretrained efficientnet_lite model"):
         TrainingJob(dataset_uri="/d", output_uri="/m", model="small", backbone_size=256)
+
+
+@pytest.mark.parametrize(
+    ("choices", "refusal"),
+    [
+        ({"backbone_size": 16}, "backbone_size is 0 .the backbone's own. or 32 up, not 16"),
+        ({"fine_tune_blocks": 17}, "fine_tune_blocks is 17, but efficientnet_lite0 has 16 blocks"),
+        ({"model": "efficientnet_lite2", "fine_tune_blocks": 22}, "less than or equal to 21"),
+    ],
+)
+def test_a_pretrained_backbone_s_sizes_are_checked_before_any_work(
+    choices: dict[str, object], refusal: str
+) -> None:
+    from training.job import TrainingJob
+
+    with pytest.raises(ValueError, match=refusal):
+        TrainingJob(dataset_uri="/d", output_uri="/m", **choices)  # type: ignore[arg-type]
+    TrainingJob(dataset_uri="/d", output_uri="/m", model="efficientnet_lite2", fine_tune_blocks=21)

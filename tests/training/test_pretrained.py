@@ -18,18 +18,28 @@ from training.pretrained import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     UnsafeWeights,
-    efficientnet_lite0_weights,
+    imagenet_weights,
     read_legacy_state_dict,
 )
 
 
-def test_the_wheel_s_weights_load_without_torch() -> None:
-    weights = efficientnet_lite0_weights()
-    assert len(weights) == 296
-    assert sum(array.size for array in weights.values()) == 4_694_073
+@pytest.mark.parametrize(
+    ("variant", "tensors", "values", "last_block"),
+    [
+        ("efficientnet_lite0", 296, 4_694_073, "_blocks.15._project_conv.weight"),
+        ("efficientnet_lite1", 386, 5_470_408, "_blocks.20._project_conv.weight"),
+        ("efficientnet_lite2", 386, 6_150_232, "_blocks.20._project_conv.weight"),
+    ],
+)
+def test_each_wheel_s_weights_load_without_torch(
+    variant: Any, tensors: int, values: int, last_block: str
+) -> None:
+    weights = imagenet_weights(variant)
+    assert len(weights) == tensors
+    assert sum(array.size for array in weights.values()) == values
     assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert weights["_fc.weight"].shape == (1000, 1280)
-    assert weights["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert last_block in weights
 
 
 class _Calls:
@@ -72,13 +82,13 @@ def test_a_pickle_naming_any_other_callable_is_refused_before_it_runs(call: Any,
 def test_a_file_other_than_the_one_the_wheel_recorded_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = pretrained.weights_path().read_bytes()
+    original = pretrained.WEIGHTS["efficientnet_lite0"].locate().read_bytes()
     tampered = tmp_path / "weights.pth"
     tampered.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     assert hashlib.sha256(tampered.read_bytes()).hexdigest() != hashlib.sha256(original).hexdigest()
-    monkeypatch.setattr(pretrained, "weights_path", lambda: tampered)
+    monkeypatch.setattr(pretrained.WeightsFile, "locate", lambda _: tampered)
     with pytest.raises(UnsafeWeights, match="is not the file"):
-        efficientnet_lite0_weights()
+        imagenet_weights("efficientnet_lite0")
 
 
 def test_a_file_that_is_not_a_legacy_torch_file_is_refused() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.settings import PretrainedChoice
 from harness.data import REPO_ROOT, write_images
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
@@ -263,34 +264,37 @@ def test_the_pretrained_default_trains_its_head_and_exports_what_it_evaluated(tm
     assert metrics["test"]["accuracy"] == round(right / len(test), 4)
 
 
-def test_fine_tuning_trains_only_the_top_blocks_after_the_head(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "top", "first_tuned"), [("efficientnet_lite0", 15, 8), ("efficientnet_lite1", 20, 13)]
+)  # the top 8 of 16 blocks, and of 21
+def test_fine_tuning_trains_only_the_top_blocks_after_the_head(
+    tmp_path: Path, model: PretrainedChoice, top: int, first_tuned: int
+) -> None:
     """A second phase at a low rate: the top blocks move, the stem and every BatchNorm keep ImageNet's."""
     import keras
 
     from training.efficientnet import pretrained_backbone
-    from training.pretrained import efficientnet_lite0_weights
 
     dataset = _staged(tmp_path, per_class=16, val_fraction=0.25)
     output = tmp_path / "m"
     job = TrainingJob(
-        dataset_uri=dataset, output_uri=str(output), image_size=40, epochs=1, batch_size=8,
+        dataset_uri=dataset, output_uri=str(output), model=model, image_size=40, epochs=1, batch_size=8,
         fine_tune_epochs=1, fine_tune_learning_rate=1e-3,
     )  # fmt: skip
     metrics = train(job)
     assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (1, 2)
-    trained = keras.models.load_model(output / "checkpoints" / "epoch-002.keras").get_layer(
-        "efficientnet_lite0"
-    )
-    imagenet = pretrained_backbone(40, efficientnet_lite0_weights())
+    assert metrics["model"] == model
+    trained = keras.models.load_model(output / "checkpoints" / "epoch-002.keras").get_layer(model)
+    imagenet = pretrained_backbone(model, 40)
 
     def moved(name: str) -> bool:
         before, after = imagenet.get_layer(name).get_weights(), trained.get_layer(name).get_weights()
         return any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
 
-    for tuned in ("blocks_15_project_conv", "blocks_8_expand_conv", "conv_head"):  # the top 8 of 16
-        assert moved(tuned), tuned
-    for kept in ("conv_stem", "blocks_7_project_conv", "bn1", "blocks_15_bn2"):
-        assert not moved(kept), kept
+    for name in (f"blocks_{top}_project_conv", f"blocks_{first_tuned}_expand_conv", "conv_head"):
+        assert moved(name), name
+    for name in ("conv_stem", f"blocks_{first_tuned - 1}_project_conv", "bn1", f"blocks_{top}_bn2"):
+        assert not moved(name), name
 
 
 def test_a_resumed_fine_tuning_keeps_its_optimizer_state(tmp_path: Path) -> None:
@@ -335,5 +339,5 @@ def test_a_resumed_fine_tuning_keeps_its_optimizer_state(tmp_path: Path) -> None
 
 
 def test_fine_tuning_is_refused_for_a_model_without_a_pretrained_backbone() -> None:
-    with pytest.raises(ValueError, match="fine_tune_epochs needs the pretrained efficientnet_lite0"):
+    with pytest.raises(ValueError, match="fine_tune_epochs needs a pretrained efficientnet_lite model"):
         TrainingJob(dataset_uri="/d", output_uri="/m", model="small", fine_tune_epochs=2)
