@@ -25,6 +25,8 @@ import http.client
 import itertools
 import json
 import logging
+import math
+import tempfile
 import threading
 import time
 from collections import deque
@@ -51,7 +53,7 @@ from client.triton import (
     served_labels,
 )
 from core import storage
-from core.constants import ensemble_name
+from core.constants import SHARD_SLOTS, ensemble_name
 from core.errors import ProjectError
 from core.images import IMAGE_SUFFIXES, ImageDecodeError, decode_rgb
 from core.settings import join_uri
@@ -62,6 +64,9 @@ T = TypeVar("T")
 INPUTS = "inputs.json"
 SHARDS = "shards.json"
 PART_SIZE = 256  # images; the unit of resumption, big enough to keep the workers busy
+# A shard task pays 1-1.5 s before its first request (interpreter, imports, listing, connecting:
+# benchmarks/batch_stage.py); 2,000 images keep that near 5% of its time on a 2-core server.
+MIN_IMAGES_PER_SHARD = 2000
 RETRYABLE_GRPC = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED", "UNKNOWN")
 
 
@@ -466,9 +471,10 @@ def merge_outputs(
     return report
 
 
-def write_shards(input_uri: str, shards_uri: str, images_per_shard: int) -> list[str]:
+def write_shards(input_uri: str, shards_uri: str, images_per_shard: int = 0) -> list[str]:
     """Stream the listing into shard files (one image URI per line) for the DAG's mapped tasks;
     `shards.json`, written last, records them and the files the listing left out.
+    `images_per_shard` 0: `shard_size` of the images listed.
 
     Idempotent: once `shards.json` exists the same shards are returned.
     """
@@ -477,21 +483,38 @@ def write_shards(input_uri: str, shards_uri: str, images_per_shard: int) -> list
         recorded = json.loads(storage.read_text(index_uri))
         if recorded["input"] == input_uri and recorded["images_per_shard"] == images_per_shard:
             return list(recorded["shards"])
-    shards, left_out = [], LeftOut()
-    for index, images in enumerate(_chunked(iter_images(input_uri, left_out), images_per_shard)):
-        shard_uri = join_uri(shards_uri, f"shard-{index:05d}.txt")
-        storage.write_text(shard_uri, "".join(f"{image}\n" for image in images))
-        shards.append(shard_uri)
-    if not shards:
-        raise ValueError(f"no images found under {input_uri}")
-    listing = {
+    left_out = LeftOut()
+    # The listing is counted before it is cut, so it is spooled to a local file, not held.
+    with tempfile.TemporaryFile("w+") as listing:
+        count = sum(listing.write(f"{image}\n") > 0 for image in iter_images(input_uri, left_out))
+        if not count:
+            raise ValueError(f"no images found under {input_uri}")
+        size = images_per_shard or shard_size(count)
+        listing.seek(0)
+        shards = []
+        for index, lines in enumerate(_chunked(listing, size)):
+            shard_uri = join_uri(shards_uri, f"shard-{index:05d}.txt")
+            storage.write_text(shard_uri, "".join(lines))
+            shards.append(shard_uri)
+    recorded = {
         "input": input_uri,
         "images_per_shard": images_per_shard,
+        "images": count,
+        "shard_size": size,
         "shards": shards,
         "left_out": left_out.to_dict(),
     }
-    storage.write_text(index_uri, json.dumps(listing))
+    storage.write_text(index_uri, json.dumps(recorded))
+    log.info("%d images in %d shards of up to %d", count, len(shards), size)
     return shards
+
+
+def shard_size(images: int, slots: int = SHARD_SLOTS) -> int:
+    """As many shards as run at once, but none under MIN_IMAGES_PER_SHARD: on one CPU server a
+    second shard adds no throughput (one client keeps every model instance busy), only its
+    start; on more servers, each of up to `slots` shards keeps its own requests in flight."""
+    shards = max(1, min(slots, images // MIN_IMAGES_PER_SHARD))
+    return math.ceil(images / shards)
 
 
 def shards_left_out(shards_uri: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ ENCODED_INPUT_NAME = "image_bytes"  # the ensemble's input: encoded JPEG/PNG byt
 OUTPUT_NAME = "probabilities"  # float32 [N, classes], in labels.txt order
 LABELS_FILE = "labels.txt"
 INT8_MODEL_FILE = "model.int8.onnx"  # training's INT8 twin of model.onnx, beside it
+SHARD_SLOTS = 4  # the batch stage's classify_shard tasks one run runs at once; shards are sized for it
 
 # tritonserver's own defaults, kept on every platform so a client needs no port map.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002

@@ -193,7 +193,13 @@ class BatchParams(_Options):
     """Stage 5's choices, shared by the dogs_cats DAG's batch stage and the dogs_cats_batch DAG."""
 
     images_per_shard: int = Field(
-        default=1000, ge=1, description="Batch inference runs one mapped task per this many images."
+        default=0,
+        ge=0,
+        description=(
+            "Batch inference runs one mapped task per this many images. 0 sizes the shards from "
+            "the input: as many as run at once (4), none under 2,000 images, so a small input is "
+            "one task and pays one task's start."
+        ),
     )
     inference_protocol: InferenceProtocol = Field(
         default="http", description="KServe v2 protocol the batch client speaks to Triton."

@@ -14,9 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
-
-from google.cloud.storage.retry import DEFAULT_RETRY
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from core.errors import ProjectError
 
@@ -144,6 +142,14 @@ def _replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
     os.replace(tmp.name, path)
 
 
+def _upload_retry() -> Any:
+    """google-cloud-storage's default retry, imported when a gs:// object is written: a task
+    that never touches GCS (every local run's) does not pay the library's import at start."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
 class GCSStorage:
     """gs://bucket/key through the official client (honours STORAGE_EMULATOR_HOST)."""
 
@@ -173,14 +179,14 @@ class GCSStorage:
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         # Whole objects of deterministic content: retrying a failed upload is safe.
-        self._blob(uri).upload_from_string(data, retry=DEFAULT_RETRY)
+        self._blob(uri).upload_from_string(data, retry=_upload_retry())
 
     def create(self, uri: str, data: bytes) -> bool:
         from google.api_core.exceptions import PreconditionFailed
 
         try:
             # Generation 0 means "no live object": GCS itself arbitrates between writers.
-            self._blob(uri).upload_from_string(data, if_generation_match=0, retry=DEFAULT_RETRY)
+            self._blob(uri).upload_from_string(data, if_generation_match=0, retry=_upload_retry())
         except PreconditionFailed:
             return False
         return True
@@ -204,7 +210,7 @@ class GCSStorage:
         self._blob(uri).download_to_filename(str(path))
 
     def upload_file(self, path: Path, uri: str) -> None:
-        self._blob(uri).upload_from_filename(str(path), retry=DEFAULT_RETRY)
+        self._blob(uri).upload_from_filename(str(path), retry=_upload_retry())
 
     @contextlib.contextmanager
     def open_writer(self, uri: str) -> Iterator[IO[bytes]]:

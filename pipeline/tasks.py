@@ -24,7 +24,7 @@ from airflow.sdk import XComArg, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk.serde import allow_class
 
-from core.constants import MODEL_NAME
+from core.constants import MODEL_NAME, SHARD_SLOTS
 from core.settings import Environment
 from deploy import Endpoint
 from model_repository.repository import RepositoryVersion
@@ -193,7 +193,7 @@ def list_shards(job: BatchJob) -> list[str]:
     return write_shards(job.input_uri, job.shards_uri, job.params.images_per_shard)
 
 
-@task(max_active_tis_per_dagrun=4)
+@task(max_active_tis_per_dagrun=SHARD_SLOTS)
 def classify_shard(shard_uri: str, job: BatchJob) -> str:
     from client.batch import run_batch, shard_images, shard_output
 

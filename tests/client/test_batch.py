@@ -4,6 +4,7 @@ and encoded bytes), plus the parts that need no server."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import pytest
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from client import batch
 from client.batch import (
     BatchOptions,
     InputChanged,
@@ -30,9 +32,11 @@ from client.batch import (
     retryable,
     run_batch,
     shard_images,
+    shard_size,
     shards_left_out,
     write_shards,
 )
+from core.constants import SHARD_SLOTS
 from core.images import decode_rgb
 from core.processes import wait_for
 from deploy.local_triton import SHM_FOLDER, SHM_REGION_PREFIX
@@ -128,6 +132,27 @@ def test_shards_cover_the_input_once_and_are_reused(tmp_path: Path) -> None:
     assert sorted(listed) == sorted(iter_images(str(images), LeftOut()))
     assert write_shards(str(images), str(tmp_path / "shards"), images_per_shard=4) == shards
     assert shards_left_out(str(tmp_path / "shards"))["files"] == 1, "the merge's report names it"
+
+
+@pytest.mark.parametrize(
+    ("images", "size"),
+    [(1, 1), (1999, 1999), (2000, 2000), (4000, 2000), (5000, 2500), (20_000, 5000), (1_000_001, 250_001)],
+)
+def test_shards_follow_the_input_size_up_to_the_tasks_that_run_at_once(images: int, size: int) -> None:
+    assert shard_size(images) == size
+    assert math.ceil(images / size) <= SHARD_SLOTS
+
+
+def test_shards_sized_from_the_listing_cover_it_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = write_images(tmp_path / "in", per_class=5)
+    assert len(write_shards(str(images), str(tmp_path / "one"))) == 1, "10 images: one task"
+    monkeypatch.setattr(batch, "MIN_IMAGES_PER_SHARD", 3)
+    shards = write_shards(str(images), str(tmp_path / "three"))
+    assert [len(shard_images(shard)) for shard in shards] == [4, 4, 2]
+    listed = [image for shard in shards for image in shard_images(shard)]
+    assert listed == list(iter_images(str(images), LeftOut()))
 
 
 def test_empty_input_is_a_clear_error_before_any_connection(tmp_path: Path) -> None:
