@@ -509,11 +509,11 @@ def write_shards(input_uri: str, shards_uri: str, images_per_shard: int = 0) -> 
     return shards
 
 
-def shard_size(images: int, slots: int = SHARD_SLOTS) -> int:
+def shard_size(images: int) -> int:
     """As many shards as run at once, but none under MIN_IMAGES_PER_SHARD: on one CPU server a
     second shard adds no throughput (one client keeps every model instance busy), only its
-    start; on more servers, each of up to `slots` shards keeps its own requests in flight."""
-    shards = max(1, min(slots, images // MIN_IMAGES_PER_SHARD))
+    start; on more servers, each of up to SHARD_SLOTS shards keeps its own requests in flight."""
+    shards = max(1, min(SHARD_SLOTS, images // MIN_IMAGES_PER_SHARD))
     return math.ceil(images / shards)
 
 
