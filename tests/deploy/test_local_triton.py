@@ -26,7 +26,7 @@ from deploy.local_triton import (
     server_from_environment,
 )
 from harness.data import REPO_ROOT
-from model_repository.repository import package_model
+from model_repository.repository import ONNX_FILES, package_model
 
 
 def test_backend_folder_links_this_pythons_stub(tmp_path: Path) -> None:
@@ -157,7 +157,8 @@ def test_new_versions_swap_in_without_a_failed_request(
 
         # A broken version 3: the task fails with Triton's reason, version 2 keeps serving.
         broken_model = shutil.copytree(trained_model, tmp_path / "broken")
-        (broken_model / "model.onnx").write_bytes(b"this is not onnx")
+        for onnx_file in ONNX_FILES.values():  # whichever precision the INT8 verdict serves
+            (broken_model / onnx_file).write_bytes(b"this is not onnx")
         third = package_model(
             str(broken_model), repository, flavour="python", model_name="dogs_cats", max_batch_size=4
         )
