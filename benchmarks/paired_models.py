@@ -1,0 +1,74 @@
+"""Trained models compared on the same test images: accuracy, interval and McNemar's paired test.
+
+    .venv/bin/python -m benchmarks.paired_models .bench/bucket/models/RUN_A .bench/bucket/models/RUN_B ...
+
+Each folder is a model folder `training.train` wrote (a `benchmarks.train_accuracy` run), all
+trained on one staged dataset. Each `model.onnx` is scored on that dataset's test split through
+the client's decode, the way training scored it once; a model that does not get training's own
+figure again stops the script. Each row is then compared with the first on the same images:
+two runs' intervals overlap long before their difference is noise, and the paired test says
+which. It chooses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.metrics import mcnemar_p, wilson_interval
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", type=Path, nargs="+", help="model folders, the first the reference")
+    args = parser.parse_args(argv)
+    cards = [json.loads((folder / "model_card.json").read_text()) for folder in args.models]
+    digests = {card["dataset"]["digest"] for card in cards}
+    if len(digests) != 1:
+        parser.error(f"the models were trained on {len(digests)} different datasets; pair them on one")
+    import numpy as np
+
+    from training.job import TrainingJob
+    from training.quantize import onnx_probabilities
+    from training.staging import MANIFEST
+    from training.train import make_dataset
+
+    dataset = Path(cards[0]["dataset"]["uri"])
+    manifest = json.loads((dataset / MANIFEST).read_text())
+    labels = manifest["classes"]
+    test = [f for f in manifest["files"] if f["split"] == "test"]
+    print(
+        f"| model folder | model | epochs (head + fine-tune) | train minutes | test accuracy ({len(test)} "
+        "images) | 95% interval | vs the first row: images only it / only the first got right | McNemar p |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    first_right = None
+    for folder in args.models:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        job = TrainingJob(dataset_uri=str(dataset), output_uri=str(folder), image_size=metrics["image_size"])
+        batches = make_dataset(dataset, test, labels, job, training=False)
+        targets = np.concatenate([y.numpy() for _, y in batches]).reshape(-1)
+        probabilities = onnx_probabilities(folder / "model.onnx", (x.numpy() for x, _ in batches))
+        right = probabilities.argmax(axis=1) == targets.astype(int)
+        accuracy = round(float(right.mean()), 4)
+        if accuracy != metrics["test_accuracy"]:
+            print(f"{folder}: scores {accuracy:.2%} here, {metrics['test_accuracy']:.2%} in training")
+            return 1
+        first_right = right if first_right is None else first_right
+        only_this, only_first = int((right & ~first_right).sum()), int((first_right & ~right).sum())
+        low, high = wilson_interval(int(right.sum()), len(right))
+        head_epochs = metrics["fine_tune_from"] or metrics["epochs_trained"]
+        fine_tune_epochs = metrics["epochs_trained"] - head_epochs
+        print(
+            f"| {folder.name} | {metrics['model']} | {head_epochs} + {fine_tune_epochs} "
+            f"| {metrics['train_seconds'] / 60:.1f} | {accuracy:.2%} | {low:.2%}-{high:.2%} "
+            f"| {only_this} / {only_first} | {mcnemar_p(only_this, only_first):.3g} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
