@@ -654,15 +654,17 @@ def add_arguments(parser: argparse.ArgumentParser, options: type[BaseModel]) -> 
     """One `--flag` per field of `options`, with its type, choices, default and description."""
     for name, field in options.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        # argparse formats help with %: a description's "98%" would break --help.
+        described = (field.description or "").replace("%", "%%")
         if field.annotation is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=field.default, help=field.description
+                flag, action=argparse.BooleanOptionalAction, default=field.default, help=described
             )
             continue
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
         kind: Any = type(choices[0]) if choices else field.annotation
         default: dict[str, Any] = {"required": True} if field.is_required() else {"default": field.default}
-        parser.add_argument(flag, type=kind, choices=choices, help=field.description, **default)
+        parser.add_argument(flag, type=kind, choices=choices, help=described, **default)
 
 
 def to_arguments(options: BaseModel) -> list[str]:

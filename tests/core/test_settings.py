@@ -6,6 +6,8 @@ from pydantic import ValidationError
 from core.settings import (
     Environment,
     RunConfig,
+    StagingParams,
+    TrainingParams,
     config_from_params,
     join_uri,
     ort_threads_per_instance,
@@ -111,3 +113,19 @@ def test_local_server_threads_share_the_cores_unless_set(monkeypatch: pytest.Mon
     assert ort_threads_per_instance(Environment(triton_instances=2)) == 4
     assert ort_threads_per_instance(Environment(triton_instances=16)) == 1
     assert ort_threads_per_instance(Environment(triton_instances=2, triton_ort_threads=3)) == 3
+
+
+@pytest.mark.parametrize("command", ["stage", "train"])
+def test_the_training_cli_help_shows_every_description(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse formats help text with %: a description's "98%" once made --help crash."""
+    from training.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    fields = (StagingParams if command == "stage" else TrainingParams).model_fields
+    for field in fields.values():
+        assert " ".join((field.description or "").split()[:4]) in shown
