@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.train_accuracy import recipe_cells
 from core.metrics import mcnemar_p, wilson_interval
 
 
@@ -59,11 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         first_right = right if first_right is None else first_right
         only_this, only_first = int((right & ~first_right).sum()), int((first_right & ~right).sum())
         low, high = wilson_interval(int(right.sum()), len(right))
-        head_epochs = metrics["fine_tune_from"] or metrics["epochs_trained"]
-        fine_tune_epochs = metrics["epochs_trained"] - head_epochs
         print(
-            f"| {folder.name} | {metrics['model']} | {head_epochs} + {fine_tune_epochs} "
-            f"| {metrics['train_seconds'] / 60:.1f} | {accuracy:.2%} | {low:.2%}-{high:.2%} "
+            f"| {folder.name} | {metrics['model']} | {recipe_cells(metrics)} "
+            f"| {accuracy:.2%} | {low:.2%}-{high:.2%} "
             f"| {only_this} / {only_first} | {mcnemar_p(only_this, only_first):.3g} |",
             flush=True,
         )

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from core.settings import TrainingParams, add_arguments, options_from_namespace, options_of
@@ -64,14 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     metrics = train(job)
     counts = manifest["counts"]
-    head_epochs = metrics["fine_tune_from"] or metrics["epochs_trained"]
     test = metrics["test"]
     low, high = test["accuracy_95ci"]
     twin = metrics.get("int8")
     int8 = f"{twin['test_accuracy']:.2%}, {twin['agreement']:.2%}" if twin else "-"
     print(
         f"| {job.model} | {seed} | {sum(counts['train'].values())} | {test['examples']} "
-        f"| {head_epochs} + {metrics['epochs_trained'] - head_epochs} | {metrics['train_seconds'] / 60:.1f} "
+        f"| {recipe_cells(metrics)} "
         f"| {metrics['val_accuracy']:.2%} ({metrics['best_epoch']}) "
         f"| **{test['accuracy']:.2%}** ({low:.2%}-{high:.2%}) | {test['log_loss']:.4f} "
         f"| {test['roc_auc']:.4f} | {test['calibration']['ece']:.4f} | {int8} "
@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
+
+
+def recipe_cells(metrics: dict[str, Any]) -> str:
+    """A trained model's `epochs (head + fine-tune) | train minutes` cells, from its metrics.json."""
+    head_epochs = metrics["fine_tune_from"] or metrics["epochs_trained"]
+    return f"{head_epochs} + {metrics['epochs_trained'] - head_epochs} | {metrics['train_seconds'] / 60:.1f}"
 
 
 if __name__ == "__main__":
