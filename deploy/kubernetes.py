@@ -100,6 +100,8 @@ class ServingSpec:
 
 
 PRE_STOP_SLEEP_S = 10
+# The preStop sleep, then Triton's 30 s exit timeout for in-flight requests, with room to spare.
+TERMINATION_GRACE_S = PRE_STOP_SLEEP_S + 50
 ADMIN_KEY_SECRET_KEY = "admin-key"
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the images' command puts it in Triton's restricted-API flags
 
@@ -218,8 +220,7 @@ def deployment(spec: ServingSpec) -> dict[str, Any]:
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     **_gpu_placement(spec),
-                    # The preStop sleep, then Triton's 30 s exit timeout for in-flight requests.
-                    "terminationGracePeriodSeconds": PRE_STOP_SLEEP_S + 50,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                     "containers": [container],
                     "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
                 },

@@ -27,7 +27,13 @@ from core.errors import ProjectError
 from core.processes import wait_for
 from core.settings import Environment
 from deploy import Endpoint
-from deploy.kubernetes import ServingSpec, admin_key_secret, retired_manifests, serving_manifests
+from deploy.kubernetes import (
+    TERMINATION_GRACE_S,
+    ServingSpec,
+    admin_key_secret,
+    retired_manifests,
+    serving_manifests,
+)
 from model_repository.repository import RepositoryVersion
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,10 @@ class ClusterApi(Protocol):
 
     def cluster_ip(self, namespace: str, name: str) -> str:
         """The Service's virtual IP, which kube-proxy routes to its ready pods."""
+        ...
+
+    def terminating_pods(self, namespace: str, selector: dict[str, str]) -> int:
+        """How many of the pods `selector` matches are shutting down (deleted, not yet gone)."""
         ...
 
 
@@ -167,8 +177,7 @@ class KubernetesApi:
             raise
 
     def list_replica_sets(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
-        found = self.apps.list_namespaced_replica_set(namespace, label_selector=label_selector)
+        found = self.apps.list_namespaced_replica_set(namespace, label_selector=_label_selector(selector))
         return list(self.api_client.sanitize_for_serialization(found)["items"])
 
     def replace_pod_template(self, namespace: str, name: str, template: dict[str, Any]) -> None:
@@ -181,6 +190,18 @@ class KubernetesApi:
         from kubernetes import client
 
         return str(client.CoreV1Api(self.api_client).read_namespaced_service(name, namespace).spec.cluster_ip)
+
+    def terminating_pods(self, namespace: str, selector: dict[str, str]) -> int:
+        from kubernetes import client
+
+        pods = client.CoreV1Api(self.api_client).list_namespaced_pod(
+            namespace, label_selector=_label_selector(selector)
+        )
+        return sum(1 for pod in pods.items if pod.metadata.deletion_timestamp is not None)
+
+
+def _label_selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def rollout_progress(deployment: dict[str, Any], at_least: int = 0) -> tuple[bool, str]:
@@ -359,6 +380,7 @@ def finish_serving(
 
     def rolled_out_and_answering() -> str:
         message = rolled_out()
+        wait_until_replaced_pods_leave(api, spec.namespace, spec.selector)
         smoke(endpoint.url, spec.model_name, spec.model_version, smoke_images(smoke_images_uri))
         return message
 
@@ -366,10 +388,32 @@ def finish_serving(
     return endpoint
 
 
+# Past their grace period the kubelet kills the replaced pods; a little more for the API to see it.
+REPLACED_PODS_TIMEOUT_S = TERMINATION_GRACE_S + 30.0
+
+
+def wait_until_replaced_pods_leave(
+    api: ClusterApi, namespace: str, selector: dict[str, str], timeout_s: float = REPLACED_PODS_TIMEOUT_S
+) -> None:
+    """Until no pod the rollout replaced is left behind the Service (`selector`, the Service's).
+    A rollout is done once the old pods are deleted, but each serves on through its preStop
+    sleep and kube-proxy drops it a moment late: a smoke test of version 4 straight after met
+    version 1 in a clean-clone run. Once the pods are gone nothing old can answer. Past the
+    deadline the smoke test goes ahead and says what answers."""
+    try:
+        wait_for(
+            f"the replaced pods ({_label_selector(selector)}) in {namespace} to go",
+            lambda: api.terminating_pods(namespace, selector) == 0,
+            timeout_s,
+            interval_s=1.0,
+            error=RolloutFailed,
+        )
+    except RolloutFailed as late:
+        log.warning("%s; smoke-testing anyway", late)
+
+
 # kube-proxy follows a rollout a moment late: it routes a Service to a new pod a while after
-# the pod is ready (a refused connection met a canary's smoke test in a clean-clone run), and
-# to a replaced pod a while after the rollout is done (version 1 answered a smoke test of
-# version 4 in another, on a loaded machine).
+# the pod is ready (a refused connection met a canary's smoke test in a clean-clone run).
 ROUTED_TIMEOUT_S = 60.0
 
 

@@ -33,6 +33,7 @@ class FakeCluster:
         self.reads_since_change = 0
         self.templates_replaced: list[dict[str, Any]] = []
         self.activation_pending = False
+        self.draining = 0  # replaced pods still shutting down, for the next looks
 
     # ClusterApi
     def apply(self, manifest: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
@@ -91,6 +92,11 @@ class FakeCluster:
     def cluster_ip(self, namespace: str, name: str) -> str:
         assert ("Service", name) in self.objects, f"no Service {name} was applied"
         return "127.0.0.1"  # a call that slips past a test's stand-in stays on this machine
+
+    def terminating_pods(self, namespace: str, selector: dict[str, str]) -> int:
+        """The replaced pods still shutting down: `draining` of them, one fewer each look."""
+        left, self.draining = self.draining, max(0, self.draining - 1)
+        return left
 
     # The controller
     def _set_template(self, template: dict[str, Any], manifest: dict[str, Any] | None = None) -> None:

@@ -28,6 +28,7 @@ from deploy.rollout import (
     start_serving,
     wait_for_rollout,
     wait_until_answering,
+    wait_until_replaced_pods_leave,
 )
 from harness.fake_cluster import FakeCluster
 from harness.http_server import reply_json
@@ -112,6 +113,24 @@ def test_a_healthy_rollout_completes_and_is_smoke_tested(smoke_images: Path) -> 
     assert "successfully rolled out" in message
     assert smoked == [(1, [(smoke_images / "cat.jpg").read_bytes()])]
     assert [m["kind"] for m in cluster.applied] == ["Service", "PodDisruptionBudget", "Deployment"]
+
+
+def test_the_smoke_test_waits_until_the_replaced_pods_have_left_the_service(smoke_images: Path) -> None:
+    """A replaced pod serves on behind the Service after the rollout is done; smoke-testing
+    then met the old version in a clean-clone run."""
+    cluster, left_at_smoke = FakeCluster(), []
+    cluster.draining = 1
+    _roll_out(cluster, smoke_images, 1, lambda *_: left_at_smoke.append(cluster.draining))
+    assert left_at_smoke == [0]
+
+
+def test_pods_that_never_leave_are_reported_and_the_smoke_test_goes_ahead(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = FakeCluster()
+    cluster.draining = 5
+    wait_until_replaced_pods_leave(cluster, "ns", {"app": "a"}, timeout_s=0)
+    assert "the replaced pods (app=a) in ns to go; smoke-testing anyway" in caplog.text
 
 
 def test_rerunning_the_same_deploy_changes_nothing(smoke_images: Path) -> None:
@@ -243,6 +262,14 @@ class _Recorder(BaseHTTPRequestHandler):
         )
         reply_json(self, 200, {"kind": "Deployment", "metadata": {"name": "x"}})
 
+    def do_GET(self) -> None:
+        _Recorder.requests.append({"path": self.path, "method": "GET"})
+        pods = [
+            {"metadata": {"name": "new"}},
+            {"metadata": {"name": "old", "deletionTimestamp": "2026-12-06T16:32:49Z"}},
+        ]
+        reply_json(self, 200, {"apiVersion": "v1", "kind": "PodList", "items": pods})
+
     def do_DELETE(self) -> None:
         _Recorder.requests.append({"path": self.path, "method": "DELETE"})
         found = "missing" not in self.path
@@ -290,6 +317,12 @@ def test_undo_sends_a_json_patch_of_the_template(api_server: str) -> None:
     assert request["path"] == "/apis/apps/v1/namespaces/ns/deployments/d"
     assert request["content_type"] == "application/json-patch+json"
     assert request["body"] == [{"op": "replace", "path": "/spec/template", "value": template}]
+
+
+def test_terminating_pods_counts_the_deleted_pods_the_selector_matches(api_server: str) -> None:
+    assert _api(api_server).terminating_pods("ns", {"b": "2", "a": "1"}) == 1
+    (request,) = _Recorder.requests
+    assert request["path"] == "/api/v1/namespaces/ns/pods?labelSelector=a%3D1%2Cb%3D2"
 
 
 def test_delete_removes_the_named_object_and_tolerates_its_absence(api_server: str) -> None:
