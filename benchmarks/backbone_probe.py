@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import get_args
 
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
-from core.metrics import mcnemar_p, wilson_interval
+from core.metrics import discordant, mcnemar_p, wilson_interval
 from core.settings import PretrainedChoice
 from training.staging import StagingOptions, stage_dataset
 
@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         probe.fit(features["train"], targets["train"], batch_size=64, epochs=PROBE_EPOCHS, verbose=0)
         right = (probe.predict(features["test"], verbose=0)[:, 0] > 0) == (targets["test"].reshape(-1) > 0.5)
         first_right = right if first_right is None else first_right
-        accuracy, only_this, only_first = (
-            right.mean(),
-            int((right & ~first_right).sum()),
-            int((first_right & ~right).sum()),
-        )
+        accuracy, (only_this, only_first) = right.mean(), discordant(right, first_right)
         low, high = wilson_interval(int(right.sum()), tested)
         p_value = mcnemar_p(only_this, only_first)
         rows.append(

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.train_accuracy import recipe_cells
-from core.metrics import mcnemar_p, wilson_interval
+from core.metrics import discordant, mcnemar_p, wilson_interval
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{folder}: scores {accuracy:.2%} here, {metrics['test_accuracy']:.2%} in training")
             return 1
         first_right = right if first_right is None else first_right
-        only_this, only_first = int((right & ~first_right).sum()), int((first_right & ~right).sum())
+        only_this, only_first = discordant(right, first_right)
         low, high = wilson_interval(int(right.sum()), len(right))
         print(
             f"| {folder.name} | {metrics['model']} | {recipe_cells(metrics)} "

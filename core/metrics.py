@@ -84,6 +84,13 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return low, high
 
 
+def discordant(right: np.ndarray, reference_right: np.ndarray) -> tuple[int, int]:
+    """Two models' per-image correctness on the same images: how many only the first got right,
+    and how many only the reference did (the counts `mcnemar_p` judges)."""
+    right, reference_right = np.asarray(right, dtype=bool), np.asarray(reference_right, dtype=bool)
+    return int((right & ~reference_right).sum()), int((reference_right & ~right).sum())
+
+
 def mcnemar_p(only_first_right: int, only_second_right: int) -> float:
     """Two models on the same images: the exact two-sided McNemar p-value that their accuracies
     differ, from the images only one of them got right (those both got right or wrong say nothing).

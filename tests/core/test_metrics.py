@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.metrics import calibration, classification_metrics, mcnemar_p, roc_auc, wilson_interval
+from core.metrics import calibration, classification_metrics, discordant, mcnemar_p, roc_auc, wilson_interval
 
 
 def test_roc_auc_counts_correctly_ordered_pairs() -> None:
@@ -102,3 +102,11 @@ def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_images() -> None:
     assert mcnemar_p(0, 0) == 1.0, "no discordant image: no evidence of a difference"
     # Beyond 1,030 discordant images a float binomial coefficient overflows; this stays exact.
     assert mcnemar_p(500, 600) == pytest.approx(0.0028195449914364284)  # scipy binomtest(500, 1100)
+
+
+def test_discordant_counts_the_images_only_one_model_got_right() -> None:
+    right = np.array([True, True, False, False, True])
+    reference = np.array([True, False, True, False, False])
+    assert discordant(right, reference) == (2, 1)
+    assert discordant(reference, right) == (1, 2)
+    assert discordant(right, right) == (0, 0), "agreeing on every image: nothing discordant"
