@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from core.settings import Environment
-from deploy.monitoring import LocalPrometheus
+from deploy.monitoring import LocalPrometheus, local_scrape
 from harness.serving import free_port
 
 
@@ -28,7 +28,7 @@ def local_start(binary: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as home:
         prometheus = LocalPrometheus(Path(home), binary, free_port())
         started = time.perf_counter()
-        prometheus.start("127.0.0.1:1")
+        prometheus.start(local_scrape("127.0.0.1:1"))
         ready = time.perf_counter() - started
         pid = prometheus.process().pid()
         assert pid is not None

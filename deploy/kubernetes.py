@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from core.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from core.settings import Environment, gpu_node_labels
-from deploy.monitoring import QUEUE_PER_COMPUTE_SERIES, TRACK_LABEL
+from deploy.monitoring import QUEUE_PER_COMPUTE_SERIES, TRACK_LABEL, while_scraped
 
 Track = Literal["stable", "canary"]
 
@@ -269,6 +269,9 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
     utilisation, and it is a ratio, so the HorizontalPodAutoscaler compares it as a Value
     (replicas x ratio / target), not averaged over the pods."""
     series = f'{QUEUE_PER_COMPUTE_SERIES}{{namespace="{spec.namespace}", model="{spec.model_name}"}}'
+    # At zero only a wake hold may scale it up: the last pods' load, still in the rate's
+    # window after they have gone, would otherwise wake it as soon as it got there.
+    ratio = while_scraped(f"{series} >= 0")
     # At zero, the last pod goes this long after the trigger and the last wake hold have.
     idle = {"cooldownPeriod": spec.idle_s} if spec.idles_at_zero else {}
     return {
@@ -293,8 +296,8 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
                     "metricType": "Value",
                     "metadata": {
                         "serverAddress": spec.prometheus_url,
-                        # The worst version's ratio; 0 while nothing is asked (the ratio is NaN then).
-                        "query": f"max({series} >= 0) or vector(0)",
+                        # The worst version's ratio; 0 while nothing is asked (NaN) or no pod serves.
+                        "query": f"max({ratio}) or vector(0)",
                         "threshold": str(spec.queue_per_compute_target),
                     },
                 }

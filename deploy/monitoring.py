@@ -74,6 +74,14 @@ RULES: list[dict[str, str]] = [
     },
 ]
 RECORDING_RULES: dict[str, Any] = {"groups": [{"name": "dogs-cats-triton", "rules": RULES}]}
+SCRAPE_JOB = "triton"
+
+
+def while_scraped(expr: str) -> str:
+    """`expr` kept only where a Triton of its namespace and track is scraped now. A rate over
+    the last minute outlives the pods it measured: once the last one is gone, `up` goes with
+    it (a staleness marker), while the rate goes on reporting their load for up to a minute."""
+    return f'({expr}) and on(namespace, track) (up{{job="{SCRAPE_JOB}"}} == 1)'
 
 
 class MonitoringError(ProjectError, RuntimeError):
@@ -92,7 +100,7 @@ def local_scrape(triton_metrics: str) -> list[dict[str, Any]]:
     """The local tritonserver at `triton_metrics` (host:port): the one, stable, track."""
     return [
         {
-            "job_name": "triton",
+            "job_name": SCRAPE_JOB,
             "static_configs": [{"targets": [triton_metrics], "labels": {"track": "stable"}}],
         }
     ]
@@ -112,7 +120,7 @@ def kubernetes_scrape() -> list[dict[str, Any]]:
 
     return [
         {
-            "job_name": "triton",
+            "job_name": SCRAPE_JOB,
             "kubernetes_sd_configs": [{"role": "pod"}],
             "relabel_configs": [
                 {
@@ -339,8 +347,8 @@ class LocalPrometheus:
     def process(self) -> Supervised:
         return Supervised("prometheus", self.home / "prometheus.pid", self.home / "prometheus.log")
 
-    def start(self, triton_metrics: str, timeout_s: float = 60.0) -> PrometheusApi:
-        """Start it (unless it runs) scraping the tritonserver at `triton_metrics`; wait until ready."""
+    def start(self, scrape_configs: list[dict[str, Any]], timeout_s: float = 60.0) -> PrometheusApi:
+        """Start it (unless it runs) scraping what `scrape_configs` name; wait until ready."""
         api = PrometheusApi(self.url)
         if self.process().pid() is not None:
             return api
@@ -353,7 +361,7 @@ class LocalPrometheus:
         rules = self.home / "rules.yml"
         rules.write_text(json.dumps(RECORDING_RULES, indent=2))  # YAML is a superset of JSON
         config = self.home / "prometheus.yml"
-        config.write_text(json.dumps(prometheus_config(local_scrape(triton_metrics), str(rules)), indent=2))
+        config.write_text(json.dumps(prometheus_config(scrape_configs, str(rules)), indent=2))
         self.process().start(
             [
                 binary,
@@ -364,7 +372,7 @@ class LocalPrometheus:
             ]
         )
         self.process().wait_until_ready(api.ready, timeout_s, MonitoringError)
-        log.info("Prometheus on %s scraping %s", self.url, triton_metrics)
+        log.info("Prometheus on %s scraping %s", self.url, [job["job_name"] for job in scrape_configs])
         return api
 
     def stop(self) -> bool:
@@ -379,4 +387,5 @@ def prometheus_from_environment(environment: Environment) -> LocalPrometheus:
 
 def start_local_prometheus(environment: Environment) -> PrometheusApi:
     """`make up`'s and `make demo`'s Prometheus, scraping the local tritonserver's metrics port."""
-    return prometheus_from_environment(environment).start(f"127.0.0.1:{environment.triton_metrics_port}")
+    triton_metrics = f"127.0.0.1:{environment.triton_metrics_port}"
+    return prometheus_from_environment(environment).start(local_scrape(triton_metrics))

@@ -139,8 +139,9 @@ def test_keda_scales_only_when_asked_and_then_owns_the_replica_count() -> None:
     assert trigger["metricType"] == "Value", "a ratio, not a per-pod quantity"
     assert trigger["metadata"]["serverAddress"] == "http://prometheus.monitoring:9090"
     assert trigger["metadata"]["query"] == (
-        "max(model_version_track:nv_inference_queue_per_compute:ratio_rate1m"
-        '{namespace="ml", model="dogs_cats"} >= 0) or vector(0)'
+        "max((model_version_track:nv_inference_queue_per_compute:ratio_rate1m"
+        '{namespace="ml", model="dogs_cats"} >= 0)'
+        ' and on(namespace, track) (up{job="triton"} == 1)) or vector(0)'
     )
     assert trigger["metadata"]["threshold"] == "1.0"
     assert "replicas" not in manifests["Deployment"]["spec"]

@@ -3,6 +3,7 @@ test, the recording rules evaluated by a real Prometheus, and nothing listening 
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -14,12 +15,15 @@ import pytest
 from core.processes import wait_for
 from core.settings import Environment
 from deploy.canary import measure
-from deploy.kubernetes import ServingSpec, deployment
+from deploy.kubernetes import ServingSpec, deployment, scaled_object
 from deploy.monitoring import (
+    QUEUE_PER_COMPUTE_SERIES,
     RULES,
+    SCRAPE_JOB,
     LocalPrometheus,
     PrometheusApi,
     kubernetes_scrape,
+    local_scrape,
     prometheus_manifests,
     serving_figures,
 )
@@ -34,7 +38,7 @@ SUCCESS = "nv_inference_request_success"
 def prometheus(served_model: dict, tmp_path: Path) -> Iterator[tuple[LocalPrometheus, PrometheusApi]]:
     state = served_model["server"].state()
     local = LocalPrometheus(tmp_path / "prometheus", Environment().prometheus_binary, free_port())
-    api = local.start(f"127.0.0.1:{state.metrics_port}")
+    api = local.start(local_scrape(f"127.0.0.1:{state.metrics_port}"))
     try:
         yield local, api
     finally:
@@ -102,6 +106,51 @@ def test_every_recording_rule_evaluates_on_triton_s_metrics(
     assert (canary.requests, canary.failures, canary.p99_ms) == (0, 0, None)
     assert canary.stable_p99_ms is not None
     assert canary.stable_p99_ms > 0
+
+
+@pytest.mark.integration
+def test_the_autoscaler_reads_zero_once_no_triton_is_scraped_though_the_rate_remembers_its_load(
+    served_model: dict, session_images: Path, tmp_path: Path
+) -> None:
+    """The ScaledObject's query on a Prometheus that finds Triton as the cluster's does: by
+    discovery, labelled with a namespace and a track. When discovery loses the target (the
+    last pod has gone), the query reads 0 at once, while the 1-minute ratio still holds the
+    load it saw: a model at zero wakes for a hold, never for the load of the pods it had."""
+    environment = Environment(platform="kubernetes", namespace="ml", prometheus_url="http://unused")
+    spec = ServingSpec.from_environment(environment, image="unused", model_name="dogs_cats", model_version=1)
+    (trigger,) = scaled_object(spec)["spec"]["triggers"]
+    query = trigger["metadata"]["query"]
+    remembered = f'max({QUEUE_PER_COMPUTE_SERIES}{{namespace="ml", model="dogs_cats"}} >= 0)'
+    targets = tmp_path / "targets.json"
+
+    def discover(found: list[dict]) -> None:  # whole files only: Prometheus may read it any time
+        written = tmp_path / "targets.json.new"
+        written.write_text(json.dumps(found))
+        written.replace(targets)
+
+    metrics = f"127.0.0.1:{served_model['server'].state().metrics_port}"
+    discover([{"targets": [metrics], "labels": {"namespace": "ml", "track": "stable"}}])
+    discovery = {"files": [str(targets)], "refresh_interval": "5s"}
+    scrape = [{"job_name": SCRAPE_JOB, "file_sd_configs": [discovery]}]
+    local = LocalPrometheus(tmp_path / "prometheus", environment.prometheus_binary, free_port())
+    api = local.start(scrape)
+    try:
+        images = [path.read_bytes() for path in sorted(session_images.rglob("*.jpg"))[:3]]
+        version = served_model["version"].version
+
+        def value(promql: str) -> float:
+            return max((float(sample["value"][1]) for sample in api.query(promql)), default=0.0)
+
+        def queued() -> bool:
+            smoke_test(served_model["url"], "dogs_cats", version, images)
+            return value(query) > 0
+
+        wait_for("the autoscaler's query to see requests queue", queued, timeout_s=90, interval_s=3)
+        discover([])
+        wait_for("the autoscaler's query to read 0", lambda: value(query) == 0, timeout_s=30, interval_s=1)
+        assert value(remembered) > 0, "the ratio still holds the load: what read 0 is the gate"
+    finally:
+        local.stop()
 
 
 def test_the_cluster_s_prometheus_is_valid_and_may_only_read_pods() -> None:
