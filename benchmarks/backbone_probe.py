@@ -26,7 +26,7 @@ from typing import get_args
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from core.metrics import discordant, mcnemar_p, wilson_interval
 from core.settings import PretrainedChoice
-from training.staging import StagingOptions, stage_dataset
+from training.staging import StagingOptions, split_files, stage_dataset
 
 PROBE_EPOCHS = 40
 
@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.bucket / "cache"
     manifest = stage_dataset(str(args.source), str(dataset), StagingOptions(), cache_dir=cache)
     labels = manifest["classes"]
-    train = [f for f in manifest["files"] if f["split"] == "train"]
+    train = split_files(manifest, "train")
     splits = {
         "train": random.Random(0).sample(train, min(args.train_images, len(train))),
-        "test": [f for f in manifest["files"] if f["split"] == "test"],
+        "test": split_files(manifest, "test"),
     }
     job = TrainingJob(dataset_uri=str(dataset), output_uri=str(args.bucket / "unused"), batch_size=64)
     inputs = {

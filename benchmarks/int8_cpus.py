@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs qemu-user: apt-get install qemu-user")
     from training.job import TrainingJob
     from training.quantize import calibration_sample, quantize_int8
-    from training.staging import MANIFEST
+    from training.staging import MANIFEST, split_files
     from training.train import make_dataset
 
     card = json.loads((args.model / "model_card.json").read_text())
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     job = TrainingJob(
         dataset_uri=str(dataset), output_uri=str(args.model), image_size=card["params"]["image_size"]
     )
-    val = [f for f in manifest["files"] if f["split"] == "val"]
+    val = split_files(manifest, "val")
     sample = [val[i] for i in sorted(np.random.default_rng(0).choice(len(val), args.images, replace=False))]
-    train = [f for f in manifest["files"] if f["split"] == "train"]
+    train = split_files(manifest, "train")
     with tempfile.TemporaryDirectory(prefix="dogs-cats-int8-cpus-") as tmp:
         work = Path(tmp)
         images = np.concatenate(

@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.job import TrainingJob
     from training.quantize import onnx_probabilities
-    from training.staging import MANIFEST
+    from training.staging import MANIFEST, split_files
     from training.train import make_dataset
 
     dataset = Path(cards[0]["dataset"]["uri"])
     manifest = json.loads((dataset / MANIFEST).read_text())
     labels = manifest["classes"]
-    test = [f for f in manifest["files"] if f["split"] == "test"]
+    test = split_files(manifest, "test")
     print(
         f"| model folder | model | epochs (head + fine-tune) | train minutes | test accuracy ({len(test)} "
         "images) | 95% interval | vs the first row: images only it / only the first got right | McNemar p |"

@@ -24,7 +24,7 @@ import tensorflow as tf
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from core.settings import TrainingParams
 from training.job import TrainingJob
-from training.staging import StagingOptions, stage_dataset
+from training.staging import StagingOptions, split_files, stage_dataset
 from training.train import compiled_model, configure_devices, make_dataset
 
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         StagingOptions(max_images_per_class=args.per_class, val_fraction=0.05),
         cache_dir=args.bucket / "cache",
     )
-    train_files = [f for f in manifest["files"] if f["split"] == "train"]
+    train_files = split_files(manifest, "train")
     job = TrainingJob(model="small", dataset_uri=dataset_uri, output_uri="", image_size=args.image_size)
     ours = make_dataset(Path(dataset_uri), train_files, manifest["classes"], job, training=True)
     tutorial = tutorial_dataset(Path(dataset_uri) / "train", args.image_size, job.batch_size)

@@ -21,6 +21,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from core import storage
 from core.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
@@ -40,6 +41,13 @@ class StagingOptions(StagingParams):
     """The run's staging choices, plus a pixel limit that only tests and operators change."""
 
     max_image_pixels: int = MAX_IMAGE_PIXELS
+
+
+def split_files(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """The manifest's entries for one split, in the manifest's order."""
+    if split not in SPLITS:
+        raise ValueError(f"no split {split!r}: a manifest has {', '.join(SPLITS)}")
+    return [entry for entry in manifest["files"] if entry["split"] == split]
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from training.export import (
 from training.job import TrainingJob
 from training.models import build_model
 from training.quantize import calibration_sample, int8_verdict, onnx_probabilities, quantize_int8
-from training.staging import MANIFEST, SPLITS
+from training.staging import MANIFEST, SPLITS, split_files
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
     keras.utils.set_random_seed(job.seed)
     manifest = json.loads(storage.read_text(join_uri(job.dataset_uri, MANIFEST)))
     labels: list[str] = manifest["classes"]
-    splits = {split: [f for f in manifest["files"] if f["split"] == split] for split in SPLITS}
+    splits = {split: split_files(manifest, split) for split in SPLITS}
     check_splits(splits, labels)
     weights = class_weights(splits["train"], labels)
     started = time.monotonic()

@@ -18,6 +18,7 @@ from core.settings import safe_name
 from deploy.local_triton import LocalTriton
 from harness.data import REPO_ROOT, write_images
 from harness.serving import free_port
+from training.staging import split_files
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ def test_dag_runs_end_to_end_on_real_triton(local_deployment: LocalTriton, tmp_p
     bucket = tmp_path / "bucket"
 
     manifest = json.loads((bucket / "datasets" / "cats_vs_dogs" / "manifest.json").read_text())
-    test = [f for f in manifest["files"] if f["split"] == "test"]
+    test = split_files(manifest, "test")
     (predictions_dir,) = (bucket / "predictions").iterdir()
     report = json.loads((predictions_dir / "report.json").read_text())
     assert report["images"] == report["succeeded"] == len(test), "the batch stage classifies the test split"

@@ -22,7 +22,7 @@ from harness.data import write_images
 from harness.http_server import serve_files
 from harness.serving import free_port
 from training.sources import DatasetError
-from training.staging import StagingOptions, examine, split_of, stage_dataset
+from training.staging import SPLITS, StagingOptions, examine, split_files, split_of, stage_dataset
 
 
 def stage(source: str | Path, dataset: str | Path, cache: Path | None = None, **options: Any) -> dict:
@@ -49,6 +49,11 @@ def test_stages_a_split_with_a_manifest(image_folder: Path, tmp_path: Path) -> N
         assert entry["split"] == split_of(entry["sha256"], 0.3, 0.1)
     assert manifest["balance"] == {"per_class": {"cat": 12, "dog": 12}, "min_to_max": 1.0}
     assert json.loads((dataset / "manifest.json").read_text()) == manifest
+    # Training and the benchmarks read each split's entries back from the manifest.
+    for split in SPLITS:
+        assert len(split_files(manifest, split)) == sum(counts[split].values())
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        split_files(manifest, "validation")
 
 
 def test_split_is_a_pure_function_of_content(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from core.settings import PretrainedChoice
 from harness.data import REPO_ROOT, write_images
 from training.job import TrainingJob
-from training.staging import StagingOptions, stage_dataset
+from training.staging import StagingOptions, split_files, stage_dataset
 from training.train import TrainingDataError, class_weights, train
 
 pytestmark = pytest.mark.integration
@@ -263,7 +263,7 @@ def test_the_pretrained_default_trains_its_head_and_exports_what_it_evaluated(tm
     assert (image.name, image.type, image.shape[1:]) == ("image", "tensor(uint8)", [40, 40, 3])
     # The test figures are the exported model's on the client's decode of each test file.
     manifest = json.loads((Path(dataset) / "manifest.json").read_text())
-    test = [f for f in manifest["files"] if f["split"] == "test"]
+    test = split_files(manifest, "test")
     pixels = np.stack([decode_rgb((Path(dataset) / f["path"]).read_bytes(), 40) for f in test])
     (probabilities,) = session.run(["probabilities"], {"image": pixels})
     predicted = [manifest["classes"][int(np.argmax(row))] for row in probabilities]
