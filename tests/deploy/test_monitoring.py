@@ -114,7 +114,7 @@ def test_the_autoscaler_reads_zero_once_no_triton_is_scraped_though_the_rate_rem
 ) -> None:
     """The ScaledObject's query on a Prometheus that finds Triton as the cluster's does: by
     discovery, labelled with a namespace and a track. When discovery loses the target (the
-    last pod has gone), the query reads 0 at once, while the 1-minute ratio still holds the
+    last pod has gone), the query reads 0 within 30 s, while the 1-minute ratio still holds the
     load it saw: a model at zero wakes for a hold, never for the load of the pods it had."""
     environment = Environment(platform="kubernetes", namespace="ml", prometheus_url="http://unused")
     spec = ServingSpec.from_environment(environment, image="unused", model_name="dogs_cats", model_version=1)
