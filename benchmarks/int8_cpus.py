@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs qemu-user: apt-get install qemu-user")
     from training.job import TrainingJob
     from training.quantize import calibration_sample, quantize_int8
-    from training.staging import MANIFEST, split_files
+    from training.staging import read_manifest, split_files
     from training.train import make_dataset
 
     card = json.loads((args.model / "model_card.json").read_text())
     dataset = Path(card["dataset"]["uri"])
-    manifest = json.loads((dataset / MANIFEST).read_text())
+    manifest = read_manifest(str(dataset))
     labels = manifest["classes"]
     job = TrainingJob(
         dataset_uri=str(dataset), output_uri=str(args.model), image_size=card["params"]["image_size"]

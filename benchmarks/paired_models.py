@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.job import TrainingJob
     from training.quantize import onnx_probabilities
-    from training.staging import MANIFEST, split_files
+    from training.staging import read_manifest, split_files
     from training.train import make_dataset
 
     dataset = Path(cards[0]["dataset"]["uri"])
-    manifest = json.loads((dataset / MANIFEST).read_text())
+    manifest = read_manifest(str(dataset))
     labels = manifest["classes"]
     test = split_files(manifest, "test")
     print(

@@ -43,6 +43,11 @@ class StagingOptions(StagingParams):
     max_image_pixels: int = MAX_IMAGE_PIXELS
 
 
+def read_manifest(dataset_uri: str) -> dict[str, Any]:
+    """The manifest of the dataset staged at `dataset_uri` (a bucket URI or a local folder)."""
+    return json.loads(storage.read_text(join_uri(dataset_uri, MANIFEST)))
+
+
 def split_files(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     """The manifest's entries for one split, in the manifest's order."""
     if split not in SPLITS:
@@ -75,7 +80,7 @@ def stage_dataset(
     params = options.model_dump()
     manifest_uri = join_uri(dataset_uri, MANIFEST)
     if storage.exists(manifest_uri):
-        existing = json.loads(storage.read_text(manifest_uri))
+        existing = read_manifest(dataset_uri)
         if existing.get("source") == source and existing.get("params") == params:
             log.info("dataset already staged at %s; reusing its manifest", dataset_uri)
             return existing

@@ -45,7 +45,7 @@ from training.export import (
 from training.job import TrainingJob
 from training.models import build_model
 from training.quantize import calibration_sample, int8_verdict, onnx_probabilities, quantize_int8
-from training.staging import MANIFEST, SPLITS, split_files
+from training.staging import SPLITS, read_manifest, split_files
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
     """Train (or resume), evaluate, export and upload; returns metrics.json's content."""
     on_gpu = configure_devices()
     keras.utils.set_random_seed(job.seed)
-    manifest = json.loads(storage.read_text(join_uri(job.dataset_uri, MANIFEST)))
+    manifest = read_manifest(job.dataset_uri)
     labels: list[str] = manifest["classes"]
     splits = {split: split_files(manifest, split) for split in SPLITS}
     check_splits(splits, labels)

@@ -43,6 +43,7 @@ from harness.data import write_images
 from harness.gcs import storage_on_emulator
 from pipeline.plan import RunPlan
 from pipeline.stack import AirflowApi, AirflowStack, wait_for
+from training.staging import read_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 DAG = "dogs_cats"
@@ -171,7 +172,7 @@ def test_predictions_match_in_process_onnx_runtime(first_run: dict[str, Any], tm
         model = tmp_path / "model.onnx"  # what Triton serves: FP32 or the INT8 twin, as packaging chose
         storage.download_file(join_uri(plan.repository_uri, MODEL_NAME, "1", "model.onnx"), model)
         images = np.stack([decode_rgb(storage.read_bytes(line["image"]), IMAGE_SIZE) for line in lines])
-        classes = json.loads(storage.read_text(join_uri(plan.dataset_uri, "manifest.json")))["classes"]
+        classes = read_manifest(plan.dataset_uri)["classes"]
     assert lines
     assert report["failed"] == 0
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

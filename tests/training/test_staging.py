@@ -22,7 +22,15 @@ from harness.data import write_images
 from harness.http_server import serve_files
 from harness.serving import free_port
 from training.sources import DatasetError
-from training.staging import SPLITS, StagingOptions, examine, split_files, split_of, stage_dataset
+from training.staging import (
+    SPLITS,
+    StagingOptions,
+    examine,
+    read_manifest,
+    split_files,
+    split_of,
+    stage_dataset,
+)
 
 
 def stage(source: str | Path, dataset: str | Path, cache: Path | None = None, **options: Any) -> dict:
@@ -48,8 +56,8 @@ def test_stages_a_split_with_a_manifest(image_folder: Path, tmp_path: Path) -> N
         assert entry["path"].startswith(f"{entry['split']}/{entry['label']}/")
         assert entry["split"] == split_of(entry["sha256"], 0.3, 0.1)
     assert manifest["balance"] == {"per_class": {"cat": 12, "dog": 12}, "min_to_max": 1.0}
-    assert json.loads((dataset / "manifest.json").read_text()) == manifest
-    # Training and the benchmarks read each split's entries back from the manifest.
+    # Training and the benchmarks read the manifest, and each split's entries, back.
+    assert read_manifest(str(dataset)) == manifest
     for split in SPLITS:
         assert len(split_files(manifest, split)) == sum(counts[split].values())
     with pytest.raises(ValueError, match="no split 'validation'"):
