@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import get_args
 
-from benchmarks.inference import in_clean_process, link_images, triton_serving, warm_up
+from benchmarks.inference import export_model, link_images, triton_client, triton_serving, warm_up
+from benchmarks.processes import in_clean_process
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from core.settings import Precision, PretrainedChoice
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         for model, precision in paths:
             if precision == "fp32":
                 print(f"{model}: exporting", file=sys.stderr, flush=True)
-                in_clean_process("export_model", model=model, folder=str(work / model), calibration=images)
+                in_clean_process(export_model, model=model, folder=str(work / model), calibration=images)
             state = servers.enter_context(
                 triton_serving(str(work / model), work, *SERVER, precision=precision)
             )
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             figures = {
                 path: in_clean_process(
-                    "triton_client", **urls[path], folder=images, work=str(work), options=CLIENT
+                    triton_client, **urls[path], folder=images, work=str(work), options=CLIENT
                 )["img_s"]
                 for path in paths
             }

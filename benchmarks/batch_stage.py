@@ -28,7 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.inference import in_clean_process, link_images
+from benchmarks.inference import link_images, ort_ceiling
+from benchmarks.processes import in_clean_process
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from core import storage
 from harness.airflow import running_stack, wait_until_finished
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder = link_images(args.source, work / f"images-{count}", count)
                 rounds = []
                 for number in range(args.rounds):
-                    ceiling = in_clean_process("ort_ceiling", folder=str(folder), onnx=str(served), **CEILING)
+                    ceiling = in_clean_process(ort_ceiling, folder=str(folder), onnx=str(served), **CEILING)
                     output = work / f"out-{count}-{number}"
                     run_id = api.trigger(BATCH, {"input": str(folder), "output": str(output)})
                     finished = wait_until_finished(api, BATCH, run_id, 3600)

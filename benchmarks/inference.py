@@ -42,13 +42,14 @@ import threading
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
 
+from benchmarks.processes import in_clean_process
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.batch import BatchOptions, merge_outputs, run_batch, shard_images, shard_output, write_shards
 from client.triton import PROTOCOLS
@@ -61,22 +62,6 @@ from harness.serving import free_port, serving_model_folder
 IMAGE_SIZE = TrainingParams().image_size
 ROUNDS = 3  # head-to-head reruns of the best settings, interleaved
 Row = dict[str, Any]
-
-
-def in_clean_process(function: str, **arguments: Any) -> Any:
-    """`function(**arguments)` of this module, run in a fresh interpreter; its JSON result.
-
-    Nothing this process has loaded or started shares the cores with the path measured."""
-    code = (
-        "import json, sys; from benchmarks import inference; "
-        f"print(json.dumps(inference.{function}(**json.loads(sys.argv[1])), default=str))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(arguments, default=str)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{function} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def link_images(source: Path, target: Path, count: int) -> Path:
@@ -186,7 +171,7 @@ def triton_serving(
 def served_small_model(source: Path, count: int, work: Path) -> Iterator[tuple[list[Path], str, ServerState]]:
     """`count` real JPEGs and the small model served at its best setting (2 instances x 1 thread)."""
     folder = link_images(source, work / "images", count)
-    model_dir = in_clean_process("export_model", model="small", folder=str(work / "small"))
+    model_dir = in_clean_process(export_model, model="small", folder=str(work / "small"))
     with triton_serving(model_dir, work, 2, 1) as state:
         yield _files(str(folder)), model_dir, state
 
@@ -437,7 +422,7 @@ def leaders(rows: list[Row], count: int = 2) -> list[Row]:
 def warm_up(urls: dict[str, str], images: str, work: Path) -> None:
     """One untimed pass over the images on a freshly started server, as the ceiling warms its
     sessions: the first requests pay ONNX Runtime's first run of each batch shape."""
-    in_clean_process("triton_client", **urls, folder=images, work=str(work), options={})
+    in_clean_process(triton_client, **urls, folder=images, work=str(work), options={})
 
 
 def sweep(name: str, rows: list[Row], results: dict[str, list[Row]]) -> Row:
@@ -451,7 +436,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
     """Sweep each path's settings, then rerun the best of each head to head in interleaved rounds."""
     pretrained = is_pretrained(model)
     model_dir = in_clean_process(
-        "export_model", model=model, folder=str(work / model), calibration=str(folder) if pretrained else ""
+        export_model, model=model, folder=str(work / model), calibration=str(folder) if pretrained else ""
     )
     onnx = f"{model_dir}/model.onnx"
     images = str(folder)
@@ -459,7 +444,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
     # 3 workers x 1 thread: one decodes while two run the model (more threads than cores).
     ceiling_runs = [(b, w, max(2 // w, 1)) for b in ((1, 8, 32) if full else (8, 32)) for w in (1, 2, 3)]
     ceiling_rows = [
-        in_clean_process("ort_ceiling", folder=images, onnx=onnx, batch=b, workers=w, threads=t)
+        in_clean_process(ort_ceiling, folder=images, onnx=onnx, batch=b, workers=w, threads=t)
         for b, w, t in ceiling_runs
     ]
     ceiling = sweep("ceiling", ceiling_rows, results)
@@ -478,9 +463,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
             if full:
                 sent.append({"batch_size": 8, "concurrency": 4, "encoded": True})
             for options in sent:
-                row = in_clean_process(
-                    "triton_client", **urls, folder=images, work=str(work), options=options
-                )
+                row = in_clean_process(triton_client, **urls, folder=images, work=str(work), options=options)
                 row["config"] += f", {instances} instance x {threads} thread"
                 triton_rows.append({**row, "server": [instances, threads]})
     triton = sweep("triton", triton_rows, results)
@@ -488,7 +471,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
         (w, t, c) for w in (1, 2) for t in (1, 2) if w * t <= 2 for c in ((4, 8) if full else (4,))
     ]
     peer_rows = [
-        in_clean_process("peer_service", folder=images, onnx=onnx, workers=w, threads=t, concurrency=c)
+        in_clean_process(peer_service, folder=images, onnx=onnx, workers=w, threads=t, concurrency=c)
         for w, t, c in peer_settings
     ]
     peer = sweep("peer", peer_rows, results)
@@ -505,7 +488,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
             "images_per_shard": 500,
             "options": dag_options,
         }
-        end_to_end = sweep("end_to_end", [in_clean_process("dag_batch_stage", **stage)], results)
+        end_to_end = sweep("end_to_end", [in_clean_process(dag_batch_stage, **stage)], results)
         if full:
             extra["perf_analyzer"] = perf_analyzer(state, work)
         # The sweeps ran minutes apart, and this machine drifts by 10 % in minutes: the ratios
@@ -514,26 +497,26 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
         settings = [_named(row, "batch", "workers", "threads") for row in leaders(ceiling_rows)]
         ceilings = [{**on_files, **setting} for setting in settings]
         served = [row for row in triton_rows if row["server"] == triton["server"]]
-        paths: dict[str, list[tuple[str, dict[str, Any]]]] = {
-            "ceiling": [("ort_ceiling", arguments) for arguments in ceilings],
+        paths: dict[str, list[tuple[Callable[..., Any], dict[str, Any]]]] = {
+            "ceiling": [(ort_ceiling, arguments) for arguments in ceilings],
             "triton": [
-                ("triton_client", {**urls, "folder": images, "work": str(work), "options": row["options"]})
+                (triton_client, {**urls, "folder": images, "work": str(work), "options": row["options"]})
                 for row in leaders(served)
             ],
             "peer": [
-                ("peer_service", {**on_files, **_named(row, "workers", "threads", "concurrency")})
+                (peer_service, {**on_files, **_named(row, "workers", "threads", "concurrency")})
                 for row in leaders(peer_rows)
             ],
-            "end_to_end": [("dag_batch_stage", stage)],
+            "end_to_end": [(dag_batch_stage, stage)],
         }
         if pretrained:
             int8 = f"{model_dir}/{INT8_MODEL_FILE}"
-            paths["ceiling_int8"] = [("ort_ceiling", {**arguments, "onnx": int8}) for arguments in ceilings]
+            paths["ceiling_int8"] = [(ort_ceiling, {**arguments, "onnx": int8}) for arguments in ceilings]
         else:
             setting = _named(ceiling, "batch", "workers", "threads")
             again = str(work / f"{model}-again")
             paths["ceiling_after_tf"] = [
-                ("ceiling_after_export", {"model": model, "folder": images, "export_to": again, **setting})
+                (ceiling_after_export, {"model": model, "folder": images, "export_to": again, **setting})
             ]
         # The pretrained model's INT8 twin served as a CPU server serves it by default once
         # training's verdict allows (a verdict needs a trained model's test split: these heads
@@ -550,7 +533,7 @@ def benchmark_model(model: ModelChoice, folder: Path, work: Path, full: bool) ->
                 warm_up(urls8, images, work)
                 on_int8 = {**urls8, "folder": images, "work": str(work)}
                 paths["triton_int8"] = [
-                    ("triton_client", {**on_int8, "options": row["options"]}) for row in leaders(served)
+                    (triton_client, {**on_int8, "options": row["options"]}) for row in leaders(served)
                 ]
             extra["round_candidates"] = {
                 name: [_setting(arguments) for _, arguments in candidates]

@@ -29,7 +29,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 
-from benchmarks.inference import IMAGE_SIZE, in_clean_process, served_small_model
+from benchmarks.inference import IMAGE_SIZE, ort_ceiling, served_small_model
+from benchmarks.processes import in_clean_process
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from client.triton import PROTOCOLS, InferenceProtocol
 from core.images import decode_rgb
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"http": state.http_url, "grpc": f"127.0.0.1:{state.grpc_port}"}
         for round_number in range(args.rounds):
             ceiling = in_clean_process(
-                "ort_ceiling", folder=str(Path(tmp) / "images"), onnx=f"{model_dir}/model.onnx",
+                ort_ceiling, folder=str(Path(tmp) / "images"), onnx=f"{model_dir}/model.onnx",
                 batch=BATCH, workers=2, threads=1,
             )["img_s"]  # fmt: skip
             speeds.setdefault("ceiling (in-process ORT)", []).append(ceiling)

@@ -1,12 +1,14 @@
 """Training images/s: our tf.data pipeline vs the Keras tutorial's, same model, same data, one run.
 
-    .venv/bin/python -m benchmarks.train_throughput [--per-class 800] [--image-size 180]
+    .venv/bin/python -m benchmarks.train_throughput [--per-class 400] [--rounds 3] [--epochs 3]
 
 The tutorial ("Image classification from scratch") reads with
 `image_dataset_from_directory` and augments in a `Dataset.map`; ours reads the
 manifest's file list, caches decoded images in memory and augments after the
-cache. Both feed the same `small` model, compiled the same way; epoch 1 includes
-decoding (and our cache fill), later epochs show the steady state.
+cache. Both feed the same `small` model, compiled the same way. Each round trains
+each pipeline for a few epochs in a fresh interpreter of its own, the rounds
+interleaved and the order alternating; epoch 1 includes decoding (and our cache
+fill), later epochs show the steady state.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from benchmarks.processes import in_clean_process
 from benchmarks.staging import DEFAULT_SOURCE, shared_dataset_missing
 from core.settings import TrainingParams
 from training.job import TrainingJob
-from training.staging import StagingOptions, split_files, stage_dataset
+from training.staging import StagingOptions, read_manifest, split_files, stage_dataset
 from training.train import compiled_model, configure_devices, make_dataset
 
 
@@ -57,15 +60,26 @@ def tutorial_dataset(folder: Path, image_size: int, batch_size: int) -> tf.data.
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _interleaved(datasets: dict[str, tf.data.Dataset], job: TrainingJob, images: int, rounds: int) -> dict:
-    """One epoch of each pipeline in turn, `rounds` times: drift in the machine's
-    speed (other tenants, clocks) hits both alike instead of one."""
-    models = {name: compiled_model(job, ["Cat", "Dog"], jit_compile=False) for name in datasets}
-    timers = {name: EpochTimer() for name in datasets}
-    for _ in range(rounds):
-        for name, dataset in datasets.items():
-            models[name].fit(dataset, epochs=1, callbacks=[timers[name]], verbose=0)
-    return {name: [images / s for s in timer.seconds] for name, timer in timers.items()}
+PIPELINES = {
+    "tutorial": "tutorial pipeline (image_dataset_from_directory)",
+    "ours": "our pipeline (manifest, cache, augment after cache)",
+}
+
+
+def pipeline_rates(pipeline: str, dataset_uri: str, image_size: int, epochs: int) -> list[float]:
+    """Images/s of each epoch of one pipeline feeding a fresh `small` model (run in a clean process)."""
+    configure_devices()
+    manifest = read_manifest(dataset_uri)
+    train_files = split_files(manifest, "train")
+    job = TrainingJob(model="small", dataset_uri=dataset_uri, output_uri="", image_size=image_size)
+    if pipeline == "tutorial":
+        dataset = tutorial_dataset(Path(dataset_uri) / "train", image_size, job.batch_size)
+    else:
+        dataset = make_dataset(Path(dataset_uri), train_files, manifest["classes"], job, training=True)
+    model = compiled_model(job, manifest["classes"], jit_compile=False)
+    timer = EpochTimer()
+    model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
+    return [len(train_files) / seconds for seconds in timer.seconds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", type=Path, default=Path(".bench/bucket"))
     parser.add_argument("--per-class", type=int, default=400)
     parser.add_argument("--image-size", type=int, default=TrainingParams().image_size)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="per process: the first decodes")
     args = parser.parse_args(argv)
     if shared_dataset_missing(args.source):
         return 0
-    configure_devices()
     dataset_uri = str(args.bucket.resolve() / "datasets" / f"throughput-{args.per_class}")
     manifest = stage_dataset(
         str(args.source),
@@ -86,28 +100,33 @@ def main(argv: list[str] | None = None) -> int:
         StagingOptions(max_images_per_class=args.per_class, val_fraction=0.05),
         cache_dir=args.bucket / "cache",
     )
-    train_files = split_files(manifest, "train")
-    job = TrainingJob(model="small", dataset_uri=dataset_uri, output_uri="", image_size=args.image_size)
-    ours = make_dataset(Path(dataset_uri), train_files, manifest["classes"], job, training=True)
-    tutorial = tutorial_dataset(Path(dataset_uri) / "train", args.image_size, job.batch_size)
-    tutorial_name = "tutorial pipeline (image_dataset_from_directory)"
-    datasets = {tutorial_name: tutorial, "our pipeline (manifest, cache, augment after cache)": ours}
-    results = _interleaved(datasets, job, len(train_files), args.rounds)
-    print(json.dumps(results))
-    baseline = statistics.median(results[tutorial_name][1:])
+    run = {"dataset_uri": dataset_uri, "image_size": args.image_size, "epochs": args.epochs}
+    rounds = []
+    for number in range(args.rounds):
+        order = list(PIPELINES) if number % 2 == 0 else list(reversed(PIPELINES))
+        rates = {name: in_clean_process(pipeline_rates, pipeline=name, **run) for name in order}
+        print(f"round {number + 1}: {json.dumps(rates)}", file=sys.stderr, flush=True)
+        rounds.append(rates)
+    images = len(split_files(manifest, "train"))
+    print(f"\n{images} training images, {args.image_size} px, model small, {len(rounds)} rounds\n")
     print(
-        f"\n{len(train_files)} training images, {args.image_size} px, model small, batch {job.batch_size}\n"
+        "| pipeline | epoch 1 img/s (median, min-max) | later epochs img/s (median, min-max) "
+        "| / tutorial, epoch 1 | / tutorial, later epochs |"
     )
-    print("| pipeline | epoch 1 img/s | later epochs img/s (median, min-max) | ratio vs tutorial |")
-    print("|---|---|---|---|")
-    for name, rates in results.items():
-        later = rates[1:]
-        median = statistics.median(later)
-        print(
-            f"| {name} | {rates[0]:.1f} | {median:.1f} ({min(later):.1f}-{max(later):.1f}) "
-            f"| {median / baseline:.2f} |"
+    print("|---|---|---|---|---|")
+    for name, title in PIPELINES.items():
+        first = [rates[name][0] for rates in rounds]
+        later = [statistics.median(rates[name][1:]) for rates in rounds]
+        first_ratio = statistics.median(rates[name][0] / rates["tutorial"][0] for rates in rounds)
+        later_ratio = statistics.median(
+            statistics.median(rates[name][1:]) / statistics.median(rates["tutorial"][1:]) for rates in rounds
         )
+        print(f"| {title} | {_spread(first)} | {_spread(later)} | {first_ratio:.2f} | {later_ratio:.2f} |")
     return 0
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
 if __name__ == "__main__":
