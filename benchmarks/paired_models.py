@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.test_dataset} has classes {other['classes']}, the models {labels}")
         seen = {entry["sha256"] for split in ("train", "val") for entry in split_files(manifest, split)}
         test = unseen_test_files(other, seen)
-        print(f"{len(test)} test images of {args.test_dataset}, none seen in training or validation\n")
+        left_out = len(split_files(other, "test")) - len(test)
+        print(f"{args.test_dataset}: {len(test)} test images; {left_out} left out as seen in training\n")
         dataset = args.test_dataset
     print(
         f"| model folder | model | epochs (head + fine-tune) | train minutes | test accuracy ({len(test)} "
