@@ -25,6 +25,7 @@ from typing import Any
 
 from benchmarks.train_accuracy import recipe_cells
 from core.metrics import discordant, mcnemar_p, wilson_interval
+from training.staging import read_manifest, split_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.job import TrainingJob
     from training.quantize import onnx_probabilities
-    from training.staging import read_manifest, split_files
     from training.train import make_dataset
 
     dataset = Path(cards[0]["dataset"]["uri"])
@@ -87,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def unseen_test_files(manifest: dict[str, Any], seen: set[str]) -> list[dict[str, Any]]:
     """`manifest`'s test entries whose content, and every near-duplicate's, is not in `seen`."""
-    from training.staging import split_files
-
     sha256_of = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
     tainted = set(seen)
     for group in manifest["near_duplicate_groups"]:
