@@ -24,6 +24,16 @@ RESTRICTED_TRITON_APIS = ("model-repository", "shared-memory", "trace", "logging
 # Every tritonserver exports latency quantiles (nv_inference_request_summary_us) beside its
 # counters: the p50/p99 that Prometheus records (deploy/monitoring.py) come from them.
 TRITON_METRICS_FLAG = "--metrics-config=summary_latencies=true"
+# Prometheus scrapes Triton and evaluates its recording rules this often, and KEDA asks it
+# for the autoscaling signal this often (deploy/monitoring.py, deploy/kubernetes.py).
+SCRAPE_INTERVAL_S = 5
+KEDA_POLLING_INTERVAL_S = 15
+# A model idling at zero must stay up until its last requests reach KEDA's signal: KEDA
+# counts the idle time from its last poll under a wake hold (up to one polling interval
+# before the hold's release), and the load shows after a scrape and a rule evaluation.
+# Shorter, KEDA could take the last pod away first, then read that load while the pod was
+# still scraped in its shutdown, and wake the model again with nothing asking. Twice that.
+MIN_SERVING_IDLE_S = 2 * (KEDA_POLLING_INTERVAL_S + 2 * SCRAPE_INTERVAL_S)
 
 KAGGLE_CATS_AND_DOGS_URL = (
     "https://download.microsoft.com/download/3/E/1/"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationErro
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.cli import refused_settings
-from core.constants import GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT
+from core.constants import GRPC_PORT, HTTP_PORT, KAGGLE_CATS_AND_DOGS_URL, METRICS_PORT, MIN_SERVING_IDLE_S
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 PlatformName = Literal["local", "kubernetes"]
@@ -521,10 +521,11 @@ class Environment(BaseSettings):
     )
     serving_idle_s: int = Field(
         default=300,
-        ge=0,
+        ge=MIN_SERVING_IDLE_S,
         description=(
             "With serving_replicas 0: how long the last pod stays after the load and the last batch "
-            "run have gone (KEDA's cooldownPeriod)."
+            "run have gone (KEDA's cooldownPeriod; shorter than the time the last load takes to "
+            "reach KEDA could wake the model again with nothing asking)."
         ),
     )
     serving_url: str = Field(

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from core.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from core.constants import GRPC_PORT, HTTP_PORT, KEDA_POLLING_INTERVAL_S, METRICS_PORT
 from core.settings import Environment, gpu_node_labels
 from deploy.monitoring import QUEUE_PER_COMPUTE_SERIES, TRACK_LABEL, while_scraped
 
@@ -282,7 +282,7 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
             "scaleTargetRef": {"name": spec.name},
             "minReplicaCount": spec.replicas,
             "maxReplicaCount": spec.max_replicas,
-            "pollingInterval": 15,
+            "pollingInterval": KEDA_POLLING_INTERVAL_S,
             **idle,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.constants import SCRAPE_INTERVAL_S
 from core.errors import ProjectError
 from core.processes import ProcessFailed, Supervised, wait_for
 from core.settings import Environment
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 # on a cluster, its namespace.
 BY = "namespace, model, version, track"
 WINDOW = "1m"  # four scrapes at least: a rate over fewer is noise
-SCRAPE_INTERVAL_S = 5
 SCRAPE_INTERVAL = f"{SCRAPE_INTERVAL_S}s"
 SUCCESS_RATE_SERIES = "model_version_track:nv_inference_request_success:rate1m"
 P99_SERIES = "model_version_track:nv_inference_request_summary_us:p99"

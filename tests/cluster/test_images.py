@@ -21,7 +21,7 @@ import pytest
 from cluster.docker import DockerEngine
 from cluster.node import Node
 from cluster.platform_setup import install_autoscaling, install_monitoring, kubernetes_environment
-from core.constants import ADMIN_KEY_HEADER, MODEL_NAME
+from core.constants import ADMIN_KEY_HEADER, MIN_SERVING_IDLE_S, MODEL_NAME
 from core.settings import CanaryParams, Environment, safe_name, to_arguments
 from deploy.canary import roll_out
 from deploy.idle import WakeHold
@@ -324,7 +324,7 @@ def test_the_batch_dag_and_a_deploy_wake_a_model_idling_at_zero_and_it_goes_back
         prometheus_url=prometheus_url,
         serving_replicas=0,
         serving_max_replicas=1,
-        serving_idle_s=15,
+        serving_idle_s=MIN_SERVING_IDLE_S,
         rollout_timeout_s=300,
     )
     cats = str(session_images / "cat")
@@ -336,7 +336,7 @@ def test_the_batch_dag_and_a_deploy_wake_a_model_idling_at_zero_and_it_goes_back
         **kubernetes_environment(node, project_images(node), prometheus_url, namespace=NAMESPACE),
         "DOGS_CATS_SERVING_REPLICAS": "0",
         "DOGS_CATS_SERVING_MAX_REPLICAS": "1",
-        "DOGS_CATS_SERVING_IDLE_S": "15",
+        "DOGS_CATS_SERVING_IDLE_S": str(MIN_SERVING_IDLE_S),
         "DOGS_CATS_ALLOWED_ROOTS": json.dumps([str(session_images), str(root)]),
     }
     with running_stack(root / "stack", settings) as stack:

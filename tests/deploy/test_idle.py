@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.constants import MIN_SERVING_IDLE_S
 from core.settings import CanaryParams, Environment
 from deploy import Endpoint
 from deploy.canary import roll_out, start_canary
@@ -66,6 +67,14 @@ def test_idling_at_zero_needs_keda_to_wake_it() -> None:
     with pytest.raises(ValidationError, match="KEDA is what wakes it"):
         Environment(platform="kubernetes", serving_replicas=0, prometheus_url="http://p:9090")
     Environment(platform="local", serving_replicas=0)  # one local tritonserver: nothing idles
+
+
+def test_an_idle_time_shorter_than_the_load_takes_to_reach_keda_is_refused() -> None:
+    """KEDA counts the idle time from its last poll under a hold: a shorter one could take the
+    last pod away before that pod's last requests show, and then wake it on them."""
+    with pytest.raises(ValidationError, match="serving_idle_s"):
+        _environment(serving_idle_s=MIN_SERVING_IDLE_S - 1)
+    assert _environment(serving_idle_s=MIN_SERVING_IDLE_S).serving_idle_s == MIN_SERVING_IDLE_S
 
 
 def test_a_hold_is_the_force_activation_applied_as_the_holder_s_own_field_manager(
