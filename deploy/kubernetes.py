@@ -270,7 +270,8 @@ def scaled_object(spec: ServingSpec) -> dict[str, Any]:
     (replicas x ratio / target), not averaged over the pods."""
     series = f'{QUEUE_PER_COMPUTE_SERIES}{{namespace="{spec.namespace}", model="{spec.model_name}"}}'
     # At zero only a wake hold may scale it up: the last pods' load, still in the rate's
-    # window after they have gone, would otherwise wake it as soon as it got there.
+    # window after they have gone, would otherwise wake it as soon as it got there. A pod
+    # still scraped in its shutdown passes this clause: MIN_SERVING_IDLE_S covers that.
     ratio = while_scraped(f"{series} >= 0")
     # At zero, the last pod goes this long after the trigger and the last wake hold have.
     idle = {"cooldownPeriod": spec.idle_s} if spec.idles_at_zero else {}
