@@ -113,7 +113,9 @@ PROMETHEUS_PORT = 9090
 
 def kubernetes_scrape() -> list[dict[str, Any]]:
     """Every Triton pod of the project in any namespace, found through the API (pod role), its
-    metrics port scraped, and each series labelled with the pod, its namespace and its track."""
+    metrics port scraped, and each series labelled with the pod, its namespace and its track.
+    A terminating pod is scraped to its end (the EndpointSlice role could drop it at once):
+    the run's figures count what it serves in its shutdown."""
 
     def label(name: str) -> str:  # how Prometheus spells a pod label in its metadata
         return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in name)
