@@ -30,8 +30,14 @@ class Main(Protocol):
 
 
 def refused_settings(error: pydantic.ValidationError) -> str:
-    """A validation error on one line: `field: why` for each refused field."""
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    """A validation error on one line: `field: why` for each refused field.
+
+    A default computed from a refused field is left out: its error only repeats that one."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+        for e in error.errors()
+        if e["type"] != "default_factory_not_called"
+    )
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:

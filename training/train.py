@@ -80,6 +80,9 @@ def train(job: TrainingJob) -> dict[str, Any]:
         val_ds = make_dataset(data_dir, splits["val"], labels, job, training=False)
         model = checkpoints.resume() or compiled_model(job, labels, jit_compile=on_gpu)
         steps_per_epoch = int(train_ds.cardinality())
+        head_epochs = job.head_epochs(steps_per_epoch)
+        sized = "" if job.epochs else " (epochs 0: sized from the training set)"
+        log.info("%d epochs of %d steps%s", head_epochs, steps_per_epoch, sized)
 
         def fit_until(epochs: int) -> None:
             completed = checkpoints.state["completed_epochs"]
@@ -99,7 +102,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
 
         with _staged_images_decode():
             if not checkpoints.fine_tuning:
-                fit_until(job.epochs)
+                fit_until(head_epochs)
             if job.fine_tune_epochs and not checkpoints.fine_tuning:
                 checkpoints.start_fine_tuning()
                 start_fine_tuning(model, job, steps_per_epoch, on_gpu)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from core.cli import reports_errors
+from core.cli import refused_settings, reports_errors
 from core.errors import ProjectError
+from core.settings import RunConfig
 from harness.data import REPO_ROOT, write_images
 from harness.serving import free_port
 
@@ -82,6 +83,14 @@ def test_the_demo_refuses_a_conf_that_is_not_an_object(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[-1].startswith(
         "python -m pipeline.demo: error: CONF must be a JSON object"
     )
+
+
+def test_a_default_that_follows_a_refused_field_is_not_refused_again() -> None:
+    """fine_tune_epochs' default follows the model: a bad model is the one error reported."""
+    with pytest.raises(pydantic.ValidationError) as refused:
+        RunConfig.model_validate({"data_bucket": "/b", "model": "resnet"})
+    assert refused_settings(refused.value).startswith("model: Input should be")
+    assert "fine_tune_epochs" not in refused_settings(refused.value)
 
 
 def test_refused_settings_are_one_line_and_bugs_keep_their_traceback() -> None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -8,11 +11,14 @@ from core.settings import (
     RunConfig,
     StagingParams,
     TrainingParams,
+    add_arguments,
     config_from_params,
     join_uri,
+    options_from_namespace,
     ort_threads_per_instance,
     param_specs,
     safe_name,
+    to_arguments,
 )
 from harness.data import REPO_ROOT
 
@@ -47,16 +53,55 @@ def test_an_optional_string_left_empty_in_the_form_takes_its_default() -> None:
     assert config.source_sha256 == ""
 
 
+@pytest.mark.parametrize(("model", "fine_tune_epochs"), [("efficientnet_lite1", 1), ("small", 0)])
+def test_fine_tuning_defaults_to_one_epoch_for_a_pretrained_backbone_only(
+    model: str, fine_tune_epochs: int
+) -> None:
+    """The form leaves the field empty (null); the model it names fills it in."""
+    specs = param_specs(Environment(platform="local"))
+    assert specs["fine_tune_epochs"]["type"] == ["null", "integer"]
+    assert specs["fine_tune_epochs"]["default"] is None
+    params = {"data_bucket": "/b", "model": model, "fine_tune_epochs": None}
+    assert config_from_params(RunConfig, params).fine_tune_epochs == fine_tune_epochs
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainingParams)
+    parsed = options_from_namespace(parser, TrainingParams, parser.parse_args(["--model", model]))
+    assert parsed.fine_tune_epochs == fine_tune_epochs
+    assert options_from_namespace(parser, TrainingParams, parser.parse_args(to_arguments(parsed))) == parsed
+
+
+def test_fine_tuning_a_model_trained_from_scratch_is_still_refused() -> None:
+    with pytest.raises(ValidationError, match="fine_tune_epochs needs a pretrained"):
+        RunConfig(data_bucket="/b", model="small", fine_tune_epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("params", "steps_per_epoch", "head_epochs"),
+    [
+        ({}, 23, 10),  # make demo's 716 training images
+        ({}, 498, 1),  # the whole cats vs dogs set
+        ({}, 100, 3),
+        ({}, 9, 10),  # never more than ten
+        ({"model": "small"}, 23, 5),
+        ({"epochs": 4}, 498, 4),
+    ],
+)
+def test_epochs_0_sizes_the_head_s_epochs_from_the_training_set(
+    params: dict[str, Any], steps_per_epoch: int, head_epochs: int
+) -> None:
+    assert TrainingParams(**params).head_epochs(steps_per_epoch) == head_epochs
+
+
 def test_param_specs_mirror_the_model() -> None:
     specs = param_specs(Environment(platform="local"))
     assert set(specs) == set(RunConfig.model_fields)
     assert "default" not in specs["data_bucket"]  # required: a trigger without it is refused
     assert specs["data_bucket"]["type"] == "string"
     assert specs["epochs"] == {
-        "default": 5,
-        "description": "Training epochs.",
+        "default": 0,
+        "description": RunConfig.model_fields["epochs"].description,
         "maximum": 500,
-        "minimum": 1,
+        "minimum": 0,
         "title": "epochs",
         "type": "integer",
     }

@@ -138,7 +138,10 @@ def test_params_are_the_run_config(dagbag: DagBag) -> None:
     params = dagbag.dags["dogs_cats"].params
     assert set(params.keys()) == set(RunConfig.model_fields)
     assert params.get_param("data_bucket").schema["type"] == "string"
-    assert params.get_param("epochs").value == 5
+    assert params.get_param("epochs").value == 0  # sized from the training set
+    # Its default follows the model: empty in the form, filled in by RunConfig.
+    assert params.get_param("fine_tune_epochs").value is None
+    assert params.get_param("fine_tune_epochs").schema["type"] == ["null", "integer"]
     assert params.get_param("platform").schema["enum"] == ["local"]
 
 
@@ -156,7 +159,8 @@ def test_batch_params_default_to_the_standing_input(monkeypatch: pytest.MonkeyPa
     [
         ({}, "data_bucket"),
         ({"data_bucket": 5}, "5 is not of type 'string'"),
-        ({"data_bucket": "/b", "epochs": 0}, "0 is less than the minimum of 1"),
+        ({"data_bucket": "/b", "epochs": -1}, "-1 is less than the minimum of 0"),
+        ({"data_bucket": "/b", "fine_tune_epochs": "one"}, "'one' is not of type 'null', 'integer'"),
         (
             {"data_bucket": "/b", "model": "resnet"},
             "'resnet' is not one of ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', "

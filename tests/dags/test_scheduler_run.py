@@ -42,7 +42,7 @@ BAD_CONF: list[tuple[dict, str]] = [
     ({"data_bucket": 5}, "5 is not of type 'string'"),
     ({"source": "/s"}, "param data_bucket: No value passed"),
     ({"data_bucket": "/b", "epochs": "five"}, "'five' is not of type 'integer'"),
-    ({"data_bucket": "/b", "epochs": 0}, "0 is less than the minimum of 1"),
+    ({"data_bucket": "/b", "epochs": -1}, "-1 is less than the minimum of 0"),
     ({"data_bucket": "/b", "image_size": 4096}, "4096 is greater than the maximum of 512"),
     ({"data_bucket": "/b", "learning_rate": "fast"}, "'fast' is not of type 'number'"),
     ({"data_bucket": "/b", "val_fraction": 1.5}, "1.5 is greater than or equal to the maximum of 1"),

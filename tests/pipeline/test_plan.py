@@ -29,7 +29,6 @@ def test_plan_training_args_round_trip_through_the_cli() -> None:
         output_uri="/b/models/r1",
         model="xception",
         image_size=180,
-        epochs=5,
         batch_size=7,
         int8=False,
     )

@@ -305,6 +305,18 @@ def test_fine_tuning_trains_only_the_top_blocks_after_the_head(
         assert not moved(name), name
 
 
+def test_the_default_recipe_sizes_the_head_s_epochs_then_fine_tunes_one(tmp_path: Path) -> None:
+    """epochs 0 on a few photos: the head gets the most sized epochs (ten), then one fine-tuning epoch."""
+    dataset = _staged(tmp_path, per_class=16, val_fraction=0.25)
+    job = TrainingJob(
+        dataset_uri=dataset, output_uri=str(tmp_path / "m"), image_size=40, backbone_size=32, batch_size=8,
+        early_stopping_patience=99,
+    )  # fmt: skip
+    assert (job.epochs, job.fine_tune_epochs) == (0, 1)
+    metrics = train(job)
+    assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (10, 11)
+
+
 def test_a_resumed_fine_tuning_keeps_its_optimizer_state(tmp_path: Path) -> None:
     """A rerun asking for one more fine-tuning epoch continues Adam where it stopped (its step
     count and moments come from the checkpoint) instead of starting a fresh optimizer, and its
