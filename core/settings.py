@@ -196,9 +196,9 @@ class TrainingParams(_Options):
         """The epochs the head trains: `epochs`, or when 0, sized from the training set's steps.
 
         A new head on a frozen backbone learns from its number of steps, not of epochs: on
-        make demo's 716 photos (23 steps an epoch) it was still gaining after five epochs, on
-        the whole cats vs dogs set one epoch (498 steps) did as well as five at a fifth of the
-        time (benchmarks/README.md, "The DAG's default recipe").
+        make demo's 716 photos (23 steps an epoch) it was still gaining after five epochs; on
+        the whole cats vs dogs set one epoch (498 steps) came within 0.2-0.3 points of five on
+        validation at a fifth of the time (benchmarks/README.md, "The DAG's default recipe").
         """
         if self.epochs:
             return self.epochs
