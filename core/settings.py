@@ -14,6 +14,7 @@ Two kinds of settings, kept apart on purpose:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -204,7 +205,7 @@ class TrainingParams(_Options):
             return self.epochs
         if not is_pretrained(self.model):
             return SCRATCH_EPOCHS
-        return min(MAX_SIZED_HEAD_EPOCHS, max(1, -(-HEAD_STEPS // max(steps_per_epoch, 1))))
+        return min(MAX_SIZED_HEAD_EPOCHS, max(1, math.ceil(HEAD_STEPS / max(steps_per_epoch, 1))))
 
     @model_validator(mode="after")
     def _backbone_choices_fit_the_model(self) -> Self:
@@ -663,17 +664,16 @@ def _json_specs(config: type[BaseModel]) -> dict[str, dict[str, Any]]:
         # keeps its Trigger button disabled while one is empty. An optional string, and a
         # field whose default follows other fields (default_factory), are nullable: null
         # means the field's default (config_from_params).
-        if spec.get("default") == "":
-            spec["type"], spec["default"] = ["null", "string"], None
-        elif config.model_fields[name].default_factory is not None:
+        if spec.get("default") == "" or config.model_fields[name].default_factory is not None:
             spec["type"], spec["default"] = ["null", spec["type"]], None
         specs[name] = spec
     return specs
 
 
 def config_from_params(config: type[OptionsT], params: dict[str, Any]) -> OptionsT:
-    """Validate a run's params (which Airflow fills with defaults) into `config`; a null
-    (an optional field left empty in the trigger form) takes the field's default."""
+    """Validate a run's params (which Airflow fills with defaults) or a CLI's parsed arguments
+    into `config`; a null (a field left empty in the trigger form, a flag not given for a
+    default that follows other fields) takes the field's default."""
     known = set(config.model_fields)
     return config.model_validate({k: v for k, v in params.items() if k in known and v is not None})
 
@@ -725,10 +725,7 @@ def options_from_namespace(
     parser: argparse.ArgumentParser, options: type[OptionsT], args: argparse.Namespace
 ) -> OptionsT:
     """Validate parsed arguments into `options`; a bad value ends with the parser's usage error."""
-    values = {
-        name: getattr(args, name) for name in options.model_fields if getattr(args, name, None) is not None
-    }
     try:
-        return options.model_validate(values)
+        return config_from_params(options, vars(args))
     except ValidationError as exc:
         parser.error(refused_settings(exc))
