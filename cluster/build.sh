@@ -8,6 +8,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 bin=$(realpath -m "${CLUSTER_DIR:-$here/../.cluster}")/bin  # absolute: each build runs in its module
 stamp="$bin/.versions"
+# Go's module and build caches for these builds are their own, under the cluster's folder, and
+# emptied as they go: cold they grew past 11 GiB, most of it build cache. Each component's build
+# cache goes once it is built, the module cache on exit; the binaries are what stays.
+go_caches=$(dirname "$bin")/go
+export GOMODCACHE=$go_caches/mod GOCACHE=$go_caches/build
 only=${1:-all}  # `prometheus`: that binary alone, all `make up` and `make demo` need
 inputs() { cat "$here/versions.env" "$here/build.sh" "$here"/build/*/*.go "$here"/build/*/go.mod; }
 if [[ $only == all ]] && [[ -f "$stamp" ]] && cmp -s "$stamp" <(inputs); then
@@ -19,9 +24,11 @@ GOTOOLCHAIN=$(cd "$here/.." && python3 -m cluster.preflight toolchain)
 export GOTOOLCHAIN
 [[ $GOTOOLCHAIN == local ]] || echo "$(GOTOOLCHAIN=local go env GOVERSION) is older than go$GO_VERSION: the go command fetches $GOTOOLCHAIN"
 mkdir -p "$bin"
+trap 'go clean -modcache; rm -rf "$go_caches"' EXIT
 build() {  # build <module folder> <output> [packages]: a static binary, stripped, versioned
   local folder=$1 output=$2; shift 2
   (cd "$here/build/$folder" && go mod tidy && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $version_flags" -o "$output" "${@:-.}")
+  go clean -cache
 }
 # What the release build stamps in (`kubectl version`, the node's kubeletVersion, skew checks).
 minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
