@@ -127,6 +127,12 @@ class DockerEngine:
     def stop(self) -> bool:
         return docker_process(self.root).stop(grace_s=30)
 
+    def forget(self, *references: str) -> None:
+        """Untag `references` (pushed already) and drop the images no tag keeps, build stages
+        among them: what is rebuilt from every checkout need not stay on the disk as well."""
+        self.docker("image", "rm", *references)
+        self.docker("image", "prune", "--force")
+
     def has_image(self, reference: str) -> bool:
         return (
             subprocess.run(
@@ -248,8 +254,10 @@ def builder_image(engine: DockerEngine, binaries: Path) -> str:
 
 def training_cpu_image(engine: DockerEngine, cache: Path, tag: str) -> str:
     """The CPU training image (training/Dockerfile.cpu): this checkout's wheel and its `training`
-    extra, pushed to the cluster's registry; returns the reference the cluster pulls."""
+    extra, pushed to the cluster's registry; returns the reference the cluster pulls. Rebuilt
+    from each checkout, so docker keeps none of it once pushed (its TensorFlow is 2 GiB)."""
     base = engine.ensure_base_image()
+    name = f"dogs-cats-training-cpu:{tag}"
     with tempfile.TemporaryDirectory(dir=engine.root) as scratch:
         context = Path(scratch)
         wheels = context / "wheelhouse"
@@ -258,9 +266,9 @@ def training_cpu_image(engine: DockerEngine, cache: Path, tag: str) -> str:
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO_ROOT)],
             check=True,
         )
-        return build_and_push(
-            engine, context, "training/Dockerfile.cpu", f"dogs-cats-training-cpu:{tag}", {"BASE_IMAGE": base}
-        )
+        pushed = build_and_push(engine, context, "training/Dockerfile.cpu", name, {"BASE_IMAGE": base})
+    engine.forget(name, f"{REGISTRY}/{name}")
+    return pushed
 
 
 def build_and_push(

@@ -561,6 +561,9 @@ state = "{folder / "state"}"
 [{cri}.containerd]
   snapshotter = "overlayfs"
   default_runtime_name = "runc"
+  # An image's compressed layers go once unpacked: the registry beside it keeps them, and on
+  # one disk a third copy of every image (the training image's TensorFlow) is too many.
+  discard_unpacked_layers = true
 
 [{cri}.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"

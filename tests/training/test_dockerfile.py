@@ -1,4 +1,5 @@
-"""The training image's Dockerfile, linted with hadolint (no Docker engine runs here)."""
+"""The training images' Dockerfiles, linted with hadolint (no Docker engine runs here); the CPU
+image is built and run for real in tests/cluster/test_images.py."""
 
 from __future__ import annotations
 
@@ -6,17 +7,27 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from setuptools import find_packages
 
 from harness.data import REPO_ROOT
 from harness.tools import hadolint
 
 DOCKERFILE = REPO_ROOT / "training" / "Dockerfile"
+CPU_DOCKERFILE = REPO_ROOT / "training" / "Dockerfile.cpu"
 
 
-def test_training_dockerfile_passes_hadolint() -> None:
-    result = hadolint(DOCKERFILE)
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, CPU_DOCKERFILE], ids=["gpu", "cpu"])
+def test_training_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
+    result = hadolint(dockerfile)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cpu_image_leaves_the_wheelhouse_in_its_build_stage() -> None:
+    """The final stage copies the virtualenv alone: no layer of the image carries the wheels."""
+    final_stage = CPU_DOCKERFILE.read_text().rpartition("\nFROM ")[2]
+    assert "COPY --from=install /opt/training /opt/training" in final_stage
+    assert "wheelhouse" not in final_stage
 
 
 def test_hadolint_catches_what_it_should(tmp_path: Path) -> None:
