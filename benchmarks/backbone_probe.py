@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "test": split_files(manifest, "test"),
     }
     job = TrainingJob(dataset_uri=str(dataset), output_uri=str(args.bucket / "unused"), batch_size=64)
-    inputs = {
-        split: make_dataset(dataset, files, labels, job, training=False) for split, files in splits.items()
-    }
+    inputs = {split: make_dataset(dataset, files, labels, job) for split, files in splits.items()}
     targets = {split: np.concatenate([y.numpy() for _, y in batches]) for split, batches in inputs.items()}
     tested = len(splits["test"])
     print(
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, first_right = [], None
     for name, asked in ((name, size) for name in args.backbones for size in args.sizes):
         size = asked or VARIANTS[name].resolution
-        backbone = pretrained_backbone(name, job.image_size, backbone_size=size)
+        backbone = keras.Sequential(pretrained_backbone(name, job.image_size, backbone_size=size))
         started = time.perf_counter()
         features = {split: backbone.predict(batches, verbose=0) for split, batches in inputs.items()}
         ms_per_image = (time.perf_counter() - started) * 1000 / sum(len(f) for f in features.values())

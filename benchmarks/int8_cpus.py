@@ -52,14 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     train = split_files(manifest, "train")
     with tempfile.TemporaryDirectory(prefix="dogs-cats-int8-cpus-") as tmp:
         work = Path(tmp)
-        images = np.concatenate(
-            [x.numpy() for x, _ in make_dataset(dataset, sample, labels, job, training=False)]
-        )
+        images = np.concatenate([x.numpy() for x, _ in make_dataset(dataset, sample, labels, job)])
         np.save(work / "images.npy", images)
-        calibration = [
-            x.numpy()
-            for x, _ in make_dataset(dataset, calibration_sample(train), labels, job, training=False)
-        ]
+        calibration = [x.numpy() for x, _ in make_dataset(dataset, calibration_sample(train), labels, job)]
         for number, seven_bit in enumerate(TWINS.values()):
             quantize_int8(args.model / "model.onnx", work / f"twin{number}.onnx", calibration, seven_bit)
         fp32 = _scored(args.model / "model.onnx", work, emulated=False).argmax(axis=1)

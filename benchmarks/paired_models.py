@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.models:
         metrics = json.loads((folder / "metrics.json").read_text())
         job = TrainingJob(dataset_uri=str(dataset), output_uri=str(folder), image_size=metrics["image_size"])
-        batches = make_dataset(dataset, test, labels, job, training=False)
+        batches = make_dataset(dataset, test, labels, job)
         targets = np.concatenate([y.numpy() for _, y in batches]).reshape(-1)
         probabilities = onnx_probabilities(folder / "model.onnx", (x.numpy() for x, _ in batches))
         right = probabilities.argmax(axis=1) == targets.astype(int)

@@ -174,6 +174,16 @@ class TrainingParams(_Options):
             "to +0.7 points on the whole cats vs dogs set, against +0.25 for 4)."
         ),
     )
+    augmented_copies: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description=(
+            "Randomly flipped and rotated copies of each training image made once, beside the image "
+            "itself: each epoch trains on one of them per image. The frozen part of the model runs "
+            "once per copy, not once per epoch; 0 trains without augmentation."
+        ),
+    )
     backbone_size: int = Field(
         default=0,
         ge=0,
@@ -193,13 +203,19 @@ class TrainingParams(_Options):
         ),
     )
 
+    @property
+    def top_blocks(self) -> int:
+        """The backbone's blocks in the model's trainable part: those fine-tuning trains, none
+        without it (the whole backbone then runs once per image and view)."""
+        return self.fine_tune_blocks if self.fine_tune_epochs else 0
+
     def head_epochs(self, steps_per_epoch: int) -> int:
         """The epochs the head trains: `epochs`, or when 0, sized from the training set's steps.
 
         A new head on a frozen backbone learns from its number of steps, not of epochs: on
         make demo's 716 photos (23 steps an epoch) it was still gaining after five epochs; on
         the whole cats vs dogs set one epoch (498 steps) came within 0.2-0.3 points of five on
-        validation at a fifth of the time (benchmarks/README.md, "The DAG's default recipe").
+        validation (benchmarks/README.md, "The DAG's default recipe").
         """
         if self.epochs:
             return self.epochs

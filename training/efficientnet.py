@@ -65,7 +65,7 @@ class _Builder:
     """Builds the layers in order and records which weights of the file each one takes.
 
     Each layer is named after its source (`_blocks.12._expand_conv` -> `blocks_12_expand_conv`),
-    so fine-tuning can find the top blocks by name.
+    so the blocks can be told apart by name.
     """
 
     def __init__(self) -> None:
@@ -95,13 +95,17 @@ class _Builder:
 
 
 def backbone(
-    name: PretrainedChoice, image_size: int, backbone_size: int = 0
-) -> tuple[keras.Model, list[tuple[layers.Layer, str]]]:
-    """uint8 RGB [N, size, size, 3] -> pooled ImageNet features [N, 1280], and each layer's weight source.
+    name: PretrainedChoice, image_size: int, backbone_size: int = 0, top_blocks: int = 0
+) -> tuple[keras.Model, keras.Model, list[tuple[layers.Layer, str]]]:
+    """The network in two parts, and each layer's weight source.
 
+    `bottom`: uint8 RGB [N, size, size, 3] -> the activations entering the top `top_blocks`
+    blocks; `top`: those activations -> pooled ImageNet features [N, 1280]. Fine-tuning trains
+    only the top, so training computes the bottom's activations once (`training.features`).
     The images are resized to `backbone_size` inside (0: the variant's ImageNet resolution)."""
     variant = VARIANTS[name]
     backbone_size = backbone_size or variant.resolution
+    first_top_block = variant.blocks - top_blocks
     build = _Builder()
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8")
     x = layers.Rescaling(1.0 / 128, offset=-127.0 / 128)(inputs)
@@ -109,8 +113,13 @@ def backbone(
         x = layers.Resizing(backbone_size, backbone_size, interpolation="bilinear")(x)
     x = build.batch_norm(build.conv(x, STEM_FILTERS, 3, 2, "_conv_stem"), "_bn0")
     block, filters_in = 0, STEM_FILTERS
+    bottom: keras.Model | None = None
+    top_inputs: keras.KerasTensor | None = None
     for stage in variant.stages:
         for repeat in range(stage.repeats):
+            if block == first_top_block:
+                bottom, x = _cut(inputs, x, name)
+                top_inputs = x
             stride = stage.stride if repeat == 0 else 1
             prefix = f"_blocks.{block}."
             shortcut = x
@@ -125,9 +134,17 @@ def backbone(
             if stride == 1 and filters_in == stage.filters:
                 x = layers.Add()([shortcut, x])
             block, filters_in = block + 1, stage.filters
+    if bottom is None or top_inputs is None:  # no block in the top: it starts at the head convolution
+        bottom, x = _cut(inputs, x, name)
+        top_inputs = x
     x = build.batch_norm(build.conv(x, FEATURES, 1, 1, "_conv_head"), "_bn1")
     features = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, features, name=name), build.sources
+    return bottom, keras.Model(top_inputs, features, name=f"{name}_top"), build.sources
+
+
+def _cut(inputs: keras.KerasTensor, x: keras.KerasTensor, name: str) -> tuple[keras.Model, keras.KerasTensor]:
+    """The model up to `x`, and a new input of x's shape for the layers after it."""
+    return keras.Model(inputs, x, name=f"{name}_bottom"), keras.Input(shape=x.shape[1:])
 
 
 def layer_name(source: str) -> str:
@@ -135,18 +152,12 @@ def layer_name(source: str) -> str:
     return source.replace("._", "_").replace(".", "_").strip("_")
 
 
-def unfreeze_top(backbone: keras.Model, blocks: int) -> None:
-    """Let the top `blocks` blocks and the head convolution train; BatchNorm layers stay frozen
-    (and the model calls the backbone in inference mode), so ImageNet's statistics are kept."""
-    total = VARIANTS[backbone.name].blocks
-    first = next(
-        index
-        for index, layer in enumerate(backbone.layers)
-        if layer.name.startswith(f"blocks_{total - blocks}_")
-    )
-    backbone.trainable = True
-    for index, layer in enumerate(backbone.layers):
-        layer.trainable = index >= first and not isinstance(layer, layers.BatchNormalization)
+def unfreeze_top(top: keras.Model) -> None:
+    """Let the top part's blocks and the head convolution train; BatchNorm layers stay frozen
+    (and the classifier calls the top in inference mode), so ImageNet's statistics are kept."""
+    top.trainable = True
+    for layer in top.layers:
+        layer.trainable = not isinstance(layer, layers.BatchNormalization)
 
 
 def set_weights(sources: list[tuple[layers.Layer, str]], weights: dict[str, np.ndarray]) -> None:
@@ -165,8 +176,11 @@ def set_weights(sources: list[tuple[layers.Layer, str]], weights: dict[str, np.n
         layer.set_weights(values)
 
 
-def pretrained_backbone(name: PretrainedChoice, image_size: int, backbone_size: int = 0) -> keras.Model:
-    """The variant's backbone with its ImageNet weights (read and checked by `training.pretrained`)."""
-    model, sources = backbone(name, image_size, backbone_size)
+def pretrained_backbone(
+    name: PretrainedChoice, image_size: int, backbone_size: int = 0, top_blocks: int = 0
+) -> tuple[keras.Model, keras.Model]:
+    """The variant's bottom and top (`backbone`) with its ImageNet weights (read and checked by
+    `training.pretrained`)."""
+    bottom, top, sources = backbone(name, image_size, backbone_size, top_blocks)
     set_weights(sources, imagenet_weights(name))
-    return model
+    return bottom, top

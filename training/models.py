@@ -39,20 +39,47 @@ WIDTHS: dict[str, Widths] = {
 }
 
 
+@dataclass(frozen=True)
+class Classifier:
+    """A classifier in two parts. `frozen` never trains: the input's scaling and, for a pretrained
+    backbone, its bottom blocks; training computes its output once per image
+    (`training.features`). `trainable` maps that output to logits: it is what is fit,
+    checkpointed and resumed. `whole()` joins them into the model that is exported."""
+
+    name: str
+    frozen: keras.Model
+    trainable: keras.Model
+
+    def whole(self) -> keras.Model:
+        """uint8 images [N, size, size, 3] -> logits."""
+        inputs = keras.Input(shape=self.frozen.input_shape[1:], dtype="uint8", name=INPUT_NAME)
+        outputs = self.trainable(self.frozen(inputs, training=False))
+        return keras.Model(inputs, outputs, name=self.name)
+
+
 def build_model(
     model: ModelChoice, image_size: int, num_classes: int, *, backbone_size: int = 0
 ) -> keras.Model:
+    """The whole classifier of `build_classifier`, its backbone frozen."""
+    return build_classifier(model, image_size, num_classes, backbone_size=backbone_size).whole()
+
+
+def build_classifier(
+    model: ModelChoice, image_size: int, num_classes: int, *, backbone_size: int = 0, top_blocks: int = 0
+) -> Classifier:
     """Logits out: one for two classes, else one per class. `backbone_size`: a pretrained
-    backbone's internal resolution (0: its ImageNet one)."""
+    backbone's internal resolution (0: its ImageNet one); `top_blocks`: how many of its blocks
+    are in the trainable part (the ones fine-tuning trains; frozen until then)."""
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
-    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
     units = 1 if num_classes == 2 else num_classes
     if is_pretrained(model):
-        return _pretrained(model, inputs, image_size, units, backbone_size)
+        return _pretrained(model, image_size, units, backbone_size, top_blocks)
+    images = keras.Input(shape=(image_size, image_size, 3), dtype="uint8")
+    frozen = keras.Model(images, layers.Rescaling(1.0 / 255)(images), name=f"{model}_scaling")
+    inputs = keras.Input(shape=(image_size, image_size, 3))
     widths = WIDTHS[model]
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(x)
+    x = layers.Conv2D(widths.entry, 3, strides=2, padding="same")(inputs)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = layers.Activation("relu")(x)
     previous = x
@@ -72,19 +99,22 @@ def build_model(
     x = layers.Dropout(0.25)(x)
     # float32 logits even under mixed precision: a float16 sigmoid/softmax loses precision.
     outputs = layers.Dense(units, name="logits", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{model}")
+    trainable = keras.Model(inputs, outputs, name=f"{model}_trainable")
+    return Classifier(f"{MODEL_NAME}_{model}", frozen, trainable)
 
 
 def _pretrained(
-    name: PretrainedChoice, inputs: keras.KerasTensor, image_size: int, units: int, backbone_size: int
-) -> keras.Model:
+    name: PretrainedChoice, image_size: int, units: int, backbone_size: int, top_blocks: int
+) -> Classifier:
     """The ImageNet backbone, frozen and always in inference mode (its BatchNorm statistics
     stay ImageNet's, as the Keras transfer-learning guide advises), then dropout and logits."""
     from training.efficientnet import pretrained_backbone
 
-    backbone = pretrained_backbone(name, image_size, backbone_size)
-    backbone.trainable = False
-    x = backbone(inputs, training=False)
+    bottom, top = pretrained_backbone(name, image_size, backbone_size, top_blocks)
+    bottom.trainable = top.trainable = False
+    inputs = keras.Input(shape=bottom.output_shape[1:])
+    x = top(inputs, training=False)
     x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(units, name="logits", dtype="float32")(x)  # float32 under mixed precision
-    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_{name}")
+    trainable = keras.Model(inputs, outputs, name=f"{name}_trainable")
+    return Classifier(f"{MODEL_NAME}_{name}", bottom, trainable)

@@ -10,8 +10,11 @@ completed epoch, and a rerun after success only re-exports.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -42,8 +45,9 @@ from training.export import (
     parity,
     probabilities_function,
 )
+from training.features import frozen_outputs, training_views, view_batches
 from training.job import TrainingJob
-from training.models import build_model
+from training.models import build_classifier
 from training.quantize import calibration_sample, int8_verdict, onnx_probabilities, quantize_int8
 from training.staging import SPLITS, read_manifest, split_files
 
@@ -76,27 +80,43 @@ def train(job: TrainingJob) -> dict[str, Any]:
         storage.local_tree(job.dataset_uri) as data_dir,
         tempfile.TemporaryDirectory(prefix="dogs-cats-model-") as tmp,
     ):
-        train_ds = make_dataset(data_dir, splits["train"], labels, job, training=True)
-        val_ds = make_dataset(data_dir, splits["val"], labels, job, training=False)
-        model = checkpoints.resume() or compiled_model(job, labels, jit_compile=on_gpu)
-        steps_per_epoch = int(train_ds.cardinality())
+        val_ds = make_dataset(data_dir, splits["val"], labels, job)
+        classifier = build_classifier(
+            job.model, job.image_size, len(labels), backbone_size=job.backbone_size, top_blocks=job.top_blocks
+        )
+        if (resumed := checkpoints.resume()) is not None:
+            classifier = dataclasses.replace(classifier, trainable=resumed)
+        else:
+            compile_model(classifier.trainable, len(labels) == 2, job.learning_rate, on_gpu)
+        model = classifier.trainable
+        steps_per_epoch = math.ceil(len(splits["train"]) / job.batch_size)
         head_epochs = job.head_epochs(steps_per_epoch)
         sized = "" if job.epochs else " (epochs 0: sized from the training set)"
         log.info("%d epochs of %d steps%s", head_epochs, steps_per_epoch, sized)
+
+        @functools.cache
+        def feeds() -> tuple[tf.data.Dataset, tf.data.Dataset]:
+            """Computed on first use: a rerun after success trains nothing."""
+            val_outputs = frozen_outputs(classifier.frozen, val_ds, len(splits["val"]))
+            return (
+                training_feed(classifier.frozen, data_dir, splits["train"], labels, job),
+                view_batches([val_outputs], _targets(val_ds), job.batch_size),
+            )
 
         def fit_until(epochs: int) -> None:
             completed = checkpoints.state["completed_epochs"]
             if checkpoints.finished or completed >= epochs:
                 log.info("training already finished (%d epochs)", completed)
                 return
+            train_feed, val_feed = feeds()
             model.fit(
-                train_ds,
-                validation_data=val_ds,
+                train_feed,
+                validation_data=val_feed,
                 epochs=epochs,
                 initial_epoch=completed,
                 callbacks=[checkpoints],
                 class_weight=weights,
-                shuffle=False,  # the tf.data pipeline already reshuffles every epoch
+                shuffle=False,  # view_batches already reshuffles every epoch
                 verbose=2,
             )
 
@@ -111,8 +131,9 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 model.optimizer.learning_rate = fine_tune_schedule(job, steps_per_epoch)
                 fit_until(checkpoints.state["fine_tune_from"] + job.fine_tune_epochs)
             checkpoints.restore_best(model)
+            whole = classifier.whole()
             y_val = _targets(val_ds)
-            validation = classification_metrics(y_val, _probabilities(model, val_ds, job.image_size), labels)
+            validation = classification_metrics(y_val, _probabilities(whole, val_ds, job.image_size), labels)
             parity_batch = next(iter(val_ds))[0].numpy()
 
         metrics: dict[str, Any] = {
@@ -132,8 +153,8 @@ def train(job: TrainingJob) -> dict[str, Any]:
             "dataset_digest": manifest["digest"],
         }
         out = Path(tmp)
-        export_saved_model(model, job.image_size, out / "saved_model")
-        export_onnx(model, job.image_size, out / "model.onnx")
+        export_saved_model(whole, job.image_size, out / "saved_model")
+        export_onnx(whole, job.image_size, out / "model.onnx")
         difference = parity(out / "saved_model", out / "model.onnx", parity_batch)
         metrics["onnx_max_abs_difference"] = difference
         if difference > PARITY_TOLERANCE:
@@ -142,7 +163,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
                 f"(tolerance {PARITY_TOLERANCE:.0e}); not publishing the model"
             )
         # Scored once, after every choice is made: the exported model, through the client's decode.
-        test_ds = make_dataset(data_dir, splits["test"], labels, job, training=False)
+        test_ds = make_dataset(data_dir, splits["test"], labels, job)
         with _staged_images_decode():
             y_test = _targets(test_ds)
             fp32_test = onnx_probabilities(out / "model.onnx", (images.numpy() for images, _ in test_ds))
@@ -150,9 +171,7 @@ def train(job: TrainingJob) -> dict[str, Any]:
         metrics["test_accuracy"] = test["accuracy"]
         metrics["test"] = test
         if job.int8:
-            calibration = make_dataset(
-                data_dir, calibration_sample(splits["train"]), labels, job, training=False
-            )
+            calibration = make_dataset(data_dir, calibration_sample(splits["train"]), labels, job)
             metrics["int8"] = int8_twin(out, calibration, test_ds, y_test, fp32_test, labels)
         save_charts(metrics["history"], test, out)
         (out / LABELS_FILE).write_text("\n".join(labels) + "\n")
@@ -249,15 +268,11 @@ def class_weights(files: list[dict], labels: list[str]) -> dict[int, float]:
     return {index: round(len(files) / (len(labels) * count), 4) for index, count in enumerate(counts)}
 
 
-def make_dataset(
-    data_dir: Path, files: list[dict], labels: list[str], job: TrainingJob, *, training: bool
-) -> tf.data.Dataset:
-    """uint8 image batches (what clients send) from the manifest's file list.
+def make_dataset(data_dir: Path, files: list[dict], labels: list[str], job: TrainingJob) -> tf.data.Dataset:
+    """uint8 image batches (what clients send) from the manifest's file list, in its order.
 
     Reading the manifest rather than scanning folders means stray files left by
-    an interrupted staging run never leak in. Decoded images are cached in
-    memory; augmentation (flip, rotation) happens after the cache, on the
-    training split only, and is not part of the exported model.
+    an interrupted staging run never leak in. Decoded images are cached in memory.
     """
     paths = [str(data_dir / f["path"]) for f in files]
     indices = [labels.index(f["label"]) for f in files]
@@ -273,16 +288,17 @@ def make_dataset(
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if training:
-        augment = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)])
-        dataset = dataset.shuffle(len(paths), seed=job.seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(job.batch_size).map(
-            lambda x, y: (_to_uint8(augment(tf.cast(x, tf.float32), training=True)), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    else:
-        dataset = dataset.batch(job.batch_size)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(job.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def training_feed(
+    frozen: keras.Model, data_dir: Path, files: list[dict], labels: list[str], job: TrainingJob
+) -> tf.data.Dataset:
+    """Batches of the frozen part's outputs for the training images and their augmented
+    copies, one view per image drawn each epoch (`training.features`)."""
+    images = make_dataset(data_dir, files, labels, job)
+    views = training_views(frozen, images, len(files), job.augmented_copies, job.seed)
+    return view_batches(views, _targets(images), job.batch_size, seed=job.seed)
 
 
 def _decoded_file(path: bytes, image_size: int) -> np.ndarray:
@@ -292,21 +308,11 @@ def _decoded_file(path: bytes, image_size: int) -> np.ndarray:
         raise ImageDecodeError(f"{path.decode()}: {exc}") from exc
 
 
-def _to_uint8(images: tf.Tensor) -> tf.Tensor:
-    return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
-
-
-def compiled_model(job: TrainingJob, labels: list[str], *, jit_compile: bool) -> keras.Model:
-    model = build_model(job.model, job.image_size, len(labels), backbone_size=job.backbone_size)
-    _compile(model, len(labels) == 2, job.learning_rate, jit_compile)
-    return model
-
-
 def start_fine_tuning(model: keras.Model, job: TrainingJob, steps_per_epoch: int, jit_compile: bool) -> None:
     """Unfreeze the backbone's top blocks and recompile at the low rate (a fresh optimizer:
     Adam's moments from the head phase do not fit the new variables)."""
-    unfreeze_top(model.get_layer(job.model), job.fine_tune_blocks)
-    _compile(model, model.output_shape[-1] == 1, fine_tune_schedule(job, steps_per_epoch), jit_compile)
+    unfreeze_top(model.get_layer(f"{job.model}_top"))
+    compile_model(model, model.output_shape[-1] == 1, fine_tune_schedule(job, steps_per_epoch), jit_compile)
     log.info(
         "fine-tuning the top %d blocks, learning rate %g falling to 0 over %d epochs",
         job.fine_tune_blocks, job.fine_tune_learning_rate, job.fine_tune_epochs,
@@ -322,7 +328,7 @@ def fine_tune_schedule(job: TrainingJob, steps_per_epoch: int) -> keras.optimize
     )
 
 
-def _compile(
+def compile_model(
     model: keras.Model,
     binary: bool,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,

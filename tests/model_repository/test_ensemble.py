@@ -101,7 +101,7 @@ def test_training_the_client_and_the_server_decode_the_same_pixels(
 
     job = TrainingJob(dataset_uri="unused", output_uri="unused", image_size=size, batch_size=4)
     files = [{"path": f"cat/{photo.name}", "label": "cat"} for photo in photos]
-    batches = make_dataset(tmp_path, files, ["cat", "dog"], job, training=False)
+    batches = make_dataset(tmp_path, files, ["cat", "dog"], job)
     training_side = np.concatenate([images.numpy() for images, _ in batches])
 
     np.testing.assert_array_equal(server_side, client_side)

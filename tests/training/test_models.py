@@ -20,7 +20,8 @@ def test_tutorial_model_has_the_tutorial_shape() -> None:
     model = build_model("xception", image_size=180, num_classes=2)
     # The current keras.io tutorial model: 2.73 M parameters, BN statistics included.
     assert model.count_params() == 2_731_065
-    widths = [layer.filters for layer in model.layers if type(layer).__name__ == "SeparableConv2D"]
+    layers = model.get_layer("xception_trainable").layers
+    widths = [layer.filters for layer in layers if type(layer).__name__ == "SeparableConv2D"]
     assert widths == [256, 256, 512, 512, 728, 728, 1024]
 
 
@@ -32,8 +33,8 @@ def test_one_class_is_refused() -> None:
 def test_the_pretrained_model_resizes_to_its_backbone_size_inside() -> None:
     """Any internal resolution, same uint8 input at the run's image size."""
     model = build_model("efficientnet_lite0", 40, 2, backbone_size=64)
-    backbone = model.get_layer("efficientnet_lite0")
-    (resize,) = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Resizing)]
+    bottom = model.get_layer("efficientnet_lite0_bottom")
+    (resize,) = [layer for layer in bottom.layers if isinstance(layer, keras.layers.Resizing)]
     assert (resize.height, resize.width) == (64, 64)
     assert model.input_shape == (None, 40, 40, 3)
     assert model(np.zeros((1, 40, 40, 3), np.uint8)).shape == (1, 1)

@@ -292,8 +292,9 @@ def test_fine_tuning_trains_only_the_top_blocks_after_the_head(
     metrics = train(job)
     assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (1, 2)
     assert metrics["model"] == model
-    trained = keras.models.load_model(output / "checkpoints" / "epoch-002.keras").get_layer(model)
-    imagenet = pretrained_backbone(model, 40)
+    checkpointed = keras.models.load_model(output / "checkpoints" / "epoch-002.keras")
+    trained = checkpointed.get_layer(f"{model}_top")
+    bottom, imagenet = pretrained_backbone(model, 40, top_blocks=8)
 
     def moved(name: str) -> bool:
         before, after = imagenet.get_layer(name).get_weights(), trained.get_layer(name).get_weights()
@@ -301,8 +302,11 @@ def test_fine_tuning_trains_only_the_top_blocks_after_the_head(
 
     for name in (f"blocks_{top}_project_conv", f"blocks_{first_tuned}_expand_conv", "conv_head"):
         assert moved(name), name
-    for name in ("conv_stem", f"blocks_{first_tuned - 1}_project_conv", "bn1", f"blocks_{top}_bn2"):
+    for name in ("bn1", f"blocks_{top}_bn2"):
         assert not moved(name), name
+    # The stem and the blocks below never train: they are in the frozen bottom, not the checkpoint.
+    assert {"conv_stem", f"blocks_{first_tuned - 1}_project_conv"} <= {layer.name for layer in bottom.layers}
+    assert trained.layers[1].name == f"blocks_{first_tuned}_expand_conv"
 
 
 def test_the_default_recipe_sizes_the_head_s_epochs_then_fine_tunes_one(tmp_path: Path) -> None:
@@ -352,7 +356,9 @@ def test_a_resumed_fine_tuning_keeps_its_optimizer_state(tmp_path: Path) -> None
     assert int(tuned_twice.iterations.numpy()) == 2 * steps, "the step count went on, not from zero"
     assert tuned_twice.get_config()["learning_rate"]["config"]["decay_steps"] == 2 * steps
     top = "blocks_15_project_conv"
-    before, after = (m.get_layer("efficientnet_lite0").get_layer(top).get_weights()[0] for m in (once, twice))
+    before, after = (
+        m.get_layer("efficientnet_lite0_top").get_layer(top).get_weights()[0] for m in (once, twice)
+    )
     assert not np.array_equal(before, after), "the resumed epoch trained at a rate above zero"
     resumed = {v.path for v in tuned_twice.variables if "momentum" in v.path}
     assert resumed == moments.keys(), "the same variables train on"
