@@ -2,11 +2,12 @@
 
 A classifier's frozen part (the input's scaling and, for a pretrained backbone, its bottom
 blocks: `training.models.Classifier`) never changes while it trains, yet a model fit on images
-runs it again on every image of every epoch: with Lite1 on these 2 CPU cores, 0.6 of a head
-step's time and 0.4 of a fine-tuning step's. Here it runs once per view of each image. The
-views are the image itself and `augmented_copies` copies randomly flipped and rotated (drawn
-once); each epoch draws one view per image, so augmentation is kept, from a fixed pool. They
-are held in memory as float16 (the log says how much).
+runs it again on every image of every epoch (a Lite1 fine-tuning epoch on the whole cats vs
+dogs set took 528-585 s that way, 267-310 s this way: benchmarks/README.md). Here it runs
+once per view of each image. The views are the image itself and `augmented_copies` copies
+randomly flipped and rotated (drawn once); each epoch draws one view per image, so
+augmentation is kept, from a fixed pool. They are held in memory as float16 (the log says
+how much).
 """
 
 from __future__ import annotations
