@@ -53,8 +53,8 @@ def test_an_optional_string_left_empty_in_the_form_takes_its_default() -> None:
     assert config.source_sha256 == ""
 
 
-@pytest.mark.parametrize(("model", "fine_tune_epochs"), [("efficientnet_lite1", 1), ("small", 0)])
-def test_fine_tuning_defaults_to_one_epoch_for_a_pretrained_backbone_only(
+@pytest.mark.parametrize(("model", "fine_tune_epochs"), [("efficientnet_lite1", 2), ("small", 0)])
+def test_fine_tuning_defaults_to_two_epochs_for_a_pretrained_backbone_only(
     model: str, fine_tune_epochs: int
 ) -> None:
     """The form leaves the field empty (null); the model it names fills it in."""

@@ -42,7 +42,7 @@ def test_training_pod_runs_the_training_entrypoint_on_a_gpu() -> None:
     args = container["args"]
     assert args[args.index("--dataset-uri") + 1] == "gs://b/datasets/cats_vs_dogs"
     assert args[args.index("--epochs") + 1] == "3"
-    assert args[args.index("--fine-tune-epochs") + 1] == "1"  # the pretrained default, resolved
+    assert args[args.index("--fine-tune-epochs") + 1] == "2"  # the pretrained default, resolved
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}

@@ -309,16 +309,16 @@ def test_fine_tuning_trains_only_the_top_blocks_after_the_head(
     assert trained.layers[1].name == f"blocks_{first_tuned}_expand_conv"
 
 
-def test_the_default_recipe_sizes_the_head_s_epochs_then_fine_tunes_one(tmp_path: Path) -> None:
-    """epochs 0 on a few photos: the head gets the most sized epochs (ten), then one fine-tuning epoch."""
+def test_the_default_recipe_sizes_the_head_s_epochs_then_fine_tunes_two(tmp_path: Path) -> None:
+    """epochs 0 on a few photos: the head gets the most sized epochs (ten), then two fine-tuning epochs."""
     dataset = _staged(tmp_path, per_class=16, val_fraction=0.25)
     job = TrainingJob(
         dataset_uri=dataset, output_uri=str(tmp_path / "m"), image_size=40, backbone_size=32, batch_size=8,
         early_stopping_patience=99,
     )  # fmt: skip
-    assert (job.epochs, job.fine_tune_epochs) == (0, 1)
+    assert (job.epochs, job.fine_tune_epochs) == (0, 2)
     metrics = train(job)
-    assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (10, 11)
+    assert (metrics["fine_tune_from"], metrics["epochs_trained"]) == (10, 12)
 
 
 def test_a_resumed_fine_tuning_keeps_its_optimizer_state(tmp_path: Path) -> None:
