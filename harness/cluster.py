@@ -39,6 +39,12 @@ def running_cluster() -> Iterator[Node]:
         node.down()
 
 
+# pytest-timeout's 900 s counts a test's fixtures too, and the first test of a session to ask for
+# project_images builds them cold: 13.5 minutes with the cluster's start on a busy 2-core machine
+# (2026-12-07), which timed that test out. Modules that ask for them bound each test by this.
+IMAGE_BUILDING_TIMEOUT_S = 1800
+
+
 @functools.cache
 def project_images(node: Node) -> ClusterImages:
     """The kubernetes platform's images, built from this checkout once per test session; the

@@ -38,14 +38,14 @@ from core.images import decode_rgb
 from core.settings import join_uri
 from deploy.monitoring import PrometheusApi
 from harness.airflow import running_stack, stored_plan, wait_until_finished
-from harness.cluster import Hammer, kubectl, project_images, running_cluster
+from harness.cluster import IMAGE_BUILDING_TIMEOUT_S, Hammer, kubectl, project_images, running_cluster
 from harness.data import write_images
 from harness.gcs import storage_on_emulator
 from pipeline.plan import RunPlan
 from pipeline.stack import AirflowApi, AirflowStack, wait_for
 from training.staging import read_manifest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.timeout(IMAGE_BUILDING_TIMEOUT_S)]
 DAG = "dogs_cats"
 BUCKET = "dogs-cats-cluster"
 DEPLOYMENT = "deployment/dogs-cats-triton"

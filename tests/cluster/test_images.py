@@ -35,14 +35,21 @@ from deploy.rollout import (
     wait_for_rollout,
 )
 from harness.airflow import running_stack, wait_until_finished
-from harness.cluster import Hammer, kubectl, project_images, running_cluster, triton_cpu_image
+from harness.cluster import (
+    IMAGE_BUILDING_TIMEOUT_S,
+    Hammer,
+    kubectl,
+    project_images,
+    running_cluster,
+    triton_cpu_image,
+)
 from harness.triton_models import make_faulty
 from model_repository.repository import RepositoryVersion, package_model
 from pipeline.stack import wait_for
 from training.job import TrainingJob
 from training.staging import StagingOptions, stage_dataset
 
-pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.timeout(IMAGE_BUILDING_TIMEOUT_S)]
 NAMESPACE = "image-test"
 BATCH_DAG = "dogs_cats_batch"
 HOLD = WakeHold.for_run("test_images", "session", "deploy")
