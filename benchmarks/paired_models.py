@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         "--split", choices=("test", "val"), default="test", help="--test-dataset's split to score on"
     )
     args = parser.parse_args(argv)
+    if args.split != "test" and not args.test_dataset:
+        parser.error("--split val needs --test-dataset: the models chose their epoch on their own")
     cards = [json.loads((folder / "model_card.json").read_text()) for folder in args.models]
     digests = {card["dataset"]["digest"] for card in cards}
     if len(digests) != 1:
@@ -52,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(str(dataset))
     labels = manifest["classes"]
     scored = split_files(manifest, "test")
-    if args.split != "test" and not args.test_dataset:
-        parser.error("--split val needs --test-dataset: the models chose their epoch on their own")
     if args.test_dataset:
         other = read_manifest(str(args.test_dataset))
         if other["classes"] != labels:
